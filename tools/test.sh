@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# All of SAIL's checks, in the order CI runs them; pytest comes last (its summary line is the verdict).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== notebooks clean and library in sync"
+before=$(git status --porcelain -- nbs sail settings.ini pyproject.toml 2>/dev/null; git diff -- nbs sail 2>/dev/null | sha1sum)
+nbdev_clean
+nbdev_export
+after=$(git status --porcelain -- nbs sail settings.ini pyproject.toml 2>/dev/null; git diff -- nbs sail 2>/dev/null | sha1sum)
+if [ "$before" != "$after" ]; then
+  echo "nbdev_clean/nbdev_export changed tracked files: notebooks are not clean or sail/ is out of sync with nbs/" >&2
+  git status --short -- nbs sail >&2
+  exit 1
+fi
+
+echo "== notebook lessons (nbdev_test)"
+nbdev_test --n_workers 2 --timing
+
+echo "== docs pre-processing without Quarto"
+python -c "from nbdev.serve import proc_nbs; proc_nbs()"
+
+echo "== pytest"
+set +e
+python -m pytest tests -q -n 2 "$@"
+rc=$?
+set -e
+[ $rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }
+exit $rc
