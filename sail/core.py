@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['project_root', 'ConfigError', 'DataConfig', 'DemoConfig', 'SlicesConfig', 'SplitConfig', 'Config', 'from_dict',
-           'config_path', 'resolve', 'load_config', 'to_dict', 'digest', 'RunPaths', 'run_paths', 'seed_everything',
-           'rng', 'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'headless', 'progress', 'get_logger',
-           'Failures', 'library_versions', 'now', 'show_path', 'record_step']
+           'config_path', 'resolve', 'load_config', 'to_dict', 'digest', 'RunPaths', 'run_paths', 'dataset_label',
+           'seed_everything', 'rng', 'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'headless',
+           'progress', 'get_logger', 'Failures', 'library_versions', 'now', 'show_path', 'record_step']
 
 # %% ../nbs/00_core.ipynb #d46d9226
 import os, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses, importlib.util
@@ -194,7 +194,13 @@ def run_paths(cfg:Config)->RunPaths:
     root = project_root()
     return RunPaths(root, root/'runs'/cfg.name, resolve(cfg.data.dir, root), resolve(cfg.data.totalseg_root, root))
 
-# %% ../nbs/00_core.ipynb #59313b14
+# %% ../nbs/00_core.ipynb #d1fce13e
+def dataset_label(cfg:Config)->str: # a run configuration
+    "What data a run uses, in words: the synthetic demo or a TotalSegmentator download."
+    if cfg.demo is not None: return f"DEMO dataset (synthetic phantoms + package volumes, not patients) at {cfg.data.totalseg_root}"
+    return f"TotalSegmentator data at {cfg.data.totalseg_root}"
+
+# %% ../nbs/00_core.ipynb #2ef254cd
 def seed_everything(seed:int): # the seed for `random`, NumPy's legacy generator and torch
     "Seed every global random generator SAIL uses."
     random.seed(seed); np.random.seed(seed % 2**32)
@@ -249,7 +255,7 @@ def write_parquet(path:str|Path, df:pd.DataFrame): # file, table to write (index
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #31cf42f2
+# %% ../nbs/00_core.ipynb #72d389c4
 def headless()->bool:
     "True when a step runs under `sail run` (papermill) or outside a notebook."
     if os.environ.get('SAIL_HEADLESS') == '1': return True
@@ -264,7 +270,7 @@ def progress(
     "A tqdm progress bar that suits the terminal, the notebook and headless papermill runs."
     if headless():
         from tqdm import tqdm
-        kwargs = dict(mininterval=3.0, ascii=True, ncols=100, file=sys.stderr, disable=None) | kwargs
+        kwargs = dict(mininterval=3.0, ascii=True, ncols=100, file=sys.stderr) | kwargs
     else: from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
 

@@ -11,7 +11,7 @@ import os, sys, json, time, argparse
 from pathlib import Path
 import nbformat
 from .core import (Config, ConfigError, load_config, run_paths, project_root, digest, write_json, library_versions,
-                       now, get_logger)
+                       now, get_logger, dataset_label)
 
 # %% ../nbs/90_pipeline.ipynb #7c68d2fc
 def find_steps(
@@ -45,7 +45,8 @@ def read_manifest(cfg:Config)->dict: # run configuration
     return dict(run=cfg.name, steps={})
 
 def _update(cfg:Config, manifest:dict, step:str, **entry)->dict:
-    manifest.update(run=cfg.name, config=cfg.source, config_digest=digest(cfg), updated=now(), versions=library_versions())
+    manifest.update(run=cfg.name, dataset=dataset_label(cfg), config=cfg.source, config_digest=digest(cfg), updated=now(),
+                    versions=library_versions())
     manifest['steps'][step] = manifest['steps'].get(step, {}) | entry
     write_json(run_paths(cfg).manifest, manifest)
     return manifest
@@ -122,7 +123,7 @@ def run_pipeline(
     cfg = load_config(config)
     chosen = select_steps(find_steps(), steps)
     manifest = read_manifest(cfg)
-    echo(f"sail run {cfg.name} ({cfg.source}): {len(chosen)} step(s) -> {run_paths(cfg).run}")
+    echo(f"sail run {cfg.name} ({cfg.source}): {len(chosen)} step(s) -> {run_paths(cfg).run}\n  {dataset_label(cfg)}")
     for i, (name, path) in enumerate(chosen, 1):
         if not force and is_done(manifest, name, cfg):
             echo(f"[{i}/{len(chosen)}] {name}: done earlier, skipped"); continue

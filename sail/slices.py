@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import (Config, Failures, load_config, run_paths, digest, write_json, write_parquet, atomic_path,
+from .core import (Config, Failures, dataset_label, load_config, run_paths, digest, write_json, write_parquet, atomic_path,
                        progress, get_logger, library_versions, now, record_step)
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
                            read_meta, slice_scan, age_bin, _toy_scan)

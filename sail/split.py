@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedShuffleSplit
-from .core import Config, load_config, run_paths, digest, atomic_path, write_json, get_logger, now, record_step
+from .core import Config, dataset_label, load_config, run_paths, digest, atomic_path, write_json, get_logger, now, record_step
 from .totalseg import age_bin
 from .slices import load_slices
 
@@ -30,6 +30,11 @@ def strata(
         if not small.any(): break
         for k in sorted(key[small].unique()): notes.append(f"stratum {k} ({int((key == k).sum())} scan(s)) merged into {coarser[key == k].iloc[0]}")
         key = key.where(~small, coarser)
+    small = key.map(key.value_counts()) < min_size
+    if small.any():  # leftovers alone even in 'all': join the largest stratum
+        largest = key[~small].value_counts().idxmax() if (~small).any() else 'all'
+        notes.append(f"{int(small.sum())} scan(s) still in too small a stratum joined {largest}")
+        key = key.where(~small, largest)
     return key, notes
 
 # %% ../nbs/04_split.ipynb #bf623c37
@@ -42,7 +47,7 @@ def make_split(
     "Institution-held-out test set plus a stratified train/val split of the other scans."
     dup = scans.duplicated(['modality', 'image_id'])
     if dup.any(): raise ValueError(f"scan {tuple(scans.loc[dup, ['modality', 'image_id']].iloc[0])} appears more than once")
-    s = scans[['modality', 'image_id', 'institute', 'gender', 'age']].reset_index(drop=True).copy()
+    s = scans[['modality', 'image_id', 'institute', 'gender', 'age']].sort_values(['modality', 'image_id']).reset_index(drop=True)
     s['age_bin'] = age_bin(s.age)
     s['split'] = pd.Series(pd.NA, index=s.index, dtype='string')
     s.loc[s.institute.isin(list(test_institutes)).fillna(False).astype(bool), 'split'] = 'test'
