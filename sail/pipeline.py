@@ -152,8 +152,26 @@ def _parser()->argparse.ArgumentParser:
     r.add_argument('--steps', nargs='+', help="run only these steps, e.g. --steps slices split")
     r.add_argument('--force', action='store_true', help="rerun steps even if they are done")
     r.add_argument('--strict', action='store_true', help="stop at the first failing item (scan, slice) instead of recording it")
+    e = sub.add_parser('embed', help='embed outside the pipeline: one shard of the work (--shard i/n), or the merge')
+    e.add_argument('config', nargs='?', default='demo', help="configuration name or YAML path (default: demo)")
+    e.add_argument('--encoder', nargs='+', help="encoder ids to run (default: all configured)")
+    e.add_argument('--shard', help="i/n: this process does every n-th shard starting at i (0-based); the last to finish merges")
+    e.add_argument('--merge', action='store_true', help="only merge finished shards (checks every slice is present once)")
+    e.add_argument('--force', action='store_true', help="recompute even if up to date")
     sub.add_parser('steps', help='list the pipeline steps')
     return p
+
+def _embed_command(args)->None:
+    "`sail embed`: shards and merges of the embedding step, for several processes or machines."
+    from sail.embed import embed_encoder, merge_embeddings
+    from sail.encoders import encoder_id
+    cfg = load_config(args.config)
+    chosen = [ec for ec in cfg.embed.encoders if not args.encoder or encoder_id(ec) in args.encoder]
+    if args.encoder and len(chosen) != len(args.encoder):
+        raise ValueError(f"unknown encoder id(s) {sorted(set(args.encoder) - {encoder_id(e) for e in chosen})}; configured: {[encoder_id(e) for e in cfg.embed.encoders]}")
+    for ec in chosen:
+        r = merge_embeddings(cfg, ec) if args.merge else embed_encoder(cfg, ec, force=args.force, shard=args.shard)
+        print(f"{encoder_id(ec)}: " + (f"merged {r['n_rows']} embeddings of dim {r['dim']}" if 'n_rows' in r else f"{r['shards_missing']} of {r['shards_total']} shards still to do"))
 
 def main(argv:list|None=None)->int: # command-line arguments (default sys.argv[1:])
     "Entry point of the `sail` command."
@@ -161,7 +179,9 @@ def main(argv:list|None=None)->int: # command-line arguments (default sys.argv[1
     if args.command == 'steps':
         for n, p in find_steps(): print(f"{n}\t{p.relative_to(project_root())}")
         return 0
-    try: run_pipeline(args.config, args.steps, args.force, args.strict)
+    try:
+        if args.command == 'embed': _embed_command(args)
+        else: run_pipeline(args.config, args.steps, args.force, args.strict)
     except (ConfigError, StepFailed, ValueError, FileNotFoundError) as e:
         print(f"sail: {e}", file=sys.stderr); return 1
     return 0

@@ -1,0 +1,158 @@
+"Encoders and embedding extraction: preprocessing arithmetic, DINOv3 feature, random init, resume, shards, failures, tokens."
+import json, os, sys, time, signal, shutil, subprocess
+from pathlib import Path
+import numpy as np, pandas as pd, pyarrow.parquet as pq, pytest, torch
+from PIL import Image
+from sail.core import EncoderConfig, load_config, project_root
+from sail.encoders import (build_encoder, square_resize, normalize, IMAGENET_MEAN, IMAGENET_STD, reinit_, dinov3_config,
+                           PixelsEncoder, EncoderUnavailable, encoder_id)
+from sail.slices import slice_dataset
+from sail.embed import embed_encoder, load_embeddings, merge_embeddings
+
+ROOT = project_root()
+
+@pytest.fixture
+def sliced(mini, make_config, tmp_path):
+    "The real fixture sliced (227 slices), with a config embedding in shards of 64."
+    def _make(**embed):
+        cfg = make_config(data={'totalseg_root': str(mini), 'dir': str(tmp_path/'data')}, workers=2,
+                          embed={'shard_rows': 64, 'batch_size': 16} | embed)
+        slice_dataset(cfg)
+        return cfg
+    return _make
+
+def test_registry():
+    assert isinstance(build_encoder('pixels'), PixelsEncoder)
+    with pytest.raises(KeyError, match="unknown encoder 'dinov2'; known:"):
+        build_encoder('dinov2')
+    with pytest.raises(EncoderUnavailable, match='BiomedParse is not installed'):
+        build_encoder('biomedparse')
+    assert encoder_id(EncoderConfig('random:biomedparse')) == 'random-biomedparse'
+
+def test_preprocessing_arithmetic_matches_independent_computation():
+    g = np.random.default_rng(0)
+    img = g.integers(0, 256, (224, 224), dtype=np.uint8)
+    x = normalize(square_resize(img, 224)[None], IMAGENET_MEAN, IMAGENET_STD)[0].numpy()
+    for c in range(3):   # HF DINOv3 processor: rescale 1/255 then (x - mean) / std per channel
+        np.testing.assert_allclose(x[c], (img / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rtol=0, atol=1e-5)
+    big = np.asarray(Image.fromarray(g.integers(0, 256, (64, 64), dtype=np.uint8)).resize((448, 448), Image.NEAREST))
+    ours = square_resize(big, 224).numpy().astype(int)
+    pil = np.asarray(Image.fromarray(big).resize((224, 224), Image.BILINEAR)).astype(int)   # PIL: antialiased bilinear
+    assert np.abs(ours - pil).max() <= 1
+
+def test_letterbox_keeps_aspect():
+    tall = np.full((200, 50), 255, np.uint8)
+    sq = square_resize(tall, 100).numpy()
+    assert sq[:, 50].min() == 255 and sq[:, :30].max() == 0 and sq[:, -30:].max() == 0
+
+def test_tiny_dinov3_feature_is_cls_after_final_norm():
+    enc = build_encoder(EncoderConfig('random:dinov3', arch='tiny', image_size=64))
+    batch = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = enc.model(pixel_values=normalize(batch, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True)
+        feat = enc(batch)
+        renormed = enc.model.norm(out.hidden_states[-1])[:, 0]
+    torch.testing.assert_close(feat, out.last_hidden_state[:, 0])
+    torch.testing.assert_close(feat, renormed)
+    assert feat.shape == (3, 192) and enc.description['weights'].startswith('random')
+
+def test_random_init_statistics_vitl16_shape():
+    from transformers import AutoModel
+    cfg = dinov3_config('vitl16'); cfg.num_hidden_layers = 2                # ViT-L widths, 2 layers (memory)
+    m = reinit_(AutoModel.from_config(cfg), seed=42)
+    w = torch.cat([l.weight.flatten() for l in m.modules() if isinstance(l, torch.nn.Linear)])
+    assert abs(w.std().item() - 0.02) < 2e-4 and abs(w.mean().item()) < 1e-4
+    assert all((l.bias == 0).all() for l in m.modules() if isinstance(l, torch.nn.Linear) and l.bias is not None)
+    assert all((l.weight == 1).all() and (l.bias == 0).all() for l in m.modules() if isinstance(l, torch.nn.LayerNorm))
+    assert m.config.hidden_size == 1024
+
+def test_embed_load_zero_copy_and_aligned(sliced):
+    cfg = sliced(encoders=[{'name': 'pixels', 'image_size': 16}])
+    meta = embed_encoder(cfg, cfg.embed.encoders[0])
+    emb, slices = load_embeddings(cfg.data.dir, 'pixels', ['plane'])
+    assert emb.shape == (227, 256) and emb.dtype == np.float32 and not emb.flags['OWNDATA']
+    assert meta['n_rows'] == 227 and meta['failures'] == [] and meta['dim'] == 256
+    t = pq.read_table(Path(cfg.data.dir)/'embeddings'/'pixels.parquet')
+    assert str(t.schema.field('embedding').type) == 'fixed_size_list<element: float>[256]'
+    assert list(slices.columns) == ['slice_id', 'plane']
+    p = Path(cfg.data.dir)/'slices.parquet'                                  # a changed slice table is a mismatch
+    df = pd.read_parquet(p); df.iloc[::-1].to_parquet(p, index=False)
+    with pytest.raises(ValueError, match='do not match the 227 slices'):
+        load_embeddings(cfg.data.dir, 'pixels')
+
+def test_corrupt_png_recorded_and_nan_raises(sliced):
+    cfg = sliced(encoders=[{'name': 'pixels', 'image_size': 8}])
+    d = Path(cfg.data.dir); sl = pd.read_parquet(d/'slices.parquet')
+    (d/sl.image_path[10]).write_bytes(b'\x89PNG\r\n\x1a\n truncated')
+    meta = embed_encoder(cfg, cfg.embed.encoders[0])
+    assert [f['slice_id'] for f in meta['failures']] == [sl.slice_id[10]] and sl.image_path[10] in meta['failures'][0]['image_path']
+    emb, rows = load_embeddings(d, 'pixels')
+    assert len(rows) == 226 and sl.slice_id[10] not in set(rows.slice_id)
+
+    class NaNOnBright(PixelsEncoder):
+        def forward(self, b):
+            e = super().forward(b); e[b.float().mean((1, 2)) > 250] = float('nan'); return e
+    Image.fromarray(np.full((20, 20), 255, np.uint8)).save(d/sl.image_path[20])
+    with pytest.raises(FloatingPointError, match=f"non-finite embedding for slice {sl.slice_id[20]}"):
+        embed_encoder(cfg, EncoderConfig('pixels', id='nan', image_size=8), encoder=NaNOnBright(8))
+
+def test_sharded_run_plus_merge_equals_single_run(sliced):
+    cfg = sliced(encoders=[{'name': 'random:dinov3', 'arch': 'tiny', 'image_size': 32, 'id': 'tiny'}])
+    single = cfg.embed.encoders[0]
+    embed_encoder(cfg, single)
+    a = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny.parquet')
+    sharded = EncoderConfig('random:dinov3', arch='tiny', image_size=32, id='tiny-sharded')
+    r0 = embed_encoder(cfg, sharded, shard='0/2')
+    assert r0 == {'merged': False, 'shards_missing': 2, 'shards_total': 4}
+    with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[1, 3\] not done yet"):
+        merge_embeddings(cfg, sharded)
+    r1 = embed_encoder(cfg, sharded, shard='1/2')                           # the last shard merges
+    b = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny-sharded.parquet')
+    assert r1['n_rows'] == 227 and a.equals(b)
+
+def _yaml(tmp_path, mini, name, data, extra=''):
+    p = tmp_path/f'{name}.yaml'
+    p.write_text(f"name: {name}\nworkers: 1\ndata: {{totalseg_root: {mini}, dir: {data}}}\n{extra}")
+    return p
+
+def test_killed_embedding_resumes_identically(mini, tmp_path):
+    enc = "embed: {shard_rows: 32, batch_size: 8, encoders: [{name: random:dinov3, arch: tiny, image_size: 48, id: t}]}\n"
+    ref = load_config(_yaml(tmp_path, mini, '_pytest_emb_ref', tmp_path/'ref', enc))
+    slice_dataset(ref); embed_encoder(ref, ref.embed.encoders[0])
+    path = _yaml(tmp_path, mini, '_pytest_emb_kill', tmp_path/'kill', enc)
+    slice_dataset(load_config(path))
+    code = f"from sail.core import load_config; from sail.embed import embed_encoder; c = load_config({str(path)!r}); embed_encoder(c, c.embed.encoders[0])"
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path/'kill'/'embeddings'/'.t-shards'
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shards.glob('0*.parquet'))) < 2: time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    done = len(list(shards.glob('0*.parquet')))
+    assert 2 <= done < 8 and not (tmp_path/'kill'/'embeddings'/'t.parquet').exists()
+    c = load_config(path); embed_encoder(c, c.embed.encoders[0])
+    a = pq.read_table(tmp_path/'ref'/'embeddings'/'t.parquet'); b = pq.read_table(tmp_path/'kill'/'embeddings'/'t.parquet')
+    assert a.equals(b)
+
+def test_cli_shards_and_token_never_written(mini, tmp_path):
+    fake = 'hf_SAILfakeTOKENvalue0123456789abcdef'
+    extra = ("embed: {shard_rows: 64, encoders: [{name: pixels, image_size: 8}, "
+             "{name: dinov3, model: sail-tests/gated-model, optional: true}]}\n")
+    cfgp = _yaml(tmp_path, mini, f'_pytest_token_{tmp_path.name}', tmp_path/'data', extra)
+    env = os.environ | {'HF_TOKEN': fake, 'HUGGING_FACE_HUB_TOKEN': fake}
+    sail = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+    try:
+        r = subprocess.run(sail + ['run', str(cfgp), '--steps', 'slices', 'embed'], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((ROOT/'runs'/f'_pytest_token_{tmp_path.name}'/'manifest.json').read_text())
+        assert 'dinov3' in m['steps']['06_embed']['summary']['skipped']                 # optional and unavailable
+        r2 = subprocess.run(sail + ['embed', str(cfgp), '--encoder', 'pixels', '--shard', '0/3', '--force'], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert r2.returncode == 0 and 'pixels: 2 of 4 shards still to do' in r2.stdout, r2.stdout + r2.stderr
+        for spec in ['1/3', '2/3']: subprocess.run(sail + ['embed', str(cfgp), '--encoder', 'pixels', '--shard', spec], check=True, capture_output=True, env=env, cwd=ROOT)
+        emb, rows = load_embeddings(tmp_path/'data', 'pixels')
+        assert emb.shape == (227, 64)
+        texts = r.stdout + r.stderr + r2.stdout + r2.stderr
+        for folder in [tmp_path/'data', ROOT/'runs'/f'_pytest_token_{tmp_path.name}']:
+            for f in folder.rglob('*'):
+                if f.is_file(): assert fake.encode() not in f.read_bytes(), f
+        assert fake not in texts
+    finally: shutil.rmtree(ROOT/'runs'/f'_pytest_token_{tmp_path.name}', ignore_errors=True)
