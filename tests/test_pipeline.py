@@ -3,6 +3,8 @@ import json, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest, nbformat
 from sail.core import project_root
+from sail.pipeline import find_steps
+from sail.embed import load_embeddings
 
 ROOT = project_root()
 SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
@@ -27,13 +29,17 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     cfg, name = smoke_config
     r = _run('run', str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
-    for step in ['02_demo', '03_slices', '04_split']: assert f'{step}: done in' in r.stdout
+    steps = [n for n, _ in find_steps()]
+    assert steps[:4] == ['02_demo', '03_slices', '04_split', '06_embed']
+    for step in steps: assert f'{step}: done in' in r.stdout
     run = ROOT/'runs'/name
     m = json.loads((run/'manifest.json').read_text())
-    assert [m['steps'][s]['status'] for s in ['02_demo', '03_slices', '04_split']] == ['done'] * 3
+    assert [m['steps'][s]['status'] for s in steps] == ['done'] * len(steps)
+    emb, rows = load_embeddings(tmp_path/'data', 'pixels')
+    assert emb.shape == (m['steps']['03_slices']['summary']['n_slices'], 1024)
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
     assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(tmp_path/'data'/'slices.parquet')
-    for step in ['02_demo', '03_slices', '04_split']:
+    for step in steps:
         nb = nbformat.read(run/'notebooks'/f'{step}.ipynb', as_version=4)
         assert any('injected-parameters' in c.metadata.get('tags', []) for c in nb.cells)
     slices = pd.read_parquet(tmp_path/'data'/'slices.parquet')
@@ -41,7 +47,7 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     assert set(zip(split.modality, split.image_id)) == set(zip(slices.modality, slices.image_id))
     assert (tmp_path/'data'/slices.image_path.iloc[0]).exists()
     r2 = _run('run', str(cfg))                                              # everything is done: all skipped
-    assert r2.returncode == 0 and r2.stdout.count('done earlier, skipped') == 3, r2.stdout
+    assert r2.returncode == 0 and r2.stdout.count('done earlier, skipped') == len(steps), r2.stdout
     r3 = _run('run', str(cfg), '--steps', 'split', '--force')               # a forced single step reruns, same split
     assert r3.returncode == 0 and '04_split: done in' in r3.stdout
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'data'/'split.csv'), split)
