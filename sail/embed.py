@@ -115,13 +115,13 @@ def embed_encoder(
     log, data = get_logger('sail.embed'), run_paths(cfg).data
     out, side, shard_dir = _paths(cfg, ec)
     slices = load_slices(data, ['slice_id', 'image_path'])
-    settings = dict(encoder=dataclasses.asdict(ec), slices=slice_ids_digest(slices), shard_rows=cfg.embed.shard_rows)
+    enc = encoder or build_encoder(ec)
+    settings = dict(encoder=dataclasses.asdict(ec), description=enc.description, slices=slice_ids_digest(slices), shard_rows=cfg.embed.shard_rows)
     sd = digest(settings)
     if not force and side.exists() and out.exists() and json.loads(side.read_text()).get('settings_digest') == sd:
         log.info(f"{out.name} up to date"); return json.loads(side.read_text())
     if force or not (shard_dir/'settings.json').exists() or json.loads((shard_dir/'settings.json').read_text()).get('digest') != sd:
         shutil.rmtree(shard_dir, ignore_errors=True)
-    enc = encoder or build_encoder(ec)
     shard_dir.mkdir(parents=True, exist_ok=True)
     write_json(shard_dir/'settings.json', dict(digest=sd, description=enc.description, dim=enc.dim))
     i, n = parse_shard(shard)

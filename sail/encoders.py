@@ -73,14 +73,15 @@ DINOV3_ARCHS = {  # DINOv3ViTConfig keyword arguments of architectures that can 
     'vitl16': dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
                    num_register_tokens=4, layerscale_value=1e-5, use_gated_mlp=False, rope_theta=100.0),
     'tiny': dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3, patch_size=16,
-                 num_register_tokens=4, layerscale_value=1e-5, use_gated_mlp=False, rope_theta=100.0)}
+                 num_register_tokens=4, layerscale_value=1.0, use_gated_mlp=False, rope_theta=100.0)}
 
 class HFBackboneEncoder(Encoder):
     "A Hugging Face vision backbone; feature = pooled output (CLS after the final norm for DINOv3)."
     def __init__(self, model:nn.Module, image_size:int, description:dict): # backbone, input side, provenance
         super().__init__(description)
         self.model, self.image_size, self.dim = model.eval(), image_size, int(model.config.hidden_size)
-        self.description |= dict(image_size=image_size, dim=self.dim, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        arch = {k: v for k, v in model.config.to_dict().items() if not k.startswith('_') and k not in ('transformers_version', 'dtype', 'torch_dtype')}
+        self.description |= dict(image_size=image_size, dim=self.dim, mean=IMAGENET_MEAN, std=IMAGENET_STD, config=arch,
                                  preprocessing='letterbox to square, bilinear antialiased resize, /255, ImageNet normalisation',
                                  feature='pooler_output (CLS token after the final LayerNorm)')
     def forward(self, batch:torch.Tensor)->torch.Tensor: # (B, S, S) uint8

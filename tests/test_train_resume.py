@@ -1,0 +1,78 @@
+"Killed training and interrupted code computation resume to exactly the uninterrupted result."
+import json, sys, time, signal, shutil, subprocess
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+from safetensors.torch import load_file
+from sail.core import load_config, project_root
+from sail.slices import slice_dataset
+from sail.split import split_dataset
+from sail.embed import embed_encoder
+from sail.train import train_grid, sae_dir
+from sail.codes import write_codes, load_codes, codes_dir, to_torch_sparse
+
+ROOT = project_root()
+
+def _cfg(tmp_path, mini, name, data, epochs=30):
+    p = tmp_path/f'{name}.yaml'
+    p.write_text(f"""name: {name}
+workers: 1
+data: {{totalseg_root: {mini}, dir: {data}}}
+embed: {{encoders: [{{name: pixels, image_size: 8}}]}}
+sae: {{variants: [paper], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epochs: {epochs}, batch_size: 16, lr: 1.0e-3, warmup_steps: 5}}
+""")
+    return p
+
+@pytest.fixture
+def prepared(mini, tmp_path):
+    data = tmp_path/'data'
+    cfg = load_config(_cfg(tmp_path, mini, f'_pytest_train_{tmp_path.name}', data))
+    slice_dataset(cfg); split_dataset(cfg); embed_encoder(cfg, cfg.embed.encoders[0])
+    yield tmp_path, data
+    for p in ROOT.joinpath('runs').glob(f'_pytest_*{tmp_path.name}*'): shutil.rmtree(p, ignore_errors=True)
+
+def test_killed_training_resumes_identically(mini, prepared):
+    tmp_path, data = prepared
+    ref = load_config(_cfg(tmp_path, mini, f'_pytest_ref_{tmp_path.name}', data))
+    train_grid(ref, 'pixels', 'paper')
+    path = _cfg(tmp_path, mini, f'_pytest_kill_{tmp_path.name}', data)
+    kill = load_config(path)
+    state = sae_dir(kill, 'pixels', 'paper')/'.family-8_32'/'state.json'
+    code = f"from sail.core import load_config; from sail.train import train_grid; train_grid(load_config({str(path)!r}), 'pixels', 'paper')"
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads(state.read_text())['epoch'] >= 3: break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError): pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    epoch = json.loads(state.read_text())['epoch']
+    assert 3 <= epoch < 30
+    train_grid(kill, 'pixels', 'paper')
+    for name in ['D_8_32_K_2_4', 'D_8_32_K_4_8']:
+        a = load_file(str(sae_dir(ref, 'pixels', 'paper')/name/'model.safetensors'))
+        b = load_file(str(sae_dir(kill, 'pixels', 'paper')/name/'model.safetensors'))
+        for k in a: assert torch.equal(a[k], b[k]), (name, k)
+        ma = [json.loads(l) for l in (sae_dir(ref, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
+        mb = [json.loads(l) for l in (sae_dir(kill, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
+        assert [m['epoch'] for m in mb] == list(range(1, 31)) and ma == mb
+
+def test_codes_resume_and_readers(mini, prepared):
+    tmp_path, data = prepared
+    cfg = load_config(_cfg(tmp_path, mini, f'_pytest_codes_{tmp_path.name}', data, epochs=3))
+    train_grid(cfg, 'pixels', 'paper')
+    name = 'D_8_32_K_4_8'
+    full = write_codes(cfg, 'pixels', 'paper', name)
+    first = {s: (codes_dir(cfg, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() for s in ['train', 'val']}
+    shutil.rmtree(codes_dir(cfg, 'pixels', 'paper', name))
+    write_codes(cfg, 'pixels', 'paper', name, splits=('train',))            # interrupted after one split
+    assert not (codes_dir(cfg, 'pixels', 'paper', name)/'val.parquet').exists()
+    again = write_codes(cfg, 'pixels', 'paper', name)                       # resumes: writes the rest
+    for s in ['train', 'val']: assert (codes_dir(cfg, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() == first[s]
+    assert again['splits'] == full['splits']
+    m, rows = load_codes(cfg, 'pixels', 'paper', name, 'val', ['plane'])
+    split = pd.read_csv(data/'split.csv')
+    assert m.shape == (len(rows), 32) and len(rows) > 0 and set(rows.columns) == {'slice_id', 'plane'}
+    assert abs(np.diff(m.indptr).mean() - full['splits']['val']['l0']) < 1e-9
+    assert torch.equal(to_torch_sparse(m).to_dense(), torch.from_numpy(m.toarray()))
+    assert full['splits']['train']['bytes_per_row'] < full['splits']['train']['dense_bytes_per_row']
