@@ -28,7 +28,7 @@ from .train import load_sae, sae_dir
 def compute_codes(
     sae:MatryoshkaSAE,     # one trained SAE (M = 1)
     X,                     # (N, d) embeddings (NumPy or torch); normalised here
-    batch_size:int=8192,   # rows per batch
+    batch_size:int=2048,   # rows per batch
     device:str='cpu',      # where to compute
     desc:str='',           # progress label ('' = no bar)
 )->tuple:  # (indptr int64 (N+1,), indices int32, values float32)

@@ -115,7 +115,8 @@ class SAEConfig:
     aux_dead_samples: int = 10_000_000 # samples without firing after which a feature counts as dead for AuxK
     seed: int = 42             # seed of initialisation (config i of a family uses seed + i) and batch order
     checkpoint_every: int = 1  # epochs between resumable checkpoints
-    codes_batch_size: int = 8192 # rows per inference batch when computing codes
+    models_per_batch: int = 0  # configs of a family trained as one batched model; 0 = auto (the whole family on a GPU, 1 on a CPU)
+    codes_batch_size: int = 2048 # rows per inference batch when computing codes (larger is slower on CPU: cache)
 
 @dataclasses.dataclass
 class Config:

@@ -61,11 +61,11 @@ def _bags(keys:torch.Tensor, n:int)->tuple:
     return order, offsets
 
 class _KeptPreacts(torch.autograd.Function):
-    "z[rows, cols] with z = xc @ Wᵀ + b_enc; backward touches only the kept entries."
+    "Kept entries `vals` = z[rows, cols] of z = xc @ Wᵀ + b_enc, with gradients; backward touches only those entries."
     @staticmethod
-    def forward(ctx, xc, W, b_enc, z, rows, cols):
+    def forward(ctx, xc, W, b_enc, vals, rows, cols):
         ctx.save_for_backward(xc, W, rows, cols)
-        return z[rows, cols]
+        return vals.clone()
     @staticmethod
     def backward(ctx, g):
         xc, W, rows, cols = ctx.saved_tensors
@@ -150,32 +150,35 @@ def train_forward(
     x:torch.Tensor,     # (B, d) L2-normalised embeddings
 )->dict:  # loss (scalar, sum over models) and per-model, per-level statistics
     "One training step's forward pass: BatchTopK per level, sparse decode, Matryoshka loss, θ update."
-    B, L = x.shape[0], len(sae.sizes)
-    z = sae.preacts(x)
-    Wd = sae.decoder()
-    xc = x[None] - sae.b_dec[:, None]
-    mse = torch.zeros(sae.n_models, L, device=x.device)
-    total, aux_losses, mins = 0., [], []
-    for m in range(sae.n_models):
-        level_losses = []
-        for l, D_l in enumerate(sae.sizes):
-            rows, cols, _ = _level_codes(z[m].float(), D_l, int(sae.ks[m, l]) * B, relu=sae.variant == 'paper')
-            a = _KeptPreacts.apply(xc[m], sae.W[m], sae.b_enc[m], z[m], rows, cols)
-            if sae.variant == 'paper': a = F.relu(a)
-            codes = SparseCodes(rows, cols, a.detach(), B)
-            xhat = codes.decode(Wd[m], a[codes.order]) + sae.b_dec[m]
-            level_losses.append(F.mse_loss(xhat.float(), x.float()))
-        loss_m = torch.stack(level_losses).mean()
-        if sae.aux_k_coef > 0: aux = _aux_loss(sae, m, x, z[m], xc[m], xhat, Wd[m], cols); aux_losses.append(aux); loss_m = loss_m + sae.aux_k_coef * aux
-        total = total + loss_m
-        mse[m] = torch.stack(level_losses).detach()
-        pos = codes.vals[codes.vals > 0]
-        mins.append(pos.min() if len(pos) else torch.tensor(float('nan'), device=x.device))
-        with torch.no_grad():
-            fired = torch.zeros(sae.sizes[-1], dtype=torch.bool, device=x.device); fired[cols] = True
-            sae.since_fired[m] += B; sae.since_fired[m][fired] = 0
-    _update_theta(sae, torch.stack(mins).float())
-    return dict(loss=total, mse=mse, aux=torch.stack(aux_losses).detach() if aux_losses else None)
+    B, L, M, D = x.shape[0], len(sae.sizes), sae.n_models, sae.sizes[-1]
+    z = sae.preacts(x)                                               # (M, B, D), no autograd
+    xc = (x[None] - sae.b_dec[:, None]).reshape(M * B, -1)           # all models' rows in one matrix
+    W, b_enc, Wd = sae.W.reshape(M * D, -1), sae.b_enc.reshape(-1), sae.decoder().reshape(M * D, -1)
+    z_flat, target, bias = z.reshape(M * B, D), x.repeat(M, 1), sae.b_dec.repeat_interleave(B, 0)
+    level_losses = []
+    for l, D_l in enumerate(sae.sizes):
+        picks = [_level_codes(z[m].float(), D_l, int(sae.ks[m, l]) * B, relu=sae.variant == 'paper') for m in range(M)]
+        rows = torch.cat([r + m * B for m, (r, _, _) in enumerate(picks)])
+        cols = torch.cat([c + m * D for m, (_, c, _) in enumerate(picks)])
+        a = _KeptPreacts.apply(xc, W, b_enc, z_flat[rows, cols % D], rows, cols)
+        if sae.variant == 'paper': a = F.relu(a)
+        codes = SparseCodes(rows, cols, a.detach(), M * B)
+        xhat = codes.decode(Wd, a[codes.order]) + bias
+        level_losses.append(((xhat.float() - target.float())**2).reshape(M, -1).mean(1))   # MSE per model
+    loss_m = torch.stack(level_losses, 1).mean(1)                    # (M,): mean over levels
+    with torch.no_grad():
+        model_of = codes.rows // B
+        pos = codes.vals > 0
+        mins = torch.full((M,), float('inf'), device=x.device).scatter_reduce(0, model_of[pos], codes.vals[pos].float(), 'amin')
+        fired = torch.zeros(M * D, dtype=torch.bool, device=x.device); fired[codes.cols] = True
+        sae.since_fired += B; sae.since_fired[fired.reshape(M, D)] = 0
+    aux = None
+    if sae.aux_k_coef > 0:
+        xhat_m, Wds = xhat.reshape(M, B, -1), sae.decoder()
+        aux = torch.stack([_aux_loss(sae, m, x, z[m], xc.reshape(M, B, -1)[m], xhat_m[m], Wds[m]) for m in range(M)])
+        loss_m = loss_m + sae.aux_k_coef * aux
+    _update_theta(sae, torch.where(torch.isinf(mins), torch.nan, mins))
+    return dict(loss=loss_m.sum(), mse=torch.stack(level_losses, 1).detach(), aux=None if aux is None else aux.detach())
 
 # %% ../nbs/07_sae.ipynb #4cf545c7
 @torch.no_grad()
@@ -194,7 +197,7 @@ def _update_theta(sae:MatryoshkaSAE, m_t:torch.Tensor):
         sae.theta_count[ok] += 1
 
 # %% ../nbs/07_sae.ipynb #cd57e07f
-def _aux_loss(sae, m:int, x, z, xc, xhat, Wd, cols)->torch.Tensor:
+def _aux_loss(sae, m:int, x, z, xc, xhat, Wd)->torch.Tensor:
     "AuxK loss of model `m` (normalised MSE of the residual reconstructed from dead features)."
     dead = sae.since_fired[m] >= sae.aux_dead_samples
     n_dead = int(dead.sum())
@@ -207,7 +210,7 @@ def _aux_loss(sae, m:int, x, z, xc, xhat, Wd, cols)->torch.Tensor:
     keep = v.reshape(-1) > 0
     rows, cols_a = rows[keep], cols_a[keep]
     if len(rows) == 0: return torch.zeros((), device=x.device)
-    a = F.relu(_KeptPreacts.apply(xc, sae.W[m], sae.b_enc[m], z, rows, cols_a))
+    a = F.relu(_KeptPreacts.apply(xc, sae.W[m], sae.b_enc[m], z[rows, cols_a], rows, cols_a))
     codes = SparseCodes(rows, cols_a, a.detach(), x.shape[0])
     e = (x - xhat).detach()
     ehat = codes.decode(Wd, a[codes.order])

@@ -225,7 +225,7 @@ def training_data(cfg:Config, enc_id:str, device:str='cpu')->tuple: # run config
     return X[tr].to(device), X[va].to(device), fp
 
 def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
-    keep = {k: v for k, v in vars(scfg).items() if k not in ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every')}
+    keep = {k: v for k, v in vars(scfg).items() if k not in ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')}
     return digest(dict(sae=keep, sizes=list(sizes), ks=[list(k) for k in ks], seeds=list(seeds), variant=variant, data=fp))
 
 def sae_dir(cfg:Config, enc_id:str, variant:str)->Path: # run configuration, encoder id, variant
@@ -253,15 +253,16 @@ def train_grid(
     X_train, X_val, fp = training_data(cfg, enc_id, device)
     base = sae_dir(cfg, enc_id, variant)
     rows = []
-    for sizes, patterns in grid(scfg.families, scfg.k_patterns).items():
-        if not patterns: continue
-        seeds = [scfg.seed + i for i in range(len(patterns))]
+    per_batch = scfg.models_per_batch or (len(scfg.k_patterns) if device.startswith('cuda') else 1)
+    chunks = [(sizes, patterns[i:i + per_batch], [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
+              for sizes, patterns in grid(scfg.families, scfg.k_patterns).items() for i in range(0, len(patterns), per_batch)]
+    for sizes, patterns, seeds in chunks:
         fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
         names = [config_name(sizes, k) for k in patterns]
         done = [base/n/'config.json' for n in names]
         if not force and all(p.exists() and json.loads(p.read_text()).get('settings_digest') == fd for p in done):
             log.info(f"{enc_id}/{variant}: family {list(sizes)} up to date"); rows += [json.loads(p.read_text())['final'] for p in done]; continue
-        state = base/f".family-{'_'.join(map(str, sizes))}"
+        state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
         if force: shutil.rmtree(state, ignore_errors=True)
         start = resumable_epoch(state, fd)
         sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef, scfg.aux_dead_samples).to(device)

@@ -21,6 +21,8 @@ workers: 2
 data: {{totalseg_root: {tmp_path}/TotalSegmentator, dir: {tmp_path}/data}}
 demo: {{ct_torso: 6, mri_torso: 4, ct_head: 1, mri_head: 1, voxel_mm: 10.0, seed: 3}}
 split: {{test_institutes: [A, D, E]}}
+embed: {{encoders: [{{name: pixels}}]}}
+sae: {{variants: [paper, released], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epochs: 2, batch_size: 128, lr: 1.0e-3}}
 """)
     yield p, name
     shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
@@ -30,13 +32,19 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     r = _run('run', str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [n for n, _ in find_steps()]
-    assert steps[:4] == ['02_demo', '03_slices', '04_split', '06_embed']
+    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes']
     for step in steps: assert f'{step}: done in' in r.stdout
     run = ROOT/'runs'/name
     m = json.loads((run/'manifest.json').read_text())
     assert [m['steps'][s]['status'] for s in steps] == ['done'] * len(steps)
     emb, rows = load_embeddings(tmp_path/'data', 'pixels')
     assert emb.shape == (m['steps']['03_slices']['summary']['n_slices'], 1024)
+    assert m['steps']['08_train']['summary'] == {'configs': 4, 'encoders': ['pixels'], 'variants': ['paper', 'released']}
+    for v in ['paper', 'released']:
+        for c in ['D_8_32_K_2_4', 'D_8_32_K_4_8']:
+            assert (run/'sae'/'pixels'/v/c/'model.safetensors').exists()
+            side = json.loads((run/'codes'/'pixels'/v/c/'codes.json').read_text())
+            assert sum(x['rows'] for x in side['splits'].values()) == emb.shape[0]
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
     assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(tmp_path/'data'/'slices.parquet')
     for step in steps:

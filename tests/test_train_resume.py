@@ -36,7 +36,7 @@ def test_killed_training_resumes_identically(mini, prepared):
     train_grid(ref, 'pixels', 'paper')
     path = _cfg(tmp_path, mini, f'_pytest_kill_{tmp_path.name}', data)
     kill = load_config(path)
-    state = sae_dir(kill, 'pixels', 'paper')/'.family-8_32'/'state.json'
+    state = sae_dir(kill, 'pixels', 'paper')/'.family-8_32-0'/'state.json'
     code = f"from sail.core import load_config; from sail.train import train_grid; train_grid(load_config({str(path)!r}), 'pixels', 'paper')"
     proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -1,0 +1,119 @@
+"""SAE benchmarks, every baseline measured in the same run on the same data.
+
+1. training samples/s of one config at the paper's shape (d 1536, sizes 128..8192, k 20..160) against the reference's
+   data path and model (per-item normalisation, Python collation of 2048-item batches, per-level torch.topk and dense
+   decode of zero-padded codes, detached tied decoder);
+2. a batched family of 8 configs against training the same 8 one after another (same code, M = 8 vs 8 x M = 1);
+3. codes rows/s: SAIL's batched inference against the reference's batch-size-1 loop (eval forward of every level with
+   dense reconstructions, dense row to bytes);
+4. bytes per row: sparse codes (indices + values) against the reference's dense float32 rows, both as Parquet.
+
+    python benchmarks/sae_benchmarks.py [--steps 3] [--quick]
+"""
+import argparse, time, io, os
+import numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
+from sail.core import SAEConfig
+from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder
+from sail.train import clip_per_model_, lr_factor
+from sail.codes import compute_codes, codes_table
+
+class ReferenceSAE(torch.nn.Module):
+    "The released model (spec §5.1-5.7): tied detached decoder, BatchTopK on raw z per level, dense decode of padded codes."
+    def __init__(self, d, sizes, ks):
+        super().__init__()
+        self.sizes, self.ks = sizes, ks
+        self.encoder = torch.nn.Linear(d, sizes[-1]); self.bias = torch.nn.Parameter(torch.zeros(d))
+        torch.nn.init.xavier_uniform_(self.encoder.weight); torch.nn.init.zeros_(self.encoder.bias)
+        with torch.no_grad(): self.encoder.weight /= self.encoder.weight.norm(dim=1, keepdim=True) + 1e-8
+        self.register_buffer('theta', torch.tensor(0.05))
+    def forward(self, x):
+        z = self.encoder(x - self.bias); Wt = self.encoder.weight.data   # (D, d): decode = a @ W, detached
+        outs = []
+        for D, k in zip(self.sizes, self.ks):
+            p = z[:, :D]; v, i = torch.topk(p.reshape(-1), k * x.shape[0])
+            a = torch.zeros_like(p.reshape(-1)).scatter(0, i, v).reshape(p.shape)
+            full = torch.zeros_like(z); full[:, :D] = a
+            outs.append(full @ Wt + self.bias)
+        return outs
+    def infer(self, x):
+        z = self.encoder(x - self.bias); Wt = self.encoder.weight.data; codes = []
+        for D in self.sizes:
+            a = (z[:, :D] - self.theta).clamp_min(0); full = torch.zeros_like(z); full[:, :D] = a
+            codes.append(full); _ = full @ Wt + self.bias
+        return codes[-1]
+
+def reference_batches(E, B):
+    "The reference's data path: one fixed order, per-item L2 normalisation, Python collation."
+    order = np.random.default_rng(42).permutation(len(E))
+    for s in range(0, len(E), B):
+        yield torch.stack([F.normalize(torch.from_numpy(E[i]), dim=0) for i in order[s:s + B]])
+
+def time_reference_training(E, d, sizes, ks, B, steps):
+    m = ReferenceSAE(d, sizes, ks); opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+    it = reference_batches(E, B); n = 0; t = None
+    for step in range(steps + 1):
+        if step == 1: t = time.perf_counter()
+        x = next(it)
+        loss = torch.stack([F.mse_loss(o, x) for o in m(x)]).mean(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5); opt.step(); opt.zero_grad()
+        if step >= 1: n += len(x)
+    return n / (time.perf_counter() - t)
+
+def time_sail_training(X, d, sizes, ks_list, B, steps, seeds=None):
+    sae = MatryoshkaSAE(d, sizes, ks_list, seeds=seeds or [42 + i for i in range(len(ks_list))]).train()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0)); n = 0; t = None
+    for step in range(steps + 1):
+        if step == 1: t = time.perf_counter()
+        xb = X[perm[(step * B) % len(X):(step * B) % len(X) + B]]
+        train_forward(sae, xb)['loss'].backward()
+        project_decoder_grad(sae); clip_per_model_(sae, 0.5); opt.step(); opt.zero_grad(set_to_none=True); normalize_decoder(sae)
+        if step >= 1: n += len(xb)
+    return n / (time.perf_counter() - t)
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--steps', type=int, default=3); ap.add_argument('--quick', action='store_true', help='smaller shapes, for a smoke run')
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    d, sizes, ks, B = (1536, [128, 512, 2048, 8192], [20, 40, 80, 160], 2048) if not a.quick else (256, [32, 64, 128, 256], [2, 4, 8, 16], 256)
+    N = 4 * B
+    E = np.random.default_rng(0).standard_normal((N, d), dtype=np.float32) + 0.5
+    X = F.normalize(torch.from_numpy(E), dim=-1)
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
+    print(f"shape: d {d}, sizes {sizes}, k {ks}, batch {B}")
+    ref = time_reference_training(E, d, sizes, ks, B, a.steps)
+    ours = time_sail_training(X, d, sizes, [ks], B, a.steps)
+    print(f"1. training, one config   reference data path + model: {ref:8.0f} samples/s")
+    print(f"                          SAIL (resident data, sparse decode/backward): {ours:8.0f} samples/s   ratio x{ours/ref:.1f}")
+    patterns = [[5, 5, 5, 5], [10, 10, 10, 10], [20, 20, 20, 20], [30, 30, 30, 30], [5, 10, 20, 40], [10, 20, 40, 80], [20, 40, 80, 160], [30, 60, 120, 240]]
+    if a.quick: patterns = [[max(1, k // 10) for k in p] for p in patterns]
+    for (dd, ss, bb, label) in ([(d, sizes, B, 'paper shape'), (192, [16, 64, 256, 1024], 256, 'demo shape (d 192, D 1024, batch 256)')] if not a.quick else [(d, sizes, B, 'quick')]):
+        pats = [p for p in patterns if all(k <= D for k, D in zip(p, ss))]
+        Xs = F.normalize(torch.randn(8 * bb, dd), dim=-1)
+        t = time.perf_counter(); time_sail_training(Xs, dd, ss, pats, bb, a.steps); t_fam = time.perf_counter() - t
+        t = time.perf_counter()
+        for i, p in enumerate(pats): time_sail_training(Xs, dd, ss, [p], bb, a.steps, seeds=[42 + i])
+        t_seq = time.perf_counter() - t
+        print(f"2. family of {len(pats)} configs, {label}: one after another {t_seq:6.2f} s, batched {t_fam:6.2f} s   ratio x{t_seq/t_fam:.1f}")
+    sae = MatryoshkaSAE(d, sizes, [ks], seeds=[1]).eval()
+    z = sae.preacts(X[:1024])[0]
+    sae.theta[:] = torch.quantile(z.flatten()[::7], 1 - ks[-1] / sizes[-1])   # about k active features per row
+    ref_model = ReferenceSAE(d, sizes, ks); ref_model.theta.fill_(float(sae.theta))
+    n1 = min(N, 256)
+    t = time.perf_counter()
+    with torch.no_grad():
+        blobs = [ref_model.infer(F.normalize(torch.from_numpy(E[i]), dim=0)[None])[0].numpy().tobytes() for i in range(n1)]
+    r1 = n1 / (time.perf_counter() - t)
+    t = time.perf_counter(); indptr, indices, values = compute_codes(sae, E, 2048); rb = N / (time.perf_counter() - t)
+    print(f"3. codes   reference batch-size-1 loop: {r1:8.0f} rows/s;  SAIL batched: {rb:8.0f} rows/s   ratio x{rb/r1:.0f}  (mean L0 {np.diff(indptr).mean():.0f})")
+    sparse, dense = io.BytesIO(), io.BytesIO()
+    pq.write_table(codes_table([f's{i}' for i in range(N)], indptr, indices, values), sparse)
+    full = np.zeros((N, sizes[-1]), np.float32)
+    for i in range(N): full[i, indices[indptr[i]:indptr[i + 1]]] = values[indptr[i]:indptr[i + 1]]
+    pq.write_table(pa.table({'slice_id': [f's{i}' for i in range(N)], 'sparse_features': [r.tobytes() for r in full]}), dense)
+    raw = 4 * sizes[-1]
+    print(f"4. storage  dense float32 row: {raw} bytes raw, {dense.tell()/N:.0f} bytes/row in snappy Parquet;  "
+          f"sparse Parquet: {sparse.tell()/N:.0f} bytes/row   ratio x{raw/(sparse.tell()/N):.1f} raw, x{dense.tell()/sparse.tell():.1f} vs compressed")
+
+if __name__ == '__main__': main()
