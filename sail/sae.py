@@ -171,12 +171,12 @@ def train_forward(
         pos = codes.vals > 0
         mins = torch.full((M,), float('inf'), device=x.device).scatter_reduce(0, model_of[pos], codes.vals[pos].float(), 'amin')
         fired = torch.zeros(M * D, dtype=torch.bool, device=x.device); fired[codes.cols] = True
-        sae.since_fired += B; sae.since_fired[fired.reshape(M, D)] = 0
     aux = None
-    if sae.aux_k_coef > 0:
+    if sae.aux_k_coef > 0:   # dead = silent for aux_dead_samples samples before this step
         xhat_m, Wds = xhat.reshape(M, B, -1), sae.decoder()
         aux = torch.stack([_aux_loss(sae, m, x, z[m], xc.reshape(M, B, -1)[m], xhat_m[m], Wds[m]) for m in range(M)])
         loss_m = loss_m + sae.aux_k_coef * aux
+    with torch.no_grad(): sae.since_fired += B; sae.since_fired[fired.reshape(M, D)] = 0
     _update_theta(sae, torch.where(torch.isinf(mins), torch.nan, mins))
     return dict(loss=loss_m.sum(), mse=torch.stack(level_losses, 1).detach(), aux=None if aux is None else aux.detach())
 

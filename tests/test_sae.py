@@ -105,3 +105,20 @@ def test_saelens_export_loads_and_matches(tmp_path, variant):
 def test_grid_is_28_per_encoder():
     assert sum(len(v) for v in grid().values()) == 28
     assert config_name([128, 512, 2048, 8192], [5, 10, 20, 40]) == 'D_128_512_2048_8192_K_5_10_20_40'
+
+def test_auxk_gives_dead_features_a_gradient():
+    torch.manual_seed(4)
+    x = F.normalize(torch.randn(64, 16), dim=-1)
+    sae = MatryoshkaSAE(16, [64], [2], aux_k_coef=1/32, aux_dead_samples=64, seeds=[0])
+    out = train_forward(sae.train(), x)                                      # first step: nothing is dead yet
+    assert out['aux'].item() == 0
+    sae.zero_grad()
+    dead_before = (sae.since_fired[0] >= 64).clone()
+    out = train_forward(sae, x)                                              # features silent for 64 samples are dead now
+    assert dead_before.any() and out['aux'].item() > 0
+    out['loss'].backward()
+    g = sae.W.grad[0].norm(dim=1)
+    no_aux = MatryoshkaSAE(16, [64], [2], seeds=[0]); no_aux.load_state_dict(sae.state_dict())
+    no_aux.aux_k_coef = 0; train_forward(no_aux.train(), x)['loss'].backward()
+    extra = (g - no_aux.W.grad[0].norm(dim=1)).abs()
+    assert extra[dead_before].max() > 0                                      # dead rows receive the AuxK gradient
