@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'project_root', 'ConfigError', 'DataConfig', 'DemoConfig', 'SlicesConfig',
-           'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig', 'Config', 'from_dict', 'config_path', 'resolve',
-           'load_config', 'to_dict', 'digest', 'RunPaths', 'run_paths', 'dataset_label', 'seed_everything', 'rng',
-           'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'headless', 'progress', 'get_logger',
-           'Failures', 'library_versions', 'now', 'show_path', 'record_step']
+           'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig', 'EvalConfig', 'Config', 'from_dict',
+           'config_path', 'resolve', 'load_config', 'to_dict', 'digest', 'RunPaths', 'run_paths', 'dataset_label',
+           'seed_everything', 'rng', 'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'headless',
+           'progress', 'get_logger', 'Failures', 'library_versions', 'now', 'show_path', 'record_step']
 
 # %% ../nbs/00_core.ipynb #d46d9226
 import os, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses, importlib.util
@@ -119,6 +119,11 @@ class SAEConfig:
     codes_batch_size: int = 2048 # rows per inference batch when computing codes (larger is slower on CPU: cache)
 
 @dataclasses.dataclass
+class EvalConfig:
+    "Evaluation of the SAEs (reference steps 6-9, spec §7-§10)."
+    slices_per_scan: int = 1   # top samples of a feature allowed per scan in monosemanticity (spec §8.1: 1)
+
+@dataclasses.dataclass
 class Config:
     "One SAIL run."
     name: str                  # run name: outputs go to runs/<name>/
@@ -131,6 +136,7 @@ class Config:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
     sae: SAEConfig = dataclasses.field(default_factory=SAEConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     source: str = ''           # the file this configuration was read from (set by `load_config`)
 
 # %% ../nbs/00_core.ipynb #8632590d

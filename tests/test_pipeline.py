@@ -23,6 +23,7 @@ demo: {{ct_torso: 6, mri_torso: 4, ct_head: 1, mri_head: 1, voxel_mm: 10.0, seed
 split: {{test_institutes: [A, D, E]}}
 embed: {{encoders: [{{name: pixels}}]}}
 sae: {{variants: [paper, released], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epochs: 2, batch_size: 128, lr: 1.0e-3}}
+eval: {{slices_per_scan: 20}}
 """)
     yield p, name
     shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
@@ -32,7 +33,7 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     r = _run('run', str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [n for n, _ in find_steps()]
-    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes']
+    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '11_monosemanticity']
     for step in steps: assert f'{step}: done in' in r.stdout
     run = ROOT/'runs'/name
     m = json.loads((run/'manifest.json').read_text())
@@ -45,6 +46,8 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
             assert (run/'sae'/'pixels'/v/c/'model.safetensors').exists()
             side = json.loads((run/'codes'/'pixels'/v/c/'codes.json').read_text())
             assert sum(x['rows'] for x in side['splits'].values()) == emb.shape[0]
+    scores = pd.read_csv(run/'results'/'monosemanticity'/'config_scores.csv')
+    assert len(scores) == 4 and set(scores.variant) == {'paper', 'released'} and (scores.slices_per_scan == 20).all()
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
     assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(tmp_path/'data'/'slices.parquet')
     for step in steps:
