@@ -33,7 +33,7 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     r = _run('run', str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [n for n, _ in find_steps()]
-    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '11_monosemanticity']
+    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '10_probes', '11_monosemanticity', '12_ranking']
     for step in steps: assert f'{step}: done in' in r.stdout
     run = ROOT/'runs'/name
     m = json.loads((run/'manifest.json').read_text())
@@ -48,6 +48,11 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
             assert sum(x['rows'] for x in side['splits'].values()) == emb.shape[0]
     scores = pd.read_csv(run/'results'/'monosemanticity'/'config_scores.csv')
     assert len(scores) == 4 and set(scores.variant) == {'paper', 'released'} and (scores.slices_per_scan == 20).all()
+    probes = pd.read_csv(run/'results'/'probes'/'summary.csv')
+    assert len(probes) == 4 and probes.dense_val_auc.notna().all()
+    ranking = pd.read_csv(run/'results'/'ranking.csv')
+    assert sorted(ranking.groupby('variant').final_rank.min()) == [1.0, 1.0]
+    assert len(pd.read_csv(run/'results'/'headline.csv')) == 2
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
     assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(tmp_path/'data'/'slices.parquet')
     for step in steps:
