@@ -124,6 +124,7 @@ class EvalConfig:
     slices_per_scan: int = 1   # top samples of a feature allowed per scan in monosemanticity (spec §8.1: 1)
     min_dense_auc: float = 0.6 # targets whose dense validation ROC-AUC is below this are left out of recovery and ranking
     probe_train_rows: int = 10_000 # stratified training subsample of every probe (spec §7.3)
+    target_groups: str = ''    # YAML file replacing the paper's probe targets (format: sail.probes.TARGET_GROUPS); '' = the paper's
 
 @dataclasses.dataclass
 class Config:

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['TARGET_GROUPS', 'PROBE_PARAMS', 'TRAIN_ROWS', 'RECOVERY_N', 'RECOVERY_LEVELS', 'tasks', 'task_labels', 'fit_probe',
            'target_classes', 'task_metrics', 'training_rows', 'target_coefficients', 'probe_representation',
-           'recovery_curve', 'recovery_thresholds', 'probes_dir', 'recover_config', 'run_probes', 'probe_summary']
+           'recovery_curve', 'recovery_thresholds', 'probes_dir', 'target_groups', 'recover_config', 'run_probes',
+           'probe_summary']
 
 # %% ../nbs/10_probes.ipynb #51834e8f
 import json, time, warnings
@@ -19,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.model_selection import train_test_split
 from sklearn.metrics import roc_auc_score, f1_score, balanced_accuracy_score
 from sklearn.exceptions import ConvergenceWarning
-from .core import Config, load_config, run_paths, write_json, atomic_path, get_logger, now, record_step, dataset_label, digest
+from .core import Config, ConfigError, load_config, run_paths, resolve, write_json, atomic_path, get_logger, now, record_step, dataset_label, digest
 from .embed import load_embeddings
 from .split import load_split
 from .codes import load_codes, codes_dir
@@ -185,6 +186,18 @@ def recovery_thresholds(curve:pd.DataFrame, levels=RECOVERY_LEVELS)->dict: # rec
 # %% ../nbs/10_probes.ipynb #65d8c40c
 def probes_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'probes'  # runs/<name>/results/probes/
 
+def target_groups(cfg:Config)->dict: # run configuration
+    "The probe targets of a run: the paper's, or those of the YAML file `eval.target_groups` (validated)."
+    if not cfg.eval.target_groups: return TARGET_GROUPS
+    import yaml
+    p = resolve(cfg.eval.target_groups)
+    groups = yaml.safe_load(p.read_text())
+    for g, spec in (groups or {}).items():
+        bad = set(spec) - {'kind', 'column', 'targets', 'modality'}
+        if bad or spec.get('kind') not in ('multiclass', 'multilabel') or not spec.get('targets'):
+            raise ConfigError(f"{p}: group '{g}' needs kind (multiclass|multilabel), targets, optional column and modality; got {sorted(spec)}")
+    return groups
+
 def _inputs(cfg:Config, enc_id:str)->tuple:
     "Dense embeddings and slice rows per split."
     emb, sl = load_embeddings(run_paths(cfg).data, enc_id)
@@ -225,11 +238,12 @@ def run_probes(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration,
         enc = enc_dir.name
         X, sl = _inputs(cfg, enc)
         emb_key = json.loads((run_paths(cfg).data/'embeddings'/f'{enc}.json').read_text())['settings_digest']
-        dkey = digest(dict(emb=emb_key, eval=vars(cfg.eval), groups=TARGET_GROUPS))
+        groups = target_groups(cfg)
+        dkey = digest(dict(emb=emb_key, eval=vars(cfg.eval), groups=groups))
         ddir = probes_dir(cfg)/enc/'dense'
         if force or not _done(ddir, dkey):
             log.info(f"{enc}: dense probes")
-            m, c, skipped = probe_representation(X, sl, True, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
+            m, c, skipped = probe_representation(X, sl, True, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
             _save(ddir, dkey, metrics=m, coefficients=c)
         dense_metrics = pd.read_parquet(ddir/'metrics.parquet')
         for side in sorted(enc_dir.glob('*/*/codes.json')):
@@ -243,8 +257,8 @@ def run_probes(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration,
                 mtx, rows = load_codes(cfg, enc, var, conf, k)
                 if not np.array_equal(rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{side.parent}: {k} codes are not aligned with the embeddings' slices")
                 Xs[k] = mtx
-            m, c, skipped = probe_representation(Xs, sl, False, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
-            curves, summary = recover_config(cfg, Xs, sl, c, dense_metrics)
+            m, c, skipped = probe_representation(Xs, sl, False, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
+            curves, summary = recover_config(cfg, Xs, sl, c, dense_metrics, groups)
             _save(out, key, metrics=m, coefficients=c, recovery=curves, recovery_summary=summary)
     return probe_summary(cfg)
 

@@ -42,3 +42,13 @@ def test_probe_representation_dense_and_sparse_same_rows_and_skips():
 def test_recovery_thresholds_nan_when_never_reached():
     t = recovery_thresholds(pd.DataFrame(dict(n_features=[1, 5], recovery=[0.4, 0.85])))
     assert t['n_features_50pct'] == 5 and t['n_features_80pct'] == 5 and np.isnan(t['n_features_90pct'])
+
+def test_target_groups_from_yaml(tmp_path, make_config):
+    from sail.probes import target_groups
+    from sail.core import ConfigError
+    good = tmp_path/'groups.yaml'; good.write_text("liver_only: {kind: multilabel, column: null, targets: [liver]}\n")
+    cfg = make_config(check_paths=False, eval={'target_groups': str(good)})
+    assert target_groups(cfg) == {'liver_only': {'kind': 'multilabel', 'column': None, 'targets': ['liver']}}
+    bad = tmp_path/'bad.yaml'; bad.write_text("x: {kind: regression, targets: [a]}\n")
+    with pytest.raises(ConfigError, match="group 'x' needs kind"):
+        target_groups(make_config(check_paths=False, eval={'target_groups': str(bad)}))
