@@ -211,10 +211,17 @@ def _save(folder:Path, key:str, **tables):
         with atomic_path(folder/f'{n}.parquet') as tmp: t.to_parquet(tmp, index=False)
     write_json(folder/'probes.json', dict(key=key, created=now()))
 
+def _curve_job(name, t, auc, rank, Xtr, ytr, evals):
+    "One target's recovery curve (a joblib worker)."
+    c = recovery_curve(Xtr, ytr, evals, rank, auc)
+    return (c.assign(task=name, target=t, dense_val_roc_auc=auc),
+            dict(task=name, target=t, dense_val_roc_auc=auc, n_nonzero=len(rank),
+                 max_val_roc_auc=c['val_roc_auc'].max() if 'val_roc_auc' in c else np.nan, **recovery_thresholds(c)))
+
 def recover_config(cfg:Config, Xs:dict, sl:dict, coefs:pd.DataFrame, dense_metrics:pd.DataFrame, groups:dict=TARGET_GROUPS)->tuple: # run, codes per split, slices per split, sparse coefficients, dense metrics
-    "Recovery curves and thresholds of one configuration, for targets with a good enough dense probe."
+    "Recovery curves and thresholds of one configuration, for targets with a good enough dense probe (targets in parallel)."
     dense_val = dense_metrics[dense_metrics.split == 'val'].set_index(['task', 'target']).roc_auc
-    curves, summary = [], []
+    jobs = []
     for name, group, targets in tasks(groups):
         y = {k: task_labels(sl[k], group, targets, groups) for k in Xs}
         idx = training_rows(y['train'], cfg.eval.probe_train_rows)
@@ -225,11 +232,9 @@ def recover_config(cfg:Config, Xs:dict, sl:dict, coefs:pd.DataFrame, dense_metri
             yb = {k: (v == pos).astype(int) for k, v in y.items()}
             lab = {k: y[k] >= 0 for k in y}
             if len(rank) == 0 or yb['train'][idx].min() == yb['train'][idx].max(): continue
-            c = recovery_curve(Xs['train'][idx], yb['train'][idx], {k: (Xs[k][lab[k]], yb[k][lab[k]]) for k in ('val', 'test')}, rank, auc)
-            curves.append(c.assign(task=name, target=t, dense_val_roc_auc=auc))
-            summary.append(dict(task=name, target=t, dense_val_roc_auc=auc, n_nonzero=len(rank), max_val_roc_auc=c.get('val_roc_auc', pd.Series(dtype=float)).max(),
-                                **recovery_thresholds(c)))
-    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()), pd.DataFrame(summary)
+            jobs.append(delayed(_curve_job)(name, t, auc, rank, Xs['train'][idx], yb['train'][idx], {k: (Xs[k][lab[k]], yb[k][lab[k]]) for k in ('val', 'test')}))
+    res = Parallel(n_jobs=cfg.workers or -1)(jobs)
+    return (pd.concat([c for c, _ in res], ignore_index=True) if res else pd.DataFrame()), pd.DataFrame([r for _, r in res])
 
 def run_probes(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, refit everything
     "Dense and sparse probes plus recovery for every trained configuration; returns the rebuilt summary."

@@ -43,7 +43,7 @@ def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration
     rows = []
     for (enc, var), g in ranked.groupby(['encoder', 'variant']):
         s = sae[(sae.encoder == enc) & (sae.variant == var)]
-        best = g.sort_values(['final_rank', 'config']).iloc[0]
+        best = g.sort_values(['final_rank', 'rank_mono', 'config']).iloc[0]   # ties: the more monosemantic, then by name
         rows.append({'encoder': enc, 'variant': var, 'configs': len(g), 'selected_config': best.config,
                      'val_R2_per_dim_range': f"{s.val_r2.min():.3f}–{s.val_r2.max():.3f}",
                      'val_R2_reference_formula_range': f"{s.val_r2_ref.min():.3f}–{s.val_r2_ref.max():.3f}",
