@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from .core import Config, load_config, run_paths, digest, write_json, atomic_path, progress, get_logger, now, record_step, pick_device, dataset_label
+from .core import Config, load_config, run_paths, digest, write_json, write_parquet, atomic_path, progress, get_logger, now, record_step, pick_device, dataset_label
 from .encoders import encoder_id
 from .embed import load_embeddings
-from .split import load_split, SPLITS
+from .split import split_of, SPLITS
 from .sae import MatryoshkaSAE, encode
 from .train import load_sae, sae_dir
 
@@ -96,7 +96,7 @@ def write_codes(
     if not force and side.exists() and json.loads(side.read_text()).get('digest') == key: return json.loads(side.read_text())
     if side.exists(): side.unlink()
     emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
-    split = slices.merge(load_split(data), on=['modality', 'image_id'], how='left', validate='many_to_one')['split'].to_numpy()
+    split = split_of(slices, data)
     sae = load_sae(folder, emb.shape[1]); D = sae.sizes[-1]
     info = {}
     for s in splits:
@@ -106,7 +106,7 @@ def write_codes(
             indptr, indices, values = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device))
             with atomic_path(p) as tmp: pq.write_table(codes_table(slices.slice_id.to_numpy()[rows], indptr, indices, values), tmp)
             m = sp.csr_matrix((values, indices, indptr), shape=(len(rows), D))
-            with atomic_path(out/f'{s}.stats.parquet') as tmp: feature_stats(m).to_parquet(tmp, index=False)
+            write_parquet(out/f'{s}.stats.parquet', feature_stats(m))
         n = len(rows); size = p.stat().st_size
         l0 = float(pd.read_parquet(out/f'{s}.stats.parquet', columns=['n_active']).n_active.sum() / max(n, 1))
         info[s] = dict(rows=n, l0=l0, bytes_per_row=size / n if n else None, dense_bytes_per_row=4 * D)

@@ -6,8 +6,8 @@
 __all__ = ['PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'project_root', 'ConfigError', 'DataConfig', 'DemoConfig', 'SlicesConfig',
            'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig', 'EvalConfig', 'Config', 'from_dict',
            'config_path', 'resolve', 'load_config', 'to_dict', 'digest', 'RunPaths', 'run_paths', 'dataset_label',
-           'seed_everything', 'rng', 'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'headless',
-           'progress', 'get_logger', 'Failures', 'library_versions', 'now', 'show_path', 'record_step']
+           'seed_everything', 'rng', 'pick_device', 'atomic_path', 'write_json', 'write_parquet', 'write_csv',
+           'headless', 'progress', 'get_logger', 'Failures', 'library_versions', 'now', 'show_path', 'record_step']
 
 # %% ../nbs/00_core.ipynb #d46d9226
 import os, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses, importlib.util
@@ -311,6 +311,11 @@ def write_json(path:str|Path, obj, indent:int=1): # file, JSON-serialisable data
 def write_parquet(path:str|Path, df:pd.DataFrame): # file, table to write (index dropped)
     "Write `df` as Parquet atomically."
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
+    return Path(path)
+
+def write_csv(path:str|Path, df:pd.DataFrame): # file, table to write (index dropped)
+    "Write `df` as CSV atomically."
+    with atomic_path(path) as tmp: df.to_csv(tmp, index=False)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #72d389c4

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from .core import Config, load_config, run_paths, write_json, atomic_path, get_logger, now, record_step, dataset_label, digest
+from .core import Config, load_config, run_paths, write_json, write_parquet, write_csv, get_logger, now, record_step, dataset_label, digest
 from .totalseg import ORGANS, CLASSES
 from .codes import load_codes, codes_dir
 
@@ -175,14 +175,13 @@ def score_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=Fal
     m, organs, scan, modality = _val_inputs(cfg, enc_id, variant, config)
     null_path = results_dir(cfg)/'null_baselines.csv'
     null = pd.read_csv(null_path) if null_path.exists() else null_baseline(organs)
-    if not null_path.exists():
-        with atomic_path(null_path) as tmp: null.to_csv(tmp, index=False)
+    if not null_path.exists(): write_csv(null_path, null)
     sizes = json.loads((run_paths(cfg).run/'sae'/enc_id/variant/config/'config.json').read_text())['sizes']
     per_scan = cfg.eval.slices_per_scan
     fs = feature_scores(m, organs, scan, null, sizes=sizes, per_scan=per_scan)
     ma = modality_aware_scores(m, organs, scan, modality, per_scan).rename(columns=lambda c: c if c in ('feature',) else f'modality_aware_{c}')
     fs = fs.merge(ma, on='feature', how='left')
-    with atomic_path(out/'feature_scores.parquet') as tmp: fs.to_parquet(tmp, index=False)
+    write_parquet(out/'feature_scores.parquet', fs)
     cs = dict(encoder=enc_id, variant=variant, config=config, codes_digest=key, slices_per_scan=per_scan, **config_scores(fs, null),
               modality_aware_M_top10_mean=top_mean(fs.modality_aware_monosemanticity_10, 10),
               modality_aware_M_top50_mean=top_mean(fs.modality_aware_monosemanticity_10, 50), created=now())
@@ -196,5 +195,5 @@ def score_all(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, 
         score_config(cfg, enc, var, conf, force)
     rows = [json.loads(p.read_text()) for p in sorted(results_dir(cfg).glob('*/*/*/config_scores.json'))]
     table = pd.DataFrame(rows)
-    with atomic_path(results_dir(cfg)/'config_scores.csv') as tmp: table.to_csv(tmp, index=False)
+    write_csv(results_dir(cfg)/'config_scores.csv', table)
     return table

@@ -20,9 +20,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.model_selection import train_test_split
 from sklearn.metrics import roc_auc_score, f1_score, balanced_accuracy_score
 from sklearn.exceptions import ConvergenceWarning
-from .core import Config, ConfigError, load_config, run_paths, resolve, write_json, atomic_path, get_logger, now, record_step, dataset_label, digest
+from .core import Config, ConfigError, load_config, run_paths, resolve, write_json, write_parquet, write_csv, get_logger, now, record_step, dataset_label, digest
 from .embed import load_embeddings
-from .split import load_split
+from .split import split_of
 from .codes import load_codes, codes_dir
 
 # %% ../nbs/10_probes.ipynb #38f467a2
@@ -201,14 +201,13 @@ def target_groups(cfg:Config)->dict: # run configuration
 def _inputs(cfg:Config, enc_id:str)->tuple:
     "Dense embeddings and slice rows per split."
     emb, sl = load_embeddings(run_paths(cfg).data, enc_id)
-    split = sl[['modality', 'image_id']].merge(load_split(run_paths(cfg).data), on=['modality', 'image_id'], how='left')['split'].to_numpy()
+    split = split_of(sl, run_paths(cfg).data)
     return ({k: np.asarray(emb[split == k]) for k in ('train', 'val', 'test')}, {k: sl[split == k].reset_index(drop=True) for k in ('train', 'val', 'test')})
 
 def _done(folder:Path, key:str)->bool: return (folder/'probes.json').exists() and json.loads((folder/'probes.json').read_text()).get('key') == key
 
 def _save(folder:Path, key:str, **tables):
-    for n, t in tables.items():
-        with atomic_path(folder/f'{n}.parquet') as tmp: t.to_parquet(tmp, index=False)
+    for n, t in tables.items(): write_parquet(folder/f'{n}.parquet', t)
     write_json(folder/'probes.json', dict(key=key, created=now()))
 
 def _curve_job(name, t, auc, rank, Xtr, ytr, evals):
@@ -292,5 +291,5 @@ def probe_summary(cfg:Config)->pd.DataFrame: # run configuration
         rows.append(r)
     table = pd.DataFrame(rows)
     if len(table):
-        with atomic_path(probes_dir(cfg)/'summary.csv') as tmp: table.to_csv(tmp, index=False)
+        write_csv(probes_dir(cfg)/'summary.csv', table)
     return table

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import Config, load_config, run_paths, atomic_path, record_step, dataset_label
+from .core import Config, load_config, run_paths, write_csv, record_step, dataset_label
 from .monosemanticity import results_dir as mono_dir
 from .probes import probes_dir
 
@@ -34,7 +34,7 @@ def ranking_table(cfg:Config)->pd.DataFrame: # run configuration
     mono = pd.read_csv(mono_dir(cfg)/'config_scores.csv')
     perf = pd.read_csv(probes_dir(cfg)/'summary.csv')
     t = rank_configs(mono.merge(perf, on=['encoder', 'variant', 'config']))
-    with atomic_path(run_paths(cfg).run/'results'/'ranking.csv') as tmp: t.to_csv(tmp, index=False)
+    write_csv(run_paths(cfg).run/'results'/'ranking.csv', t)
     return t
 
 def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration, `ranking_table` output
@@ -52,5 +52,5 @@ def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration
                      'M_top10_mean_range': f"{g.M_top10_mean.min():.3f}–{g.M_top10_mean.max():.3f}",
                      'M_top50_mean_range': f"{g.M_top50_mean.min():.3f}–{g.M_top50_mean.max():.3f}"})
     out = pd.DataFrame(rows)
-    with atomic_path(run_paths(cfg).run/'results'/'headline.csv') as tmp: out.to_csv(tmp, index=False)
+    write_csv(run_paths(cfg).run/'results'/'headline.csv', out)
     return out

@@ -34,15 +34,18 @@ def batch_topk(
     return v, cand[i]
 
 # %% ../nbs/07_sae.ipynb #6fdfd4f6
+def _bags(keys:torch.Tensor, n:int)->tuple:
+    "Sort order and embedding_bag offsets grouping entries by `keys` (values 0..n-1)."
+    order = torch.argsort(keys, stable=True)
+    offsets = torch.zeros(n, dtype=torch.long, device=keys.device)
+    offsets[1:] = torch.bincount(keys, minlength=n).cumsum(0)[:-1]
+    return order, offsets
+
 class SparseCodes:
     "Active entries of a (B, D) code matrix as triples sorted by row, with embedding_bag offsets."
     def __init__(self, rows:torch.Tensor, cols:torch.Tensor, vals:torch.Tensor, n_rows:int): # row ids, column ids, values, B
-        order = torch.argsort(rows, stable=True)
-        self.rows, self.cols, self.vals, self.n_rows = rows[order], cols[order], vals[order], n_rows
-        counts = torch.bincount(self.rows, minlength=n_rows)
-        self.offsets = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
-        self.offsets[1:] = counts.cumsum(0)[:-1]
-        self.order = order
+        self.order, self.offsets = _bags(rows, n_rows)
+        self.rows, self.cols, self.vals, self.n_rows = rows[self.order], cols[self.order], vals[self.order], n_rows
     def decode(self, W:torch.Tensor, vals:torch.Tensor|None=None)->torch.Tensor: # (D, d) decoder rows; values in triple order (default self.vals)
         "Σ_j a_ij W_j for every row i — the sparse product a @ W."
         return F.embedding_bag(self.cols, W, self.offsets, mode='sum', per_sample_weights=self.vals if vals is None else vals)
@@ -53,13 +56,6 @@ class SparseCodes:
         return out
 
 # %% ../nbs/07_sae.ipynb #0e68d941
-def _bags(keys:torch.Tensor, n:int)->tuple:
-    "Sort order and embedding_bag offsets grouping entries by `keys` (values 0..n-1)."
-    order = torch.argsort(keys, stable=True)
-    offsets = torch.zeros(n, dtype=torch.long, device=keys.device)
-    offsets[1:] = torch.bincount(keys, minlength=n).cumsum(0)[:-1]
-    return order, offsets
-
 class _KeptPreacts(torch.autograd.Function):
     "Kept entries `vals` = z[rows, cols] of z = xc @ Wᵀ + b_enc, with gradients; backward touches only those entries."
     @staticmethod

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import (Config, Failures, dataset_label, load_config, run_paths, digest, write_json, write_parquet, atomic_path,
+from .core import (Config, Failures, dataset_label, load_config, run_paths, digest, write_json, write_parquet, write_csv,
                        progress, get_logger, library_versions, now, record_step)
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
                            read_meta, slice_scan, age_bin, _toy_scan)
@@ -79,7 +79,7 @@ def _slice_to_part(scan_dir:str, modality:str, study_type, settings:ScanSettings
     "Worker: slice one scan and store its rows and info as a part file; return the info."
     rows, info = slice_scan(scan_dir, modality, out_dir, study_type, settings)
     part = _part_path(Path(parts_dir), modality, info['image_id'])
-    with atomic_path(part) as tmp: rows.to_parquet(tmp, index=False)
+    write_parquet(part, rows)
     write_json(part.with_suffix('.json'), info)
     return info
 
@@ -163,7 +163,7 @@ def _finish(cfg:Config, scans:pd.DataFrame, parts_dir:Path, failures:Failures, s
         if c in scan_table: scan_table[c] = scan_table[c].map(lambda v: json.dumps(v) if isinstance(v, list) else None)
     write_parquet(out/'slices.parquet', table)
     write_parquet(out/'scans.parquet', scan_table)
-    with atomic_path(out/'slice_failures.csv') as tmp: failures.table().to_csv(tmp, index=False)
+    write_csv(out/'slice_failures.csv', failures.table())
     summary = dict(settings_digest=sd, finished=now(), n_scans=len(scans), n_sliced=len(parts), n_failed=len(failures),
                    n_slices=len(table), slices_per_plane={f'{m}/{p}': int(n) for (m, p), n in table.groupby(['modality', 'plane']).size().items()},
                    versions=library_versions())

@@ -19,7 +19,7 @@ from .core import (Config, SAEConfig, load_config, run_paths, digest, write_json
                        library_versions, now, record_step, pick_device, seed_everything, dataset_label)
 from .encoders import encoder_id
 from .embed import load_embeddings
-from .split import load_split
+from .split import load_split, split_of
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
                       SparseCodes)
 
@@ -213,15 +213,13 @@ def training_data(cfg:Config, enc_id:str, device:str='cpu')->tuple: # run config
     "(X_train, X_val, fingerprint): L2-normalised embeddings of the train and val splits, and what they are."
     data = run_paths(cfg).data
     emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
-    split = load_split(data)
-    s = slices.merge(split, on=['modality', 'image_id'], how='left', validate='many_to_one')['split']
-    if s.isna().any(): raise ValueError(f"{data/'split.csv'}: no split for {int(s.isna().sum())} slices (e.g. scan {slices.image_id[s.isna()].iloc[0]}); re-run the split step")
+    s = split_of(slices, data)
     X = torch.empty(emb.shape, dtype=torch.float32)
     for i in range(0, len(X), 65536): X[i:i + 65536] = F.normalize(torch.tensor(emb[i:i + 65536]), dim=-1)  # one copy, in chunks
     side = json.loads((data/'embeddings'/f'{enc_id}.json').read_text())
-    tr, va = torch.tensor((s == 'train').to_numpy()), torch.tensor((s == 'val').to_numpy())
+    tr, va = torch.tensor(s == 'train'), torch.tensor(s == 'val')
     fp = dict(encoder=enc_id, embeddings=side['settings_digest'], dim=int(X.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
-              split=digest(split.to_dict('list')))
+              split=digest(load_split(data).to_dict('list')))
     return X[tr].to(device), X[va].to(device), fp
 
 def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:

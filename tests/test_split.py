@@ -74,3 +74,11 @@ def test_small_random_datasets_never_crash():
         scans = _scans(n=n, seed=seed, p_unknown=0.2)
         split, _ = make_split(scans, ['A', 'D', 'E'], 0.2, seed=seed)
         assert len(split) == n and set(split.split) <= {'train', 'val', 'test'}
+
+def test_split_of_names_missing_scans(tmp_path):
+    from sail.split import split_of
+    pd.DataFrame(dict(modality=['ct'], image_id=['s0'], split=['val'])).to_csv(tmp_path/'split.csv', index=False)
+    rows = pd.DataFrame(dict(modality=['ct', 'ct', 'mri'], image_id=['s0', 's0', 's0']))
+    with pytest.raises(ValueError, match=r"split.csv: no split for 1 slices \(e.g. scan s0\)"):
+        split_of(rows, tmp_path)
+    assert split_of(rows[:2], tmp_path).tolist() == ['val', 'val']
