@@ -8,7 +8,10 @@ TOTALSEG_WHEEL := totalsegmentator==2.18.0
 # On a GPU machine install the CUDA build of torch into .venv first (or pass TORCH="..."); an installed torch is kept.
 TORCH ?= torch==2.13.0
 
-.PHONY: install sources demo test clean-runs
+NPM_DIR := .cache/npm
+WIDGET_JS := $(NPM_DIR)/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js
+
+.PHONY: install sources demo test docs docs-deps browser refresh-docs clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,27 @@ sources: $(BIN)/python
 demo: install sources
 	$(BIN)/sail run demo
 
-test: install sources
+test: install sources docs-deps browser
 	bash tools/test.sh
 
+# the offline preview of the documentation site (Quarto cannot be installed offline; `nbdev_docs` builds the real site where it is)
+docs: install docs-deps
+	$(BIN)/sail docs preview
+
+# re-execute nbs/ on the finished demo run and store slim outputs (run before committing notebook changes that alter results)
+refresh-docs: demo
+	$(BIN)/sail docs refresh demo
+
+# the widget manager and require.js for pages with widgets, from the npm registry (never a CDN at view time)
+docs-deps: $(WIDGET_JS)
+$(WIDGET_JS):
+	npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent @jupyter-widgets/html-manager@1 requirejs@2
+
+# Debian's Chromium for the browser tests and static figure export (Playwright drives it; it never downloads a browser)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need Debian's chromium: apt-get install chromium"; fi; }
+
 clean-runs:
-	rm -rf runs data/demo data/smoke
+	rm -rf runs data/demo data/smoke _preview

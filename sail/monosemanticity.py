@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from .core import Config, load_config, run_paths, write_json, write_parquet, write_csv, get_logger, now, record_step, dataset_label, digest
 from .totalseg import ORGANS, CLASSES
 from .codes import load_codes, codes_dir
+from .split import scan_index
 
 # %% ../nbs/11_monosemanticity.ipynb #e0a30442
 MAX_SAMPLES, MIN_SAMPLES = 50, 10  # spec §8.1
@@ -162,7 +163,7 @@ def results_dir(cfg:Config)->Path: # run configuration
 
 def _val_inputs(cfg:Config, enc_id:str, variant:str, config:str)->tuple:
     m, rows = load_codes(cfg, enc_id, variant, config, 'val', ['modality', 'image_id'] + ORGANS)
-    scan = pd.factorize(rows.modality.astype(str) + '/' + rows.image_id.astype(str))[0]
+    scan = scan_index(rows)
     return m, rows[ORGANS].to_numpy(bool), scan, rows.modality.astype(str).to_numpy()
 
 def score_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=False)->dict: # run, encoder, variant, SAE configuration, recompute

@@ -7,7 +7,7 @@ __all__ = ['find_steps', 'select_steps', 'read_manifest', 'is_done', 'run_cells'
            'main']
 
 # %% ../nbs/90_pipeline.ipynb #8ff53d75
-import os, sys, json, time, argparse
+import os, sys, ast, json, time, argparse
 from pathlib import Path
 import nbformat
 from .core import (Config, ConfigError, load_config, run_paths, project_root, digest, write_json, library_versions,
@@ -61,12 +61,19 @@ def _directives(source:str)->set:
     "nbdev directives (`#| export`, `#| run`, ...) of a cell."
     return {l[3:].strip().split()[0] for l in source.splitlines() if l.startswith('#| ') and l[3:].strip()}
 
+def _imports_only(source:str)->bool:
+    "True for a code cell of nothing but import statements (and directives or comments)."
+    try: body = ast.parse(source).body
+    except SyntaxError: return False
+    return bool(body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body)
+
 def run_cells(nb:nbformat.NotebookNode)->nbformat.NotebookNode: # a step notebook
-    "A copy of `nb` with markdown, export cells, the parameters cell and `#| run` cells; lessons and hidden cells dropped."
+    "A copy of `nb` with markdown, export cells, import-only cells, the parameters cell and `#| run` cells; lessons dropped."
     keep = []
     for c in nb.cells:
         d = _directives(c.source) if c.cell_type == 'code' else set()
-        if c.cell_type == 'markdown' or d & {'export', 'exporti', 'exports', 'run'} or 'parameters' in c.metadata.get('tags', []): keep.append(c)
+        if (c.cell_type == 'markdown' or d & {'export', 'exporti', 'exports', 'run'} or 'parameters' in c.metadata.get('tags', [])
+            or (c.cell_type == 'code' and _imports_only(c.source))): keep.append(c)
     out = nbformat.from_dict(nb); out.cells = keep
     return out
 
@@ -159,6 +166,10 @@ def _parser()->argparse.ArgumentParser:
     e.add_argument('--merge', action='store_true', help="only merge finished shards (checks every slice is present once)")
     e.add_argument('--force', action='store_true', help="recompute even if up to date")
     sub.add_parser('steps', help='list the pipeline steps')
+    d = sub.add_parser('docs', help='the documentation site: refresh the notebooks on the demo run, or build the offline preview')
+    d.add_argument('action', choices=['refresh', 'preview'], help="refresh: re-execute nbs/ on a finished run and store slim outputs; preview: build _preview/ without Quarto")
+    d.add_argument('config', nargs='?', default='demo', help="refresh: the run whose results the notebooks show (default: demo)")
+    d.add_argument('--notebooks', nargs='+', help="refresh only these notebooks, e.g. 13_retrieval")
     return p
 
 def _embed_command(args)->None:
@@ -180,7 +191,11 @@ def main(argv:list|None=None)->int: # command-line arguments (default sys.argv[1
         for n, p in find_steps(): print(f"{n}\t{p.relative_to(project_root())}")
         return 0
     try:
-        if args.command == 'embed': _embed_command(args)
+        if args.command == 'docs':
+            from sail.docs import refresh, preview
+            if args.action == 'refresh': refresh(args.config, args.notebooks)
+            else: print('\n'.join(str(p) for p in preview()))
+        elif args.command == 'embed': _embed_command(args)
         else: run_pipeline(args.config, args.steps, args.force, args.strict)
     except (ConfigError, StepFailed, ValueError, FileNotFoundError) as e:
         print(f"sail: {e}", file=sys.stderr); return 1

@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['KEY_COLUMNS', 'IMAGE_COLUMNS', 'SCAN_COLUMNS', 'SLICE_COLUMNS', 'list_scans', 'assemble', 'scan_settings',
-           'slice_dataset', 'load_slices']
+           'slice_dataset', 'load_slices', 'slice_image', 'thumbnail', 'image_data_uri']
 
 # %% ../nbs/03_slices.ipynb #637f4e89
-import os, json, shutil, concurrent.futures as cf
+import os, io, json, base64, shutil, concurrent.futures as cf
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from PIL import Image
 from .core import (Config, Failures, dataset_label, load_config, run_paths, digest, write_json, write_parquet, write_csv,
                        progress, get_logger, library_versions, now, record_step)
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
@@ -186,3 +187,23 @@ def load_slices(
     missing = [c for c in (columns or SLICE_COLUMNS) if c not in df.columns]
     if missing: raise DataFormatError(f"{p}: missing column(s) {missing[:10]}")
     return df
+
+# %% ../nbs/03_slices.ipynb #c83251d1
+def slice_image(
+    data_dir:str|Path,  # processed-data folder (config `data.dir`)
+    image_path:str,     # the row's `image_path` (relative to `data_dir`)
+)->Image.Image:         # grayscale ('L') image
+    "One stored slice as a PIL image."
+    p = Path(data_dir)/image_path
+    if not p.exists(): raise FileNotFoundError(f"{p}: slice image missing (re-run the slices step)")
+    with Image.open(p) as im: return im.convert('L')
+
+def thumbnail(img:Image.Image, size:int=96)->Image.Image: # an image, length of the longer side in pixels
+    "`img` scaled so that its longer side is `size` pixels."
+    w, h = img.size; f = size / max(w, h)
+    return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR if f > 1 else Image.Resampling.LANCZOS)
+
+def image_data_uri(img:Image.Image, fmt:str='webp', quality:int=80)->str: # image, 'webp' or 'png', WebP quality
+    "The image as a `data:` URI."
+    buf = io.BytesIO(); img.save(buf, format=fmt.upper(), **({'quality': quality} if fmt.lower() == 'webp' else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -35,3 +35,50 @@ def mini_copy(mini, tmp_path) -> Path:
     dst = tmp_path/'TotalSegmentator'
     shutil.copytree(mini, dst)
     return dst
+
+import subprocess, sys
+from types import SimpleNamespace
+
+SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+SMOKE_YAML = """name: {name}
+workers: 2
+data: {{totalseg_root: {tmp}/TotalSegmentator, dir: {tmp}/data}}
+demo: {{ct_torso: 6, mri_torso: 4, ct_head: 1, mri_head: 1, voxel_mm: 10.0, seed: 3}}
+split: {{test_institutes: [A, D, E]}}
+embed: {{encoders: [{{name: pixels}}]}}
+sae: {{variants: [paper, released], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epochs: 2, batch_size: 128, lr: 1.0e-3}}
+eval: {{slices_per_scan: 20}}
+retrieval: {{n_references: 100}}
+autointerp: {{n_features: 12}}
+language: {{slices_per_scan: 3}}
+explorer: {{max_features: 40, page_features: 12, page_references: 4}}
+"""
+
+def sail(*args, timeout=1500):
+    "Run the `sail` command in the project root."
+    return subprocess.run(SAIL + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+    """One whole pipeline run at smoke size (every step, both variants), shared by the tests that read a finished run.
+    Tests using it carry `pytest.mark.xdist_group('smoke')` so that one worker runs it once."""
+    tmp = tmp_path_factory.mktemp('smoke')
+    name = f'_pytest_smoke_{tmp.name}'
+    cfg = tmp/'smoke.yaml'
+    cfg.write_text(SMOKE_YAML.format(name=name, tmp=tmp))
+    r = sail('run', cfg)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    yield SimpleNamespace(config=cfg, name=name, run=ROOT/'runs'/name, data=tmp/'data', tmp=tmp, stdout=r.stdout)
+    shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+def require_browser():
+    "Debian's Chromium for browser tests: missing -> skip locally, fail in CI (SAIL_REQUIRE_BROWSER=1)."
+    from sail.figures import find_chromium
+    exe = find_chromium()
+    try: import playwright  # noqa: F401
+    except ImportError: exe = None
+    if exe is None:
+        msg = "no Chromium or no playwright: install Debian's chromium and `pip install playwright` (make browser)"
+        if os.environ.get('SAIL_REQUIRE_BROWSER') == '1': pytest.fail(msg)
+        pytest.skip(msg)
+    return exe

@@ -1,44 +1,25 @@
 "The whole data phase through papermill and the `sail` command, at smoke size."
-import json, shutil, subprocess, sys
+import json, shutil, sys
 from pathlib import Path
 import pandas as pd, pytest, nbformat
 from sail.core import project_root
 from sail.pipeline import find_steps
 from sail.embed import load_embeddings
 
-ROOT = project_root()
-SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+from conftest import sail as _run, ROOT
 
-def _run(*args):
-    return subprocess.run(SAIL + list(args), capture_output=True, text=True, cwd=ROOT, timeout=900)
+STEPS = ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '10_probes', '11_monosemanticity', '12_ranking',
+         '13_retrieval', '14_autointerp', '15_language', '16_figures', '17_explorer']
 
-@pytest.fixture
-def smoke_config(tmp_path):
-    name = f'_pytest_pipeline_{tmp_path.name}'
-    p = tmp_path/'smoke.yaml'
-    p.write_text(f"""name: {name}
-workers: 2
-data: {{totalseg_root: {tmp_path}/TotalSegmentator, dir: {tmp_path}/data}}
-demo: {{ct_torso: 6, mri_torso: 4, ct_head: 1, mri_head: 1, voxel_mm: 10.0, seed: 3}}
-split: {{test_institutes: [A, D, E]}}
-embed: {{encoders: [{{name: pixels}}]}}
-sae: {{variants: [paper, released], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epochs: 2, batch_size: 128, lr: 1.0e-3}}
-eval: {{slices_per_scan: 20}}
-""")
-    yield p, name
-    shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
-
-def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
-    cfg, name = smoke_config
-    r = _run('run', str(cfg))
-    assert r.returncode == 0, r.stdout + r.stderr
+@pytest.mark.xdist_group('smoke')
+def test_sail_run_end_to_end_and_resume(smoke_run):
+    cfg, name, run, data = smoke_run.config, smoke_run.name, smoke_run.run, smoke_run.data
     steps = [n for n, _ in find_steps()]
-    assert steps == ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '10_probes', '11_monosemanticity', '12_ranking']
-    for step in steps: assert f'{step}: done in' in r.stdout
-    run = ROOT/'runs'/name
+    assert steps == STEPS
+    for step in steps: assert f'{step}: done in' in smoke_run.stdout
     m = json.loads((run/'manifest.json').read_text())
     assert [m['steps'][s]['status'] for s in steps] == ['done'] * len(steps)
-    emb, rows = load_embeddings(tmp_path/'data', 'pixels')
+    emb, rows = load_embeddings(data, 'pixels')
     assert emb.shape == (m['steps']['03_slices']['summary']['n_slices'], 1024)
     assert m['steps']['08_train']['summary'] == {'configs': 4, 'encoders': ['pixels'], 'variants': ['paper', 'released']}
     for v in ['paper', 'released']:
@@ -52,21 +33,34 @@ def test_sail_run_end_to_end_and_resume(smoke_config, tmp_path):
     assert len(probes) == 4 and probes.dense_val_auc.notna().all()
     ranking = pd.read_csv(run/'results'/'ranking.csv')
     assert sorted(ranking.groupby('variant').final_rank.min()) == [1.0, 1.0]
-    assert len(pd.read_csv(run/'results'/'headline.csv')) == 2
+    head = pd.read_csv(run/'results'/'headline.csv')
+    assert len(head) == 2
+    # interpretation: one selected configuration per variant
+    t2 = pd.read_csv(run/'results'/'retrieval'/'table2.csv', index_col=0)
+    assert list(t2.index) == ['1', '2', '3', '5', '10', '20', '50', '100', 'dense'] and t2.shape[1] == 2 * 3
+    assert m['steps']['13_retrieval']['summary']['references'] == 100
+    t3 = pd.read_csv(run/'results'/'autointerp'/'table3.csv')
+    assert len(t3) == 2 and (t3.n_evaluated > 0).all() and (t3.describer == 'metadata:sail-metadata-1').all()
+    d = pd.read_parquet(run/'results'/'autointerp'/'pixels'/'paper'/head.set_index('variant').selected_config['paper']/'descriptions.parquet')
+    assert d.description.str.len().gt(0).all() and d.true_rank.between(1, 5).all()
+    prec = pd.read_csv(run/'results'/'language'/'precision.csv')
+    assert set(prec.matcher) == {'embedding', 'random'} and len(prec) == 4 and prec.p_modality.between(0, 1).all()
+    assert (run/'results'/'figures'/'fig2.csv').exists() and json.loads((run/'results'/'figures'/'figures.json').read_text())
+    for page in ['index.html', 'features.html', 'landscape.html', 'retrieval.html', 'plotly.min.js']: assert (run/'explorers'/page).exists()
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
-    assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(tmp_path/'data'/'slices.parquet')
+    assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(data/'slices.parquet')
     for step in steps:
         nb = nbformat.read(run/'notebooks'/f'{step}.ipynb', as_version=4)
         assert any('injected-parameters' in c.metadata.get('tags', []) for c in nb.cells)
-    slices = pd.read_parquet(tmp_path/'data'/'slices.parquet')
-    split = pd.read_csv(tmp_path/'data'/'split.csv')
+    slices = pd.read_parquet(data/'slices.parquet')
+    split = pd.read_csv(data/'split.csv')
     assert set(zip(split.modality, split.image_id)) == set(zip(slices.modality, slices.image_id))
-    assert (tmp_path/'data'/slices.image_path.iloc[0]).exists()
-    r2 = _run('run', str(cfg))                                              # everything is done: all skipped
+    assert (data/slices.image_path.iloc[0]).exists()
+    r2 = _run('run', cfg)                                                   # everything is done: all skipped
     assert r2.returncode == 0 and r2.stdout.count('done earlier, skipped') == len(steps), r2.stdout
-    r3 = _run('run', str(cfg), '--steps', 'split', '--force')               # a forced single step reruns, same split
+    r3 = _run('run', cfg, '--steps', 'split', '--force')                    # a forced single step reruns, same split
     assert r3.returncode == 0 and '04_split: done in' in r3.stdout
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'data'/'split.csv'), split)
+    pd.testing.assert_frame_equal(pd.read_csv(data/'split.csv'), split)
 
 def test_failing_step_names_notebook_and_cell(tmp_path):
     (tmp_path/'TotalSegmentator').mkdir()                                   # exists, but holds no dataset folders

@@ -23,7 +23,7 @@ python -c "from nbdev.serve import proc_nbs; proc_nbs()"
 
 echo "== pytest"
 set +e
-python -m pytest tests -q -n 2 "$@"
+python -m pytest tests -q -n 2 --dist loadgroup "$@"
 rc=$?
 set -e
 [ $rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }

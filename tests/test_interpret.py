@@ -1,0 +1,191 @@
+"Interpretation (reference steps 10-12): retrieval rules, the judge parser, the cache, the matchers, and the transformers paths."
+import json, shutil
+import numpy as np, pandas as pd, pytest, scipy.sparse as sp, torch
+from sail.core import load_config
+from sail.split import scan_index
+from sail.retrieval import fingerprints, k_sweep, top_distinct, Bank, sweep_similarity, SIM_DECIMALS
+from sail.autointerp import (parse_ranking, GenerationCache, MetadataBackend, describe_prompt, judge_prompt, sample_records,
+                             interpret_config, tiny_gemma3, autointerp_dir)
+from sail.language import EmbeddingMatcher, parse_feature_choice, language_config
+from sail.ranking import selected_configs
+from conftest import ROOT, SMOKE_YAML
+
+# ---------------------------------------------------------------- fingerprint retrieval
+
+def _scans():
+    "Rows: the reference (CT s0001 axial), its coronal slice, MRI s0001 (another patient), CT s0002, CT s0003."
+    rows = pd.DataFrame(dict(modality=['ct', 'ct', 'mri', 'ct', 'ct'], image_id=['s0001', 's0001', 's0001', 's0002', 's0003'],
+                             plane=['axial', 'coronal', 'axial', 'axial', 'axial']))
+    codes = sp.csr_matrix(np.array([[3.0, 2.0, 1.0, 0.0],
+                                    [3.0, 2.0, 1.0, 0.0],      # identical to the reference, but the same scan
+                                    [2.9, 2.1, 1.0, 0.0],      # same image id, other modality: a different scan
+                                    [1.0, 2.0, 3.0, 0.0],
+                                    [0.0, 0.0, 0.0, 5.0]], np.float32))
+    return rows, codes
+
+def test_fingerprint_exclusion_rules():
+    rows, codes = _scans()
+    X = codes.toarray() + 0.01
+    per_ref, hits = k_sweep(codes, X, scan_index(rows), np.array([0]), [3], top_n=3)
+    got = hits[(hits.method == 'sparse') & (hits.k == 3)].sort_values('rank').row.tolist()
+    assert 1 not in got                                  # the same scan in the other plane is excluded
+    assert got[0] == 2                                   # the same image id in MRI is another scan, and the best match
+    for m in ('dense', 'dense_fingerprint'): assert 1 not in hits[hits.method == m].row.tolist()
+
+def test_effective_k_and_ties():
+    rows, codes = _scans()
+    idx, vals, k_eff = fingerprints(codes, 5)
+    assert k_eff.tolist() == [3, 3, 3, 3, 1] and idx[4].tolist() == [3, -1, -1, -1, -1]   # never zero-valued fillers
+    always = np.array([True, False, False, False])
+    idx, _, k_eff = fingerprints(codes, 2, always)
+    assert idx[0].tolist() == [1, 2] and k_eff.tolist() == [2, 2, 2, 2, 1]                 # always-active features left out
+    tie = sp.csr_matrix(np.array([[1.0, 1.0, 1.0]], np.float32))
+    assert fingerprints(tie, 2)[0].tolist() == [[0, 1]]                                     # ties by feature index
+    scores = torch.tensor([[0.5, 0.7, 0.7, 0.7, 0.2]])
+    assert top_distinct(scores, np.array([0, 1, 2, 3, 4]), 3)[0].tolist() == [[1, 2, 3]]   # equal scores in candidate order
+
+def _brute_force(codes, scan, ref, k, n):
+    "Spec §11 written out: cosine on the reference's k fingerprint features (1/(1+|Δ|) for one), full stable sort, walk."
+    row = codes[ref].toarray().ravel()
+    feats = [f for f in np.argsort(-row, kind='stable')[:k] if row[f] > 0]
+    sub = codes[:, feats].toarray().astype(np.float64); q = row[feats].astype(np.float64)
+    if len(feats) == 1: sim = 1 / (1 + np.abs(sub[:, 0] - q[0]))
+    else:
+        den = np.linalg.norm(sub, axis=1) * np.linalg.norm(q)
+        sim = np.divide(sub @ q, den, out=np.zeros(len(sub)), where=den > 0)
+    sim = np.round(sim, SIM_DECIMALS)
+    seen, out = {scan[ref]}, []
+    for j in np.argsort(-sim, kind='stable'):
+        if scan[j] in seen: continue
+        seen.add(scan[j]); out.append(sim[j])
+        if len(out) == n: break
+    return out
+
+def test_k_sweep_matches_the_definition():
+    g = np.random.default_rng(5)
+    codes = sp.csr_matrix(np.where(g.random((400, 30)) < 0.2, g.integers(1, 6, (400, 30)), 0).astype(np.float32))
+    X = g.normal(size=(400, 8)).astype(np.float32)
+    scan = np.arange(400) // 9
+    refs = np.array([0, 17, 123, 399])
+    _, hits = k_sweep(codes, X, scan, refs, [1, 2, 5], top_n=4, batch_size=3)
+    for k in (1, 2, 5):
+        for r in refs:
+            ours = hits[(hits.method == 'sparse') & (hits.k == k) & (hits.reference == r)].sort_values('rank')
+            np.testing.assert_allclose(ours.similarity.to_numpy(), _brute_force(codes, scan, r, k, 4), atol=2e-6)
+            assert len(set(scan[ours.row])) == len(ours) and scan[r] not in set(scan[ours.row])
+
+def test_streamed_search_equals_full_matrix():
+    g = np.random.default_rng(1)
+    codes = sp.csr_matrix(np.where(g.random((900, 50)) < 0.15, g.random((900, 50)), 0).astype(np.float32))
+    scan = np.arange(900) // 13
+    fi, fv, _ = fingerprints(codes[:20], 10)
+    from sail.retrieval import sweep_retrieve
+    streamed = sweep_retrieve(Bank(codes, chunk=128), fi, fv, [1, 3, 10], scan, 5, scan[:20])
+    for (k, _, sim), (_, _, rows, _) in zip(sweep_similarity(Bank(codes), fi, fv, [1, 3, 10]), streamed):
+        assert rows.tolist() == top_distinct(sim, scan, 5, scan[:20])[0].tolist()
+
+# ---------------------------------------------------------------- the judge parser and the cache
+
+@pytest.mark.parametrize('reply,want', [
+    ('C, A, E, B, D', 'CAEBD'),
+    ('C,A,E,B,D', 'CAEBD'),
+    ('Looking at the metadata, the best is C.\n\nRanking: C, A, E, B, D', 'CAEBD'),      # preamble
+    ('c, a, e, b, d', 'CAEBD'),                                                          # lower case
+    ('**C > A > E > B > D**', 'CAEBD'),                                                   # markdown
+    ('Final answer: C A E B D.', 'CAEBD'),
+    ('  C, A, E, B, D  \n\n', 'CAEBD'),                                                   # trailing blank lines
+    ('C, A, E, B, A', None),                                                              # repeated letter
+    ('C, C, C, C, C', None),
+    ('C, A, E, B', None),                                                                 # one missing
+    ('C, A, E, B, D, F', None),                                                           # letter out of range
+    ('C, A, E, B, D (C names the liver)', None),                                          # explanation on the line
+    ('C, A, E, B, D\nC is the most specific description.', None),                        # explanation after it
+    ('A clear BEst choice is C, then A, E, B and D', None),                               # letters inside words
+    ('I cannot rank these.', None)])
+def test_judge_parser_adversarial(reply, want):
+    got = parse_ranking(reply, 5)
+    assert (''.join(got) if got else None) == want
+
+def test_generation_cache_hits_and_nothing_half_written(tmp_path):
+    recs = sample_records(pd.DataFrame(dict(slice_id=['a', 'b'], modality='ct', plane='axial', gender='f', age=[50.0, 60], age_bin=['40-60', '60-80'],
+                                            pathology='no_pathology', liver=True)))
+    calls = []
+    class Counting(MetadataBackend):
+        def complete(self, prompt): calls.append(prompt.task); return super().complete(prompt)
+    cache = GenerationCache(tmp_path/'c', context='x')
+    p = describe_prompt(recs, seed=3)
+    assert cache.complete(Counting(), p) == cache.complete(Counting(), p) and calls == ['describe']
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.complete(Counting(), judge_prompt(recs, ['a', 'b', 'c', 'd', 'e'], seed=3)); assert len(calls) == 2
+    class Failing(MetadataBackend):
+        def complete(self, prompt): raise RuntimeError('model crashed')
+    with pytest.raises(RuntimeError): cache.complete(Failing(), describe_prompt(recs, seed=4))
+    files = list((tmp_path/'c').rglob('*'))
+    assert all(f.suffix == '.json' for f in files if f.is_file()) and len([f for f in files if f.is_file()]) == 2   # no partial file
+
+# ---------------------------------------------------------------- matchers
+
+def test_embedding_matcher_ranks_the_obvious_description_first():
+    descs = ['Sagittal MRI of the lumbar spine', 'Axial CT of the abdomen (liver, kidneys) in an elderly patient',
+             'Coronal CT of the thorax and rib cage', 'Axial MRI of the brain', 'Coronal CT of the bony pelvis and hips']
+    m = EmbeddingMatcher()
+    for query, want in [('Axial CT of the abdomen in an elderly patient', 1), ('Sagittal MRI of the spine', 0),
+                        ('Coronal CT of the chest and ribs', 2), ('Axial MRI of the head and brain', 3), ('Coronal CT of the pelvis', 4)]:
+        assert m.match(query, descs, 2)[0][0] == want, query
+
+def test_llm_choice_parser():
+    assert parse_feature_choice('```json\n{"feature_indices": [2, 5, 1]}\n```', 3, 5) == [2, 5, 1]
+    for bad in ['{"feature_indices": [2, 5]}', '{"feature_indices": [0, 1, 2]}', '{"features": [1, 2, 3]}', '{"feature_indices": [1, 2, true]}', 'no json']:
+        assert parse_feature_choice(bad, 3, 5) is None
+
+# ---------------------------------------------------------------- the transformers paths, end to end on a finished run
+
+@pytest.fixture
+def run_copy(smoke_run, tmp_path):
+    "A copy of the smoke run under another name, so that changing backends does not touch the shared run."
+    name = f'{smoke_run.name}_copy_{tmp_path.name}'
+    shutil.copytree(smoke_run.run, ROOT/'runs'/name, ignore=shutil.ignore_patterns('notebooks', 'explorers', 'thumbs'))
+    def config(**sections):
+        text = smoke_run.config.read_text().replace(f'name: {smoke_run.name}', f'name: {name}')
+        text = '\n'.join(l for l in text.splitlines() if not any(l.startswith(f'{s}:') for s in sections))
+        import yaml
+        p = tmp_path/'copy.yaml'; p.write_text(text + '\n' + yaml.safe_dump(sections))
+        return load_config(p)
+    yield config
+    shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+@pytest.mark.xdist_group('smoke')
+def test_transformers_autointerp_reports_parse_failures(run_copy, tmp_path):
+    vlm = tiny_gemma3(tmp_path/'vlm')                                       # real Gemma 3 classes, random weights, no download
+    cfg = run_copy(autointerp=dict(backend='transformers', model=str(vlm), n_features=3, judge_retries=1, max_new_tokens=12, judge_max_new_tokens=8))
+    enc, var, conf = selected_configs(cfg)[0]
+    m = interpret_config(cfg, enc, var, conf, force=True)
+    assert m['describer'] == f'transformers:{vlm}' and m['judge'] == f'transformers:{vlm}'
+    assert m['n_features'] == 3 and m['n_parse_failures'] == 3 and m['n_evaluated'] == 0     # noise never parses ...
+    d = pd.read_parquet(autointerp_dir(cfg)/enc/var/conf/'descriptions.parquet')
+    assert d.true_rank.isna().all() and (d.attempts == 2).all() and not d.parse_ok.any()    # ... and is never given a random rank
+    assert m['cache_misses'] > 0
+    again = interpret_config(cfg, enc, var, conf, force=True)                               # a rerun costs no generation
+    assert again['cache_misses'] == 0 and again['cache_hits'] == m['cache_hits'] + m['cache_misses']
+
+@pytest.mark.xdist_group('smoke')
+def test_llm_matcher_failures_are_recorded(run_copy, tmp_path):
+    llm = tiny_gemma3(tmp_path/'llm', vision=False)
+    cfg = run_copy(language=dict(matchers=['llm'], llm_model=str(llm), retries=2, max_new_tokens=10, slices_per_scan=3))
+    enc, var, conf = selected_configs(cfg)[0]
+    ev = language_config(cfg, enc, var, conf, force=True)
+    side = json.loads((cfg_dir := ROOT/'runs'/cfg.name/'results'/'language'/enc/var/conf/'language.json').read_text())
+    assert (~ev.matched).all() and len(side['failures']) == len(ev)                           # every query failed, and says so
+    assert all('no valid feature choice' in f['reason'] or 'no described feature' in f['reason'] for f in side['failures'])
+
+def test_torch_sparse_engine_matches_scipy():
+    "The engine used on GPUs (torch sparse CSR), run on the CPU, retrieves exactly what scipy's does."
+    from sail.retrieval import sweep_retrieve
+    g = np.random.default_rng(2)
+    codes = sp.csr_matrix(np.where(g.random((700, 40)) < 0.2, g.random((700, 40)), 0).astype(np.float32))
+    scan = np.arange(700) // 11
+    fi, fv, _ = fingerprints(codes[:16], 8)
+    a = sweep_retrieve(Bank(codes, chunk=200, engine='scipy'), fi, fv, [1, 2, 8], scan, 5, scan[:16])
+    b = sweep_retrieve(Bank(codes, chunk=200, engine='torch'), fi, fv, [1, 2, 8], scan, 5, scan[:16])
+    for (_, _, ra, sa), (_, _, rb, sb) in zip(a, b):
+        assert ra.tolist() == rb.tolist() and np.allclose(sa.numpy(), sb.numpy(), equal_nan=True)
