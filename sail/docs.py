@@ -201,7 +201,8 @@ def preview(
     for f in assets['dist'].iterdir():
         if f.is_file() and (f.name == 'embed-amd.js' or f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg')): shutil.copyfile(f, out/'widgets'/f.name)
     shutil.copyfile(assets['require'], out/'widgets'/'require.js')
-    if (nbs/'explorers').exists(): shutil.copytree(nbs/'explorers', out/'explorers')
+    for d in nbs.iterdir():                                                  # site resources: explorers/, images/
+        if d.is_dir() and not d.name.startswith(('.', '_')): shutil.copytree(d, out/d.name)
     pages = []
     for p in site_notebooks(nbs):
         src = proc/p.name if (proc/p.name).exists() else p

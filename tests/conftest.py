@@ -36,7 +36,7 @@ def mini_copy(mini, tmp_path) -> Path:
     shutil.copytree(mini, dst)
     return dst
 
-import subprocess, sys
+import json, subprocess, sys
 from types import SimpleNamespace
 
 SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
@@ -61,15 +61,25 @@ def sail(*args, timeout=1500):
 @pytest.fixture(scope='session')
 def smoke_run(tmp_path_factory):
     """One whole pipeline run at smoke size (every step, both variants), shared by the tests that read a finished run.
-    Tests using it carry `pytest.mark.xdist_group('smoke')` so that one worker runs it once."""
-    tmp = tmp_path_factory.mktemp('smoke')
-    name = f'_pytest_smoke_{tmp.name}'
-    cfg = tmp/'smoke.yaml'
-    cfg.write_text(SMOKE_YAML.format(name=name, tmp=tmp))
-    r = sail('run', cfg)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    yield SimpleNamespace(config=cfg, name=name, run=ROOT/'runs'/name, data=tmp/'data', tmp=tmp, stdout=r.stdout)
-    shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+    Built once per test session even under pytest-xdist: the first worker builds it under a file lock, the others
+    wait and reuse it. (The run folder stays in runs/ for inspection; older `_pytest_smoke_*` runs are removed.)"""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base   # common to every xdist worker of this session
+    tmp, name = shared/'smoke', f'_pytest_smoke_{shared.name}'
+    with FileLock(str(shared/'smoke.lock')):
+        done = tmp/'done.json'
+        if not done.exists() or not (ROOT/'runs'/name/'manifest.json').exists():
+            for old in (ROOT/'runs').glob('_pytest_smoke_*'):
+                if old.name != name: shutil.rmtree(old, ignore_errors=True)
+            tmp.mkdir(exist_ok=True)
+            cfg = tmp/'smoke.yaml'
+            cfg.write_text(SMOKE_YAML.format(name=name, tmp=tmp))
+            r = sail('run', cfg)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            done.write_text(json.dumps(dict(stdout=r.stdout)))
+    return SimpleNamespace(config=tmp/'smoke.yaml', name=name, run=ROOT/'runs'/name, data=tmp/'data', tmp=tmp,
+                           stdout=json.loads((tmp/'done.json').read_text())['stdout'])
 
 def require_browser():
     "Debian's Chromium for browser tests: missing -> skip locally, fail in CI (SAIL_REQUIRE_BROWSER=1)."

@@ -75,7 +75,7 @@ def _free_port()->int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 @pytest.mark.xdist_group('smoke')
-def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_path):
+def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_path, request):
     nb = nbformat.read(ROOT/'nbs'/'17_explorer.ipynb', as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f'config = {str(smoke_run.config)!r}'))
@@ -95,6 +95,7 @@ def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_
             except Exception: time.sleep(0.5)
         else: pytest.fail('jupyter lab did not start:\n' + (tmp_path/'lab.log').read_text()[-2000:])
         page = browser.new_page(viewport=dict(width=1400, height=1000))
+        request.node.lab_page = page                                            # for the screenshot on failure
         page.goto(f'http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}')
         page.wait_for_selector('.jp-Notebook', timeout=60_000)
         page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Toolbar-kernelStatus', timeout=60_000)
@@ -113,6 +114,11 @@ def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_
         after = info.inner_text()
         SHOTS.mkdir(parents=True, exist_ok=True); page.screenshot(path=str(SHOTS/'jupyterlab_explorer.png'))
         assert 'rank 1)' in before and 'rank 2)' in after, (before, after)
+    except Exception:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        if getattr(request.node, 'lab_page', None): request.node.lab_page.screenshot(path=str(SHOTS/'jupyterlab_explorer_FAILED.png'), full_page=True)
+        print((tmp_path/'lab.log').read_text()[-3000:])
+        raise
     finally:
         lab.terminate()
         try: lab.wait(20)
