@@ -76,3 +76,13 @@ def test_codes_resume_and_readers(mini, prepared):
     assert abs(np.diff(m.indptr).mean() - full['splits']['val']['l0']) < 1e-9
     assert torch.equal(to_torch_sparse(m).to_dense(), torch.from_numpy(m.toarray()))
     assert full['splits']['train']['bytes_per_row'] < full['splits']['train']['dense_bytes_per_row']
+
+def test_checkpoint_record_travels_with_its_tensors(tmp_path):
+    "A kill between writing the tensors and the readable state.json cannot desynchronise them: resuming reads the header."
+    from sail.sae import MatryoshkaSAE
+    from sail.train import save_state, resumable_epoch, load_state
+    sae = MatryoshkaSAE(8, [4, 8], [[2, 4]], 'paper', True, seeds=[0]); opt = torch.optim.Adam(sae.parameters())
+    save_state(tmp_path, sae, opt, dict(epoch=2, step=20, digest='d'))
+    (tmp_path/'state.json').write_text(json.dumps(dict(epoch=1, step=10, digest='d')))   # as if killed before the copy was updated
+    assert resumable_epoch(tmp_path, 'd') == 2 and load_state(tmp_path, sae, opt)['step'] == 20
+    assert resumable_epoch(tmp_path, 'other settings') == 0
