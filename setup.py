@@ -37,8 +37,11 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]] + (['License :: ' + lic[1] ] if lic[1] else []),
     url = cfg['git_url'],
-    packages = setuptools.find_packages(include=['sail', 'sail.*']),
+    # sail/assets/ (the explorer pages' JavaScript, CSS and HTML; also in MANIFEST.in) is a data-only folder: naming it
+    # as a package ships its files and keeps setuptools from warning that an importable folder is left out
+    packages = setuptools.find_packages(include=['sail', 'sail.*']) + ['sail.assets'],
     include_package_data = True,
+    package_data = {'sail.assets': ['*']},
     install_requires = requirements,
     extras_require={ 'dev': dev_requirements },
     dependency_links = cfg.get('dep_links','').split(),

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np, nibabel as nib
 from scipy import ndimage
 from PIL import Image
-from sail.core import load_config, run_paths
-from sail.totalseg import (slice_scan, read_mask, organ_presence, load_canonical, IMAGE_FILES, ORGANS, ct_window,
+from sail.core import run_paths
+from sail.config import load_config
+from sail.totalseg import (slice_scan, read_mask, organ_presence, load_canonical, read_image, IMAGE_FILES, ORGANS, ct_window,
                            window_to_uint8, mri_to_uint8)
 from sail.slices import list_scans
 
@@ -48,9 +49,9 @@ def reference_slice(scan_dir, modality, study_type, out):
 
 def sail_presence(scan_dir, modality):
     "SAIL's organ flags: uint8 masks through dataobj, one `any` per plane."
-    vol, zooms, codes, ornt = load_canonical(scan_dir/IMAGE_FILES[modality])
+    vol, zooms, codes, aff = read_image(scan_dir/IMAGE_FILES[modality])
     axes = (0, 1, 2) if modality == 'ct' else (int(np.argmin(vol.shape)),)
-    return [organ_presence(read_mask(f, vol.shape, ornt)[0], axes) for f in sorted((scan_dir/'segmentations').glob('*.nii.gz'))]
+    return [organ_presence(read_mask(f, vol.shape, aff)[0], axes) for f in sorted((scan_dir/'segmentations').glob('*.nii.gz'))]
 
 def timed(fn, *a):
     t = time.perf_counter(); out = fn(*a); return out, time.perf_counter() - t

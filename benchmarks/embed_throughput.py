@@ -10,7 +10,8 @@ import argparse, os, time, tempfile, shutil
 from pathlib import Path
 import numpy as np, torch, pandas as pd
 from PIL import Image
-from sail.core import load_config, run_paths, EncoderConfig, pick_device
+from sail.core import run_paths, pick_device
+from sail.config import load_config, EncoderConfig
 from sail.encoders import build_encoder
 from sail.slices import load_slices
 from sail.embed import SliceImages

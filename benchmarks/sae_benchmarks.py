@@ -12,7 +12,7 @@
 """
 import argparse, time, io, os
 import numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
-from sail.core import SAEConfig
+from sail.config import SAEConfig
 from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder
 from sail.train import clip_per_model_, lr_factor
 from sail.codes import compute_codes, codes_table

@@ -7,7 +7,7 @@ __all__ = ['SYSTEM', 'EXAMPLES', 'LETTERS', 'select_features', 'diverse_samples'
            'describe_prompt', 'judge_prompt', 'clean_concept', 'parse_ranking', 'concept_attributes', 'agreement',
            'MetadataBackend', 'TransformersBackend', 'tiny_gemma3', 'make_backend', 'GenerationCache',
            'dominant_profile', 'draw_distractors', 'judge_order', 'judge_feature', 'judge_metrics', 'activation_stats',
-           'autointerp_dir', 'region_frequency', 'interpret_config', 'run_autointerp']
+           'autointerp_dir', 'region_frequency', 'autointerp_artifact', 'interpret_config', 'run_autointerp']
 
 # %% ../nbs/14_autointerp.ipynb #b2f29d6e
 import re, json, math, hashlib, dataclasses
@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Config, load_config, run_paths, digest, rng, write_json, write_parquet, write_csv, atomic_path, get_logger,
-                       now, record_step, dataset_label, progress, pick_device, Failures)
+from .core import (Artifact, run_paths, digest, rng, write_json, write_parquet, write_csv, atomic_path, get_logger, now, record_step, progress,
+                       pick_device, Failures, stop_point)
+from .config import Config, load_config, dataset_label
 from .totalseg import ORGANS, REGIONS, BODY_PARTS, regions_of, parts_of
 from .split import scan_index
-from .slices import slice_image, thumbnail, image_data_uri
-from .codes import load_codes, codes_dir, feature_stats
-from .monosemanticity import top_samples, results_dir as mono_dir
-from .probes import probes_dir
+from .slices import slice_image, thumbnail, image_data_uri, slices_artifact
+from .codes import load_codes, codes_artifact, feature_stats
+from .monosemanticity import top_samples, mono_artifact
+from .probes import probes_artifact
 from .ranking import selected_configs
 
 # %% ../nbs/14_autointerp.ipynb #35df2095
@@ -431,10 +432,6 @@ def activation_stats(codes:sp.csr_matrix, rows:pd.DataFrame)->pd.DataFrame: # (N
 # %% ../nbs/14_autointerp.ipynb #c83be097
 def autointerp_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'autointerp'  # runs/<name>/results/autointerp/
 
-def _split_rows(cfg:Config, enc:str, var:str, conf:str, split:str)->tuple:
-    m, rows = load_codes(cfg, enc, var, conf, split)
-    return m, rows.reset_index(drop=True)
-
 def region_frequency(rows:pd.DataFrame)->dict: # slice rows with organ columns
     "Share of slices showing each anatomical region."
     present = rows[ORGANS].to_numpy(bool)
@@ -448,32 +445,37 @@ def _backends(cfg:Config, freq:dict)->tuple:
     judge = desc if (jk, jm) == (ac.backend, ac.model) else make_backend(jk, jm, ac.revision, cfg.device, ac.local_files_only, freq)
     return desc, judge
 
+def autointerp_artifact(cfg:Config, enc:str, var:str, conf:str)->Artifact: # run, encoder, variant, configuration
+    "One configuration's interpretation: descriptions, samples, selected features, statistics, metrics (recorded in artifact.json)."
+    return Artifact(f'autointerp/{enc}/{var}/{conf}', autointerp_dir(cfg)/enc/var/conf, ('descriptions.parquet', 'samples.parquet', 'selected_features.csv',
+                    'activation_stats_val.parquet', 'metrics.json'), step='14_autointerp')
+
 def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->dict: # run, encoder, variant, configuration, recompute
     "Describe and judge the selected features of one configuration; writes its files and returns its metrics."
     ac, log = cfg.autointerp, get_logger('sail.autointerp')
-    out = autointerp_dir(cfg)/enc/var/conf
-    side = json.loads((codes_dir(cfg, enc, var, conf)/'codes.json').read_text())
-    key = digest(dict(codes=side['digest'], settings=vars(ac), slices_per_scan=cfg.eval.slices_per_scan))
-    if not force and (out/'metrics.json').exists() and json.loads((out/'metrics.json').read_text()).get('key') == key:
-        return json.loads((out/'metrics.json').read_text())
+    art = autointerp_artifact(cfg, enc, var, conf); out = art.folder
+    inputs = dict(codes=codes_artifact(cfg, enc, var, conf).digest, scores=mono_artifact(cfg, enc, var, conf).digest, settings=ac,
+                  slices_per_scan=cfg.eval.slices_per_scan)
+    if ac.selection == 'combined': inputs['coefficients'] = probes_artifact(cfg, enc, var, conf).digest   # the reference code's selection reads them
+    if not force and art.fresh(inputs): return json.loads(art.path('metrics.json').read_text())
     data = run_paths(cfg).data
-    mt, rt = _split_rows(cfg, enc, var, conf, 'train'); mv, rv = _split_rows(cfg, enc, var, conf, 'val')
+    (mt, rt), (mv, rv) = load_codes(cfg, enc, var, conf, 'train'), load_codes(cfg, enc, var, conf, 'val')
     st_t, st_v = activation_stats(mt, rt), activation_stats(mv, rv)
-    always = feature_stats(mv).always_active.to_numpy()
-    scores = pd.read_parquet(mono_dir(cfg)/enc/var/conf/'feature_scores.parquet')
-    coefs = pd.read_parquet(probes_dir(cfg)/enc/var/conf/'coefficients.parquet') if ac.selection == 'combined' else None
+    always = (st_v.n_active.to_numpy() == len(rv)) & (len(rv) > 0)       # fires on every validation slice
+    scores = pd.read_parquet(mono_artifact(cfg, enc, var, conf).path('feature_scores.parquet'))
+    coefs = pd.read_parquet(probes_artifact(cfg, enc, var, conf).path('coefficients.parquet')) if ac.selection == 'combined' else None
     describable = st_t.n_active.to_numpy() > 0
     chosen = select_features(scores, always, ac.n_features, ac.selection, coefs, describable)
     n_undescribable = int((~describable[scores.feature.to_numpy()] & ~always[scores.feature.to_numpy()]).sum())
     cand_t, _ = top_samples(mt, scan_index(rt), ac.n_candidates, 1); cand_v, _ = top_samples(mv, scan_index(rv), ac.n_candidates, 1)
     eligible = np.flatnonzero((st_t.n_active.to_numpy() >= ac.min_active) & ~always)
     profile = dominant_profile(cand_t, rt.modality.to_numpy(), rt.plane.to_numpy()) if ac.distractors == 'matched' else None
-    needed = set(chosen.feature) | {d for f in chosen.feature for d in draw_distractors(f, eligible, ac.n_distractors, ac.seed, profile)}
-    needed = np.array(sorted(needed), np.int64)
+    distractors = {f: draw_distractors(f, eligible, ac.n_distractors, ac.seed, profile) for f in chosen.feature.tolist()}
+    needed = np.array(sorted(set(distractors) | {d for ds in distractors.values() for d in ds}), np.int64)
     div_t = dict(zip(needed, diverse_samples(mt, cand_t[needed], ac.n_samples)))
     div_v = dict(zip(chosen.feature, diverse_samples(mv, cand_v[chosen.feature.to_numpy()], ac.n_samples)))
     desc, judge = _backends(cfg, region_frequency(rt))
-    cache = GenerationCache(run_paths(cfg).run/'cache'/'generations', context=json.loads((data/'slices.json').read_text()).get('settings_digest', ''))
+    cache = GenerationCache(run_paths(cfg).run/'cache'/'generations', context=slices_artifact(data).digest)
     gen = dict(max_new_tokens=ac.max_new_tokens, temperature=ac.temperature, seed=ac.seed)
     failures, concepts = Failures(), {}
     def concept(f):
@@ -487,7 +489,7 @@ def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->
     for f in progress(chosen.feature.tolist(), desc=f'{enc}/{var}/{conf}', unit='feature'):
         try:
             c = concept(f)
-            dis = draw_distractors(f, eligible, ac.n_distractors, ac.seed, profile)
+            dis = distractors[f]
             dc = [concept(d) for d in dis]
             opts, truth = judge_order(c, dc, ac.seed, f)
             r = div_v[f][div_v[f] >= 0]
@@ -496,6 +498,7 @@ def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->
                               max_new_tokens=ac.judge_max_new_tokens, temperature=ac.judge_temperature, seed=ac.seed)
         except Exception as e:
             failures.add(f'{enc}/{var}/{conf} feature {f}', e, 'autointerp'); continue
+        finally: stop_point('autointerp:feature')
         rows.append(dict(feature=f, description=c, describer=desc.name, describer_model=desc.model, judge=judge.name, judge_model=judge.model,
                          distractor_features=dis, distractor_concepts=dc, options=opts, true_option=LETTERS[truth], **j))
         for split, recs in (('train', concepts[f][1]), ('val', vrecs)):
@@ -509,12 +512,13 @@ def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->
     write_csv(out/'selected_features.csv', chosen)
     write_parquet(out/'activation_stats_val.parquet', st_v)
     met = judge_metrics(d) if len(d) else judge_metrics(pd.DataFrame(dict(true_rank=[], parse_ok=[])))
-    met |= dict(key=key, encoder=enc, variant=var, config=conf, describer=f'{desc.name}:{desc.model}', judge=f'{judge.name}:{judge.model}',
+    met |= dict(encoder=enc, variant=var, config=conf, describer=f'{desc.name}:{desc.model}', judge=f'{judge.name}:{judge.model}',
                 selection=ac.selection, distractors=ac.distractors, n_failed=len(failures), failures=failures.rows,
                 n_scored_without_training_activation=n_undescribable,
-                cache_hits=cache.hits, cache_misses=cache.misses, created=now())
+                cache_hits=cache.hits, cache_misses=cache.misses)
     if len(failures): log.warning(failures.report('features'))
     write_json(out/'metrics.json', met)
+    art.commit(inputs)
     return met
 
 def run_autointerp(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute

@@ -26,8 +26,8 @@ import nibabel as nib
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from scipy import ndimage
 from PIL import Image
-from .core import (DemoConfig, project_root, rng, digest, write_json, progress, get_logger, library_versions, now,
-                       load_config, run_paths, record_step, dataset_label)
+from .core import (project_root, rng, digest, write_json, progress, get_logger, library_versions, now, run_paths, record_step)
+from .config import DemoConfig, load_config, dataset_label
 from .totalseg import (CLASSES, CT_CLASSES, MRI_CLASSES, DATASET_DIRS, IMAGE_FILES, META_COLUMNS, AGE_BIN_LABELS,
                            age_bin, read_meta, ct_window, display_slice, load_canonical, slice_scan)
 

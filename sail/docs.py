@@ -11,7 +11,8 @@ import os, re, json, copy, time, shutil, tempfile
 from pathlib import Path
 import nbformat
 import yaml
-from .core import project_root, load_config, run_paths, get_logger, now, write_json
+from .core import project_root, run_paths, get_logger, now, write_json
+from .config import load_config
 from .figures import find_chromium
 
 # %% ../nbs/18_docs.ipynb #f3bddf2b
@@ -38,30 +39,18 @@ def slim_outputs(nb:nbformat.NotebookNode)->nbformat.NotebookNode: # an executed
     return nb
 
 # %% ../nbs/18_docs.ipynb #31891f5c
-def _directive(src:str, name:str)->bool: return any(l.strip().replace(' ', '') in (f'#|{name}',) for l in src.splitlines() if l.startswith('#|'))
-
 def execute_for_docs(
     path:str|Path,         # the notebook in nbs/
     config:str='demo',     # value given to the notebook's `config` parameter
     timeout:int=3600,      # seconds per cell
 )->nbformat.NotebookNode:  # the notebook with fresh outputs, source untouched
     "Execute a notebook for the documentation site."
-    from nbclient import NotebookClient
+    from sail.pipeline import execute_notebook, declared_parameters
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    run = copy.deepcopy(nb); run.metadata.pop('widgets', None)                  # only the state this execution makes
-    for c in run.cells:
-        if c.cell_type == 'code' and (_directive(c.source, 'eval:false')): c.cell_type, c.outputs = 'raw', None
-    at = next((i for i, c in enumerate(run.cells) if 'parameters' in c.metadata.get('tags', [])), None)
-    if at is not None and 'config' in run.cells[at].source:
-        run.cells.insert(at + 1, nbformat.v4.new_code_cell(f'config = {config!r}', metadata={'tags': ['injected-parameters']}))
-    for c in run.cells:
-        if c.cell_type == 'raw':
-            for k in ('outputs', 'execution_count'): c.pop(k, None)
-    env = dict(os.environ, SAIL_HEADLESS='1', TQDM_DISABLE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error')  # no progress widgets
-    old = os.environ.copy(); os.environ.update(env)
-    try: NotebookClient(run, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}}, store_widget_state=True).execute()
-    finally: os.environ.clear(); os.environ.update(old)
+    params = {'config': config} if 'config' in declared_parameters(nb) else {}
+    quiet = dict(TQDM_DISABLE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error')   # no progress widgets
+    run = execute_notebook(path, None, params, cells='all', cwd=path.parent, timeout=timeout, env=quiet).notebook
     by_id = {c.id: c for c in run.cells if c.cell_type == 'code'}
     for c in nb.cells:
         if c.cell_type == 'code' and c.id in by_id: c.outputs, c.execution_count = by_id[c.id].outputs, None

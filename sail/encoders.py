@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import EncoderConfig, get_logger
+from .core import get_logger
+from .config import EncoderConfig
 
 # %% ../nbs/05_encoders.ipynb #df367945
 def square_resize(

@@ -4,25 +4,26 @@
 
 # %% auto #0
 __all__ = ['feature_profiles', 'thumbnail_files', 'data_uris', 'thumbs_html', 'profile_html', 'profile_figure', 'FeatureExplorer',
-           'explorer_dir', 'explorer_configs', 'profiles_for', 'retrieval_page_data', 'write_pages']
+           'explorer_dir', 'explorer_configs', 'profiles_for', 'asset', 'retrieval_page_data', 'write_pages']
 
 # %% ../nbs/17_explorer.ipynb #2ced65ca
-import json, html, shutil
+import json, html, shutil, importlib.resources
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Config, load_config, run_paths, digest, write_json, atomic_path, get_logger, now, record_step, dataset_label,
-                       progress, show_plotly)
+from .core import Artifact, run_paths, digest, write_json, atomic_path, get_logger, now, record_step, progress, show_plotly
+from .config import Config, load_config, dataset_label
 from .totalseg import ORGANS
 from .split import scan_index
 from .slices import load_slices, slice_image, thumbnail, image_data_uri
-from .codes import load_codes, codes_dir, feature_stats
-from .monosemanticity import top_samples, results_dir as mono_dir
+from .codes import load_codes, codes_artifact, feature_stats
+from .monosemanticity import top_samples, mono_artifact
+from .train import trained_saes
 from .ranking import selected_configs
 from .retrieval import Bank, k_sweep, fingerprints, figure_references, split_inputs
-from .autointerp import autointerp_dir
+from .autointerp import autointerp_dir, autointerp_artifact
 from .language import search
 from .figures import landscape_table, fig2
 
@@ -222,24 +223,25 @@ def explorer_dir(cfg:Config)->Path: return run_paths(cfg).run/'explorers'  # run
 def explorer_configs(cfg:Config)->list: # run configuration
     "[(encoder, variant, config)] to explore: the selected ones first, then every other configuration with scores."
     chosen = selected_configs(cfg)
-    others = sorted({tuple(p.parts[-4:-1]) for p in mono_dir(cfg).glob('*/*/*/feature_scores.parquet')} - set(chosen))
+    scored = {(r.encoder, r.variant, r.config) for r in trained_saes(cfg) if mono_artifact(cfg, r.encoder, r.variant, r.config).record() is not None}
+    others = sorted(scored - set(chosen))
     return chosen + others
 
 def profiles_for(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->list: # run, encoder, variant, configuration, recompute
     "The saved profiles of one configuration (computed and saved when missing or stale)."
-    side = json.loads((codes_dir(cfg, enc, var, conf)/'codes.json').read_text())
-    desc_p = autointerp_dir(cfg)/enc/var/conf/'descriptions.parquet'
-    ai_key = json.loads((autointerp_dir(cfg)/enc/var/conf/'metrics.json').read_text())['key'] if desc_p.exists() else ''
-    key = digest(dict(codes=side['digest'], autointerp=ai_key, settings=vars(cfg.explorer), per_scan=cfg.eval.slices_per_scan))
-    p = explorer_dir(cfg)/'data'/f'{enc}__{var}__{conf}.json'
-    if not force and p.exists():
-        d = json.loads(p.read_text())
-        if d.get('key') == key: return d['profiles']
+    name = f'{enc}__{var}__{conf}'
+    art = Artifact(f'explorer/{enc}/{var}/{conf}', explorer_dir(cfg)/'data', (f'{name}.json',), f'.{name}.artifact.json', step='17_explorer')
+    ai, mono = autointerp_artifact(cfg, enc, var, conf), mono_artifact(cfg, enc, var, conf)
+    described = ai.record() is not None
+    inputs = dict(codes=codes_artifact(cfg, enc, var, conf).digest, scores=mono.digest, autointerp=ai.digest if described else None,
+                  settings=cfg.explorer, per_scan=cfg.eval.slices_per_scan)
+    if not force and art.fresh(inputs): return json.loads(art.path(f'{name}.json').read_text())['profiles']
     m, rows = load_codes(cfg, enc, var, conf, 'val')
-    scores = pd.read_parquet(mono_dir(cfg)/enc/var/conf/'feature_scores.parquet')
-    desc = pd.read_parquet(desc_p) if desc_p.exists() else None
+    scores = pd.read_parquet(mono.path('feature_scores.parquet'))
+    desc = pd.read_parquet(ai.path('descriptions.parquet')) if described else None
     prof = feature_profiles(m, rows, scores, desc, cfg.explorer.max_features, cfg.explorer.top_samples, cfg.eval.slices_per_scan)
-    write_json(p, dict(key=key, encoder=enc, variant=var, config=conf, split='val', profiles=prof, created=now()), indent=None)
+    write_json(art.path(f'{name}.json'), dict(encoder=enc, variant=var, config=conf, split='val', profiles=prof), indent=None)
+    art.commit(inputs)
     return prof
 
 def _searcher(cfg:Config):
@@ -267,14 +269,13 @@ def _from_run(cls, cfg:Config, configs:list|None=None): # run configuration, [(e
     return cls(datasets, {}, sl[['modality', 'plane', 'gender', 'age']].to_dict('index'), thumb, _searcher(cfg))
 FeatureExplorer.from_run = _from_run
 
+# %% ../nbs/17_explorer.ipynb #284bc530
+def asset(name:str)->str: # file name in sail/assets/, e.g. 'explorer.css'
+    "The text of a page asset shipped with the package, `sail/assets/<name>`."
+    return (importlib.resources.files('sail')/'assets'/name).read_text(encoding='utf-8')
+
 # %% ../nbs/17_explorer.ipynb #56e4f2eb
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px 24px;color:#222}
-header h1{margin:0;font-size:22px} header p{margin:2px 0 8px;color:#666;font-size:13px} nav a{margin-right:14px}
-.controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:10px 0;padding:8px;background:#f4f6f8;border-radius:6px}
-.controls label{font-size:13px} input[type=range]{width:320px;vertical-align:middle}
-figure.sail-thumb{display:inline-block;margin:3px;text-align:center;font-size:11px} figure.sail-thumb img{height:84px;image-rendering:pixelated}
-.row{display:flex;flex-wrap:wrap;gap:16px} .chart{width:520px;height:320px} .muted{color:#777} table.stats td{padding:1px 10px 1px 0;font-size:13px}
-h2{font-size:17px;margin:10px 0 4px} .desc{font-size:16px;font-weight:600} .warn{color:#b00}"""
+_CSS = asset('explorer.css')  # the style sheet of every page
 
 def _page(title:str, subtitle:str, body:str, data:dict|None=None, script:str='')->str:
     payload = '' if data is None else '<script type="application/json" id="sail-data">' + json.dumps(data, separators=(',', ':')).replace('</', '<\\/') + '</script>'
@@ -285,83 +286,16 @@ def _page(title:str, subtitle:str, body:str, data:dict|None=None, script:str='')
             f'<script src="plotly.min.js"></script><style>{_CSS}</style></head><body><header><h1>{html.escape(title)}</h1>'
             f'<p>{html.escape(subtitle)}</p><nav>{nav}</nav></header>{body}{payload}<script>{script}</script></body></html>')
 
-_FEATURES_JS = r"""
-const D = JSON.parse(document.getElementById('sail-data').textContent);
-const $ = id => document.getElementById(id);
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-function meta(s){const m = D.meta[s] || {}; return `${(m.modality||'').toUpperCase()} ${m.plane||''} · ${({f:'F',m:'M'})[m.gender]||'?'}${m.age==null?'':' '+Math.round(m.age)}`;}
-function cfg(){ return D.configs[$('config').selectedIndex]; }
-function show(){
-  const c = cfg(), i = +$('rank').value - 1, p = c.profiles[i];
-  $('rankLabel').textContent = `${i + 1} / ${c.profiles.length}`;
-  $('title').textContent = `${c.label} · feature #${p.feature} (rank ${p.rank})`;
-  $('description').innerHTML = p.description ? esc(p.description) : '<span class="muted">not described (outside the autointerp selection)</span>';
-  $('judge').textContent = p.judge_rank == null ? '' : `judge rank ${p.judge_rank} of 5 (${p.success ? 'success' : 'not recognised'})`;
-  $('stats').innerHTML = [['M₁₀', p.M10.toFixed(3)], ['coherence', p.coherence.toFixed(3)], ['specificity', p.specificity.toFixed(3)],
-    ['active slices', `${p.n_active} (${(100 * p.frac_active).toFixed(1)} %)`], ['mean activation', p.mean_activation.toFixed(3)]]
-    .map(([a, b]) => `<tr><td>${a}</td><td>${b}</td></tr>`).join('');
-  $('thumbs').innerHTML = p.top.map(([s, a]) => `<figure class="sail-thumb"><img src="${D.thumbs[s]}" alt="${esc(s)}"><figcaption>act ${a.toFixed(3)}<br>${esc(meta(s))}</figcaption></figure>`).join('');
-  const e = p.hist.edges, x = e.slice(0, -1).map((v, j) => (v + e[j + 1]) / 2);
-  Plotly.react('hist', [{type: 'bar', x: x, y: p.hist.counts, marker: {color: 'teal'}, hovertemplate: '%{x:.3f}: %{y} slices<extra></extra>'}],
-    {title: {text: 'activations over all slices of the split', font: {size: 13}}, margin: {l: 40, r: 10, t: 30, b: 30}}, {displaylogo: false, responsive: true});
-  const comp = p.composition, lab = [], val = [];
-  for (const k of ['modality', 'plane', 'sex', 'age']) for (const [v, n] of Object.entries(comp[k])) { lab.push(`${k}: ${v}`); val.push(n / Math.max(comp.n, 1)); }
-  for (const [o, f] of comp.organs) { lab.push(o.replace(/_/g, ' ')); val.push(f); }
-  Plotly.react('comp', [{type: 'bar', orientation: 'h', y: lab.reverse(), x: val.reverse(), marker: {color: '#ff8c00'}, hovertemplate: '%{y}: %{x:.0%}<extra></extra>'}],
-    {title: {text: `top ${comp.n} slices`, font: {size: 13}}, xaxis: {range: [0, 1], tickformat: '.0%'}, margin: {l: 150, r: 10, t: 30, b: 30}}, {displaylogo: false, responsive: true});
-}
-function setConfig(){ const c = cfg(); $('rank').max = c.profiles.length; $('rank').value = 1; show(); }
-function find(){
-  const t = $('search').value.trim().toLowerCase(); if (!t) { $('note').textContent = ''; return; }
-  const ps = cfg().profiles, j = ps.findIndex(p => /^\d+$/.test(t) ? p.feature === +t : (p.description || '').toLowerCase().includes(t));
-  $('note').textContent = j < 0 ? `no feature matches “${t}”` : ''; if (j >= 0) { $('rank').value = j + 1; show(); }
-}
-$('config').innerHTML = D.configs.map((c, i) => `<option value="${i}">${esc(c.label)}</option>`).join('');
-$('config').onchange = setConfig; $('rank').oninput = show; $('search').onchange = find; $('search').onkeyup = e => { if (e.key === 'Enter') find(); };
-$('prev').onclick = () => { $('rank').value = Math.max(1, +$('rank').value - 1); show(); };
-$('next').onclick = () => { $('rank').value = Math.min(cfg().profiles.length, +$('rank').value + 1); show(); };
-setConfig();
-"""
+_JS_COMMON = asset('common.js')  # what both pages' scripts start with: their data, and how a slice's metadata reads
 
-_FEATURES_BODY = """<div class="controls"><label>configuration <select id="config"></select></label>
-<label>feature rank <input type="range" id="rank" min="1" max="1" value="1"></label><span id="rankLabel"></span>
-<button id="prev">◀</button><button id="next">▶</button>
-<label>search <input type="search" id="search" placeholder="feature id, or words of a description"></label><span id="note" class="warn"></span></div>
-<h2 id="title"></h2><p><span id="description" class="desc"></span> <span id="judge" class="muted"></span></p><table class="stats" id="stats"></table>
-<div id="thumbs"></div><div class="row"><div id="hist" class="chart"></div><div id="comp" class="chart"></div></div>"""
+_FEATURES_JS = _JS_COMMON + asset('features.js')
+
+_FEATURES_BODY = asset('features_body.html')
 
 # %% ../nbs/17_explorer.ipynb #100f6e4f
-_RETRIEVAL_JS = r"""
-const D = JSON.parse(document.getElementById('sail-data').textContent);
-const $ = id => document.getElementById(id);
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-function meta(s){const m = D.meta[s] || {}; return `${(m.modality||'').toUpperCase()} ${m.plane||''} · ${({f:'F',m:'M'})[m.gender]||'?'}${m.age==null?'':' '+Math.round(m.age)}`;}
-const fig = (s, text) => `<figure class="sail-thumb"><img src="${D.thumbs[s]}" alt="${esc(s)}"><figcaption>${text}<br>${esc(meta(s))}</figcaption></figure>`;
-function row(name, hits){
-  if (!hits || !hits.length) return `<h2>${name}</h2><p class="muted">nothing retrieved</p>`;
-  const q = hits.reduce((a, h) => a + h[2], 0) / hits.length;
-  return `<h2>${name} <span class="muted">(mean dense cosine ${q.toFixed(3)})</span></h2>` + hits.map(([s, sim, cos]) => fig(s, `sim ${sim.toFixed(3)} · dense ${cos.toFixed(3)}`)).join('');
-}
-function show(){
-  const c = D.configs[$('config').selectedIndex], r = c.refs[+$('ref').value - 1], k = $('k').value, x = r.k[k];
-  $('refLabel').textContent = `${+$('ref').value} / ${c.refs.length}`;
-  $('reference').innerHTML = fig(r.slice_id, 'reference');
-  $('fpnote').textContent = x.fp.length < +k ? `only ${x.fp.length} active features: k_eff = ${x.fp.length}` : '';
-  Plotly.react('fp', [{type: 'bar', x: x.fp.map(f => '#' + f[0]), y: x.fp.map(f => f[1]), marker: {color: 'teal'}, hovertemplate: 'feature %{x}: %{y:.3f}<extra></extra>'}],
-    {title: {text: `sparse fingerprint, k = ${k}`, font: {size: 13}}, margin: {l: 40, r: 10, t: 30, b: 40}, xaxis: {type: 'category'}}, {displaylogo: false, responsive: true});
-  $('hits').innerHTML = row('sparse fingerprint', x.sparse) + row(`dense fingerprint (top ${k} dimensions)`, x.dense_fp) + row('dense embedding (upper bound)', r.dense);
-}
-function setConfig(){ const c = D.configs[$('config').selectedIndex]; $('ref').max = c.refs.length; $('ref').value = 1; show(); }
-$('config').innerHTML = D.configs.map((c, i) => `<option value="${i}">${esc(c.label)}</option>`).join('');
-$('k').innerHTML = D.k.map(k => `<option value="${k}">${k}</option>`).join(''); $('k').value = D.k.includes(5) ? '5' : String(D.k[0]);
-$('config').onchange = setConfig; $('ref').oninput = show; $('k').onchange = show;
-setConfig();
-"""
+_RETRIEVAL_JS = _JS_COMMON + asset('retrieval.js')
 
-_RETRIEVAL_BODY = """<div class="controls"><label>configuration <select id="config"></select></label>
-<label>reference <input type="range" id="ref" min="1" max="1" value="1"></label><span id="refLabel"></span>
-<label>fingerprint size k <select id="k"></select></label></div>
-<div class="row"><div id="reference"></div><div id="fp" class="chart" style="height:240px"></div></div><p id="fpnote" class="muted"></p><div id="hits"></div>"""
+_RETRIEVAL_BODY = asset('retrieval_body.html')
 
 def _plotly_js(folder:Path):
     "Write plotly.min.js (from the installed plotly) next to the pages, once."

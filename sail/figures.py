@@ -10,11 +10,11 @@ import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import Config, load_config, run_paths, write_csv, write_json, get_logger, now, record_step, dataset_label, show_plotly
-from .slices import load_slices
-from .ranking import selected_configs
-from .retrieval import retrieval_dir, grid_figure
-from .language import language_dir, query_figure
+from .core import run_paths, write_csv, write_json, get_logger, now, record_step, show_plotly
+from .config import Config, load_config, dataset_label
+from .train import trained_saes
+from .retrieval import run_grid_figure
+from .language import run_query_figure
 
 # %% ../nbs/16_figures.ipynb #ac747131
 FIG2_PANELS = [  # (column, title) of the eight panels, spec §14
@@ -26,7 +26,7 @@ def landscape_table(cfg:Config)->pd.DataFrame: # run configuration
     "One row per trained configuration: training metrics, monosemanticity, probe AUCs and ranks."
     rp = run_paths(cfg).run
     rows = []
-    for p in sorted((rp/'sae').glob('*/*/*/config.json')):
+    for p in (r.folder/'config.json' for r in trained_saes(cfg)):
         c = json.loads(p.read_text()); f = c['final']
         rows.append(dict(encoder=f['encoder'], variant=f['variant'], config=c['name'], family='-'.join(map(str, c['sizes'])),
                          k_pattern='-'.join(map(str, c['k'])), k_max=max(c['k']), **{k: f[k] for k in ('val_l0', 'val_r2', 'val_r2_ref', 'val_alive', 'val_dead')}))

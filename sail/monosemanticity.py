@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['MAX_SAMPLES', 'MIN_SAMPLES', 'NULL_SIZES', 'NULL_DRAWS', 'NULL_SEED', 'top_samples', 'mean_pairwise_jaccard',
            'null_baseline', 'specificity', 'feature_scores', 'top_mean', 'config_scores', 'modality_aware_scores',
-           'results_dir', 'score_config', 'score_all']
+           'results_dir', 'config_scores_csv', 'mono_artifact', 'null_artifact', 'score_config', 'score_all']
 
 # %% ../nbs/11_monosemanticity.ipynb #bf02e4f4
 import json, math
@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from .core import Config, load_config, run_paths, write_json, write_parquet, write_csv, get_logger, now, record_step, dataset_label, digest
+from .core import Artifact, run_paths, write_json, write_parquet, write_csv, get_logger, record_step
+from .config import Config, load_config, dataset_label
 from .totalseg import ORGANS, CLASSES
-from .codes import load_codes, codes_dir
+from .codes import split_data, codes_artifact
+from .slices import slices_artifact
+from .split import split_artifact
+from .train import trained_saes, sae_ref
 from .split import scan_index
 
 # %% ../nbs/11_monosemanticity.ipynb #e0a30442
@@ -161,40 +165,58 @@ def results_dir(cfg:Config)->Path: # run configuration
     "runs/<name>/results/monosemanticity/"
     return run_paths(cfg).run/'results'/'monosemanticity'
 
+def config_scores_csv(cfg:Config)->Path: # run configuration
+    "The run's table of configuration scores (written by `score_all`): the path readers use."
+    return results_dir(cfg)/'config_scores.csv'
+
+def mono_artifact(
+    cfg:Config,    # run configuration
+    enc_id:str,    # encoder id
+    variant:str,   # variant
+    config:str,    # SAE configuration name
+)->Artifact:
+    "One configuration's scores: feature_scores.parquet and config_scores.json, recorded in artifact.json."
+    return Artifact(f'monosemanticity/{enc_id}/{variant}/{config}', results_dir(cfg)/enc_id/variant/config,
+                    ('feature_scores.parquet', 'config_scores.json'), step='11_monosemanticity')
+
+def null_artifact(cfg:Config)->Artifact: # run configuration
+    "The null baselines of the run's validation slices (null_baselines.csv)."
+    return Artifact('monosemanticity/null', results_dir(cfg), ('null_baselines.csv',), 'null_baselines.json', step='11_monosemanticity')
+
 def _val_inputs(cfg:Config, enc_id:str, variant:str, config:str)->tuple:
-    m, rows = load_codes(cfg, enc_id, variant, config, 'val', ['modality', 'image_id'] + ORGANS)
-    scan = scan_index(rows)
-    return m, rows[ORGANS].to_numpy(bool), scan, rows.modality.astype(str).to_numpy()
+    d = split_data(cfg, enc_id, 'val', variant, config, ['modality', 'image_id'] + ORGANS)
+    return d.codes, d.rows[ORGANS].to_numpy(bool), scan_index(d.rows), d.rows.modality.astype(str).to_numpy()
+
+def _null(cfg:Config, organs:np.ndarray)->pd.DataFrame:
+    "The null baselines, computed once for the validation slices of the current slice table and split."
+    art, data = null_artifact(cfg), run_paths(cfg).data
+    inputs = dict(slices=slices_artifact(data).digest, split=split_artifact(data).digest, n_val=len(organs))
+    if not art.fresh(inputs):
+        write_csv(art.path('null_baselines.csv'), null_baseline(organs)); art.commit(inputs)
+    return pd.read_csv(art.path('null_baselines.csv'))
 
 def score_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=False)->dict: # run, encoder, variant, SAE configuration, recompute
     "Score one configuration's features (reference and modality-aware) and write its files."
-    out = results_dir(cfg)/enc_id/variant/config
-    side = codes_dir(cfg, enc_id, variant, config)/'codes.json'
-    key = digest(dict(codes=json.loads(side.read_text())['digest'], per_scan=cfg.eval.slices_per_scan))
-    if not force and (out/'config_scores.json').exists() and json.loads((out/'config_scores.json').read_text()).get('codes_digest') == key:
-        return json.loads((out/'config_scores.json').read_text())
+    art = mono_artifact(cfg, enc_id, variant, config)
+    inputs = dict(codes=codes_artifact(cfg, enc_id, variant, config).digest, per_scan=cfg.eval.slices_per_scan)
+    if not force and art.fresh(inputs): return json.loads(art.path('config_scores.json').read_text())
     m, organs, scan, modality = _val_inputs(cfg, enc_id, variant, config)
-    null_path = results_dir(cfg)/'null_baselines.csv'
-    null = pd.read_csv(null_path) if null_path.exists() else null_baseline(organs)
-    if not null_path.exists(): write_csv(null_path, null)
-    sizes = json.loads((run_paths(cfg).run/'sae'/enc_id/variant/config/'config.json').read_text())['sizes']
+    null = _null(cfg, organs)
+    sizes = json.loads((sae_ref(cfg, enc_id, variant, config).folder/'config.json').read_text())['sizes']
     per_scan = cfg.eval.slices_per_scan
     fs = feature_scores(m, organs, scan, null, sizes=sizes, per_scan=per_scan)
     ma = modality_aware_scores(m, organs, scan, modality, per_scan).rename(columns=lambda c: c if c in ('feature',) else f'modality_aware_{c}')
     fs = fs.merge(ma, on='feature', how='left')
-    write_parquet(out/'feature_scores.parquet', fs)
-    cs = dict(encoder=enc_id, variant=variant, config=config, codes_digest=key, slices_per_scan=per_scan, **config_scores(fs, null),
+    write_parquet(art.path('feature_scores.parquet'), fs)
+    cs = dict(encoder=enc_id, variant=variant, config=config, slices_per_scan=per_scan, **config_scores(fs, null),
               modality_aware_M_top10_mean=top_mean(fs.modality_aware_monosemanticity_10, 10),
-              modality_aware_M_top50_mean=top_mean(fs.modality_aware_monosemanticity_10, 50), created=now())
-    write_json(out/'config_scores.json', cs)
+              modality_aware_M_top50_mean=top_mean(fs.modality_aware_monosemanticity_10, 50))
+    write_json(art.path('config_scores.json'), cs)
+    art.commit(inputs)
     return cs
 
 def score_all(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute
-    "Score every configuration with codes in the run; write and return the summary table."
-    for side in sorted((run_paths(cfg).run/'codes').glob('*/*/*/codes.json')):
-        enc, var, conf = side.parts[-4:-1]
-        score_config(cfg, enc, var, conf, force)
-    rows = [json.loads(p.read_text()) for p in sorted(results_dir(cfg).glob('*/*/*/config_scores.json'))]
-    table = pd.DataFrame(rows)
-    write_csv(results_dir(cfg)/'config_scores.csv', table)
+    "Score every trained configuration of the run; write and return the summary table."
+    table = pd.DataFrame([score_config(cfg, r.encoder, r.variant, r.config, force) for r in trained_saes(cfg)])
+    write_csv(config_scores_csv(cfg), table)
     return table

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['TARGET_GROUPS', 'PROBE_PARAMS', 'TRAIN_ROWS', 'RECOVERY_N', 'RECOVERY_LEVELS', 'tasks', 'task_labels', 'fit_probe',
            'target_classes', 'task_metrics', 'training_rows', 'target_coefficients', 'probe_representation',
-           'recovery_curve', 'recovery_thresholds', 'probes_dir', 'target_groups', 'recover_config', 'run_probes',
-           'probe_summary']
+           'recovery_curve', 'recovery_thresholds', 'probes_dir', 'summary_csv', 'target_groups', 'probes_artifact',
+           'recover_config', 'run_probes', 'probe_summary']
 
 # %% ../nbs/10_probes.ipynb #51834e8f
 import json, time, warnings
@@ -20,10 +20,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.model_selection import train_test_split
 from sklearn.metrics import roc_auc_score, f1_score, balanced_accuracy_score
 from sklearn.exceptions import ConvergenceWarning
-from .core import Config, ConfigError, load_config, run_paths, resolve, write_json, write_parquet, write_csv, get_logger, now, record_step, dataset_label, digest
-from .embed import load_embeddings
-from .split import split_of
-from .codes import load_codes, codes_dir
+from .core import Artifact, run_paths, resolve, write_parquet, write_csv, get_logger, record_step, stop_point
+from .config import Config, ConfigError, load_config, dataset_label
+from .embed import embeddings_artifact
+from .split import split_artifact
+from .codes import split_data, codes_artifact
+from .train import trained_saes
 
 # %% ../nbs/10_probes.ipynb #38f467a2
 TARGET_GROUPS = {  # spec §7.1
@@ -186,6 +188,8 @@ def recovery_thresholds(curve:pd.DataFrame, levels=RECOVERY_LEVELS)->dict: # rec
 # %% ../nbs/10_probes.ipynb #65d8c40c
 def probes_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'probes'  # runs/<name>/results/probes/
 
+def summary_csv(cfg:Config)->Path: return probes_dir(cfg)/'summary.csv'  # the run's probe summary (written by `probe_summary`)
+
 def target_groups(cfg:Config)->dict: # run configuration
     "The probe targets of a run: the paper's, or those of the YAML file `eval.target_groups` (validated)."
     if not cfg.eval.target_groups: return TARGET_GROUPS
@@ -200,15 +204,23 @@ def target_groups(cfg:Config)->dict: # run configuration
 
 def _inputs(cfg:Config, enc_id:str)->tuple:
     "Dense embeddings and slice rows per split."
-    emb, sl = load_embeddings(run_paths(cfg).data, enc_id)
-    split = split_of(sl, run_paths(cfg).data)
-    return ({k: np.asarray(emb[split == k]) for k in ('train', 'val', 'test')}, {k: sl[split == k].reset_index(drop=True) for k in ('train', 'val', 'test')})
+    d = {k: split_data(cfg, enc_id, k, dense=True) for k in ('train', 'val', 'test')}
+    return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
 
-def _done(folder:Path, key:str)->bool: return (folder/'probes.json').exists() and json.loads((folder/'probes.json').read_text()).get('key') == key
+def probes_artifact(
+    cfg:Config,            # run configuration
+    enc_id:str,            # encoder id
+    variant:str='dense',   # an SAE variant, or 'dense' for the probes on raw embeddings
+    config:str|None=None,  # SAE configuration name (None for dense)
+)->Artifact:
+    "Probe results of an encoder's dense embeddings, or of one SAE's codes with its recovery curves (recorded in probes.json)."
+    if variant == 'dense': return Artifact(f'probes/{enc_id}/dense', probes_dir(cfg)/enc_id/'dense', ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
+    return Artifact(f'probes/{enc_id}/{variant}/{config}', probes_dir(cfg)/enc_id/variant/config,
+                    ('metrics.parquet', 'coefficients.parquet', 'recovery.parquet', 'recovery_summary.parquet'), 'probes.json', step='10_probes')
 
-def _save(folder:Path, key:str, **tables):
-    for n, t in tables.items(): write_parquet(folder/f'{n}.parquet', t)
-    write_json(folder/'probes.json', dict(key=key, created=now()))
+def _save(art:Artifact, inputs:dict, **tables):
+    for n, t in tables.items(): write_parquet(art.path(f'{n}.parquet'), t)
+    art.commit(inputs)
 
 def _curve_job(name, t, auc, rank, Xtr, ytr, evals):
     "One target's recovery curve (a joblib worker)."
@@ -238,51 +250,55 @@ def recover_config(cfg:Config, Xs:dict, sl:dict, coefs:pd.DataFrame, dense_metri
 def run_probes(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, refit everything
     "Dense and sparse probes plus recovery for every trained configuration; returns the rebuilt summary."
     log, n_jobs = get_logger('sail.probes'), cfg.workers or -1
-    for enc_dir in sorted(p for p in (run_paths(cfg).run/'codes').glob('*') if p.is_dir()):
-        enc = enc_dir.name
-        X, sl = _inputs(cfg, enc)
-        emb_key = json.loads((run_paths(cfg).data/'embeddings'/f'{enc}.json').read_text())['settings_digest']
-        groups = target_groups(cfg)
-        dkey = digest(dict(emb=emb_key, eval=vars(cfg.eval), groups=groups))
-        ddir = probes_dir(cfg)/enc/'dense'
-        if force or not _done(ddir, dkey):
+    groups, data = target_groups(cfg), run_paths(cfg).data
+    refs = trained_saes(cfg)
+    for enc in sorted({r.encoder for r in refs}):
+        dense = probes_artifact(cfg, enc)
+        dinputs = dict(embeddings=embeddings_artifact(data, enc).digest, split=split_artifact(data).digest, eval=cfg.eval, groups=groups)
+        X = sl = None
+        if force or not dense.fresh(dinputs):
             log.info(f"{enc}: dense probes")
+            X, sl = _inputs(cfg, enc)
             m, c, skipped = probe_representation(X, sl, True, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
-            _save(ddir, dkey, metrics=m, coefficients=c)
-        dense_metrics = pd.read_parquet(ddir/'metrics.parquet')
-        for side in sorted(enc_dir.glob('*/*/codes.json')):
-            var, conf = side.parts[-3:-1]
-            out = probes_dir(cfg)/enc/var/conf
-            key = digest(dict(codes=json.loads(side.read_text())['digest'], dense=dkey))
-            if not force and _done(out, key): continue
-            log.info(f"{enc}/{var}/{conf}: sparse probes and recovery")
+            _save(dense, dinputs, metrics=m, coefficients=c)
+        dense_metrics = pd.read_parquet(dense.path('metrics.parquet'))
+        for ref in (r for r in refs if r.encoder == enc):
+            art = probes_artifact(cfg, enc, ref.variant, ref.config)
+            inputs = dict(codes=codes_artifact(cfg, enc, ref.variant, ref.config).digest, dense=dense.digest)
+            if not force and art.fresh(inputs): continue
+            log.info(f"{ref.name}: sparse probes and recovery")
+            if sl is None: X, sl = _inputs(cfg, enc)
             Xs = {}
             for k in ('train', 'val', 'test'):
-                mtx, rows = load_codes(cfg, enc, var, conf, k)
-                if not np.array_equal(rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{side.parent}: {k} codes are not aligned with the embeddings' slices")
-                Xs[k] = mtx
+                d = split_data(cfg, enc, k, ref.variant, ref.config, ['modality', 'image_id'])
+                if not np.array_equal(d.rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{codes_artifact(cfg, enc, ref.variant, ref.config, k).sidecar}: {k} codes are not aligned with the embeddings' slices")
+                Xs[k] = d.codes
             m, c, skipped = probe_representation(Xs, sl, False, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows)
             curves, summary = recover_config(cfg, Xs, sl, c, dense_metrics, groups)
-            _save(out, key, metrics=m, coefficients=c, recovery=curves, recovery_summary=summary)
+            _save(art, inputs, metrics=m, coefficients=c, recovery=curves, recovery_summary=summary)
+            stop_point('probes:config')
     return probe_summary(cfg)
+
 
 # %% ../nbs/10_probes.ipynb #d5e9d9ab
 def probe_summary(cfg:Config)->pd.DataFrame: # run configuration
     "One row per (encoder, variant, config), rebuilt from the per-configuration files; also written to summary.csv."
     rows = []
-    for f in sorted(probes_dir(cfg).glob('*/*/*/probes.json')):
-        enc, var, conf = f.parts[-4:-1]
-        m = pd.read_parquet(f.parent/'metrics.parquet'); d = pd.read_parquet(probes_dir(cfg)/enc/'dense'/'metrics.parquet')
+    for ref in trained_saes(cfg):
+        enc, var, conf = ref.encoder, ref.variant, ref.config
+        art = probes_artifact(cfg, enc, var, conf)
+        if art.record() is None: continue
+        m = pd.read_parquet(art.path('metrics.parquet')); d = pd.read_parquet(probes_artifact(cfg, enc).path('metrics.parquet'))
         j = m.merge(d, on=['task', 'target', 'split'], suffixes=('_sparse', '_dense'))
         v = j[j.split == 'val']; good = v[v.roc_auc_dense > cfg.eval.min_dense_auc]
         r = dict(encoder=enc, variant=var, config=conf, n_targets=len(v), n_targets_recovery=len(good),
                  dense_val_auc=v.roc_auc_dense.mean(), sparse_val_auc=v.roc_auc_sparse.mean(),
                  sparse_pct_of_dense=100 * v.roc_auc_sparse.mean() / v.roc_auc_dense.mean(),
                  dense_test_auc=j[j.split == 'test'].roc_auc_dense.mean(), sparse_test_auc=j[j.split == 'test'].roc_auc_sparse.mean())
-        cur = pd.read_parquet(f.parent/'recovery.parquet') if (f.parent/'recovery.parquet').exists() else pd.DataFrame()
+        cur = pd.read_parquet(art.path('recovery.parquet'))
         for n in (1, 3, 10, 50):
             r[f'val_auc_at_{n}'] = cur[cur.n_features == n].val_roc_auc.mean() if len(cur) and 'val_roc_auc' in cur else np.nan
-        summ = pd.read_parquet(f.parent/'recovery_summary.parquet')
+        summ = pd.read_parquet(art.path('recovery_summary.parquet'))
         cols = [c for c in summ.columns if c.startswith('n_features_')]
         if len(summ):
             filled = summ[cols].apply(lambda c: c.fillna(c.max() + 1 if c.notna().any() else 100))
@@ -291,5 +307,5 @@ def probe_summary(cfg:Config)->pd.DataFrame: # run configuration
         rows.append(r)
     table = pd.DataFrame(rows)
     if len(table):
-        write_csv(probes_dir(cfg)/'summary.csv', table)
+        write_csv(summary_csv(cfg), table)
     return table

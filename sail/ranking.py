@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import Config, ConfigError, load_config, run_paths, write_csv, record_step, dataset_label
-from .monosemanticity import results_dir as mono_dir
-from .probes import probes_dir
-from .codes import codes_dir
+from .core import run_paths, write_csv, record_step
+from .config import Config, ConfigError, load_config, dataset_label
+from .monosemanticity import config_scores_csv
+from .probes import probes_dir, summary_csv
+from .codes import codes_artifact
+from .train import trained_saes, sae_artifact
 
 # %% ../nbs/12_ranking.ipynb #bcb41b55
 def rank_configs(
@@ -32,15 +34,15 @@ def rank_configs(
 # %% ../nbs/12_ranking.ipynb #b42754e6
 def ranking_table(cfg:Config)->pd.DataFrame: # run configuration
     "Ranked configurations of the run (written to results/ranking.csv)."
-    mono = pd.read_csv(mono_dir(cfg)/'config_scores.csv')
-    perf = pd.read_csv(probes_dir(cfg)/'summary.csv')
+    mono = pd.read_csv(config_scores_csv(cfg))
+    perf = pd.read_csv(summary_csv(cfg))
     t = rank_configs(mono.merge(perf, on=['encoder', 'variant', 'config']))
     write_csv(run_paths(cfg).run/'results'/'ranking.csv', t)
     return t
 
 def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration, `ranking_table` output
     "Per encoder and variant, the paper's headline quantities computed by this run."
-    sae = pd.DataFrame([json.loads(p.read_text())['final'] for p in (run_paths(cfg).run/'sae').glob('*/*/*/config.json')])
+    sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(cfg)])   # each SAE's final validation metrics
     rows = []
     for (enc, var), g in ranked.groupby(['encoder', 'variant']):
         s = sae[(sae.encoder == enc) & (sae.variant == var)]
@@ -71,6 +73,7 @@ def selected_configs(cfg:Config)->list: # run configuration
         h = pd.read_csv(p)
         out = list(zip(h.encoder, h.variant, h.selected_config))
     for enc, var, conf in out:
-        if not (codes_dir(cfg, enc, var, conf)/'codes.json').exists():
-            raise FileNotFoundError(f"{codes_dir(cfg, enc, var, conf)}: no finished codes for {enc}/{var}/{conf} (run the codes step, or fix interpret.configs)")
+        art = codes_artifact(cfg, enc, var, conf)
+        if art.record() is None:
+            raise FileNotFoundError(f"{art.sidecar}: no finished codes for {enc}/{var}/{conf} (run the codes step, or fix interpret.configs)")
     return out

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SIM_DECIMALS', 'fingerprints', 'dense_fingerprints', 'Bank', 'similarity', 'sweep_similarity', 'top_distinct',
            'sweep_retrieve', 'dense_retrieve', 'dense_quality', 'reference_rows', 'k_sweep', 'sweep_summary',
-           'retrieval_dir', 'split_inputs', 'retrieve_config', 'table2', 'run_retrieval', 'figure_references',
-           'grid_data', 'grid_figure']
+           'retrieval_dir', 'split_inputs', 'retrieval_artifact', 'retrieve_config', 'table2', 'run_retrieval',
+           'figure_references', 'grid_data', 'image_trace', 'grid_figure', 'run_grid_figure']
 
 # %% ../nbs/13_retrieval.ipynb #0759a277
 import json, math, warnings
@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Config, load_config, run_paths, digest, write_json, write_parquet, write_csv, get_logger, now,
-                       record_step, dataset_label, progress, show_plotly, pick_device)
-from .embed import load_embeddings
+from .core import (Artifact, run_paths, digest, write_json, write_parquet, write_csv, get_logger, now, record_step, progress, show_plotly,
+                       pick_device, stop_point)
+from .config import Config, load_config, dataset_label
+from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, scan_index
-from .slices import slice_image, thumbnail, image_data_uri
-from .codes import load_codes, codes_dir, feature_stats
+from .slices import slice_image, thumbnail, image_data_uri, load_slices
+from .codes import load_codes, codes_artifact, feature_stats, split_data
 from .ranking import selected_configs
 
 # %% ../nbs/13_retrieval.ipynb #b2b4ce07
@@ -300,21 +301,22 @@ def sweep_summary(per_ref:pd.DataFrame)->pd.DataFrame: # `k_sweep`'s per-referen
 def retrieval_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'retrieval'  # runs/<name>/results/retrieval/
 
 def split_inputs(cfg:Config, enc_id:str, variant:str, config:str, split:str)->tuple: # run, encoder, variant, configuration, split
-    "(codes CSR, dense embeddings, slice rows) of one split, aligned row by row (an error if they are not)."
-    m, rows = load_codes(cfg, enc_id, variant, config, split)
-    emb, sl = load_embeddings(run_paths(cfg).data, enc_id, ['modality', 'image_id'])
-    pos = pd.Series(np.arange(len(sl)), index=sl.slice_id.to_numpy())
-    missing = ~rows.slice_id.isin(pos.index)
-    if missing.any(): raise ValueError(f"{codes_dir(cfg, enc_id, variant, config)}/{split}.parquet: {int(missing.sum())} slices have no embedding (e.g. {rows.slice_id[missing].iloc[0]}); re-run the codes step")
-    return m, np.asarray(emb[pos[rows.slice_id].to_numpy()]), rows
+    "(codes CSR, dense embeddings, slice rows) of one split, aligned row by row (`sail.codes.split_data`)."
+    d = split_data(cfg, enc_id, split, variant, config, dense=True)
+    return d.codes, d.dense, d.rows
+
+def retrieval_artifact(cfg:Config, enc_id:str, variant:str, config:str)->Artifact: # run, encoder, variant, configuration
+    "One configuration's k-sweep: per_reference.parquet, retrieved.parquet, summary.csv, retrieval.json (recorded in artifact.json)."
+    return Artifact(f'retrieval/{enc_id}/{variant}/{config}', retrieval_dir(cfg)/enc_id/variant/config,
+                    ('per_reference.parquet', 'retrieved.parquet', 'summary.csv', 'retrieval.json'), step='13_retrieval')
 
 def retrieve_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=False)->pd.DataFrame: # run, encoder, variant, configuration, recompute
     "The k-sweep of one configuration; writes its files and returns its summary."
-    rc, out = cfg.retrieval, retrieval_dir(cfg)/enc_id/variant/config
-    side = json.loads((codes_dir(cfg, enc_id, variant, config)/'codes.json').read_text())
-    key = digest(dict(codes=side['digest'], settings={k: v for k, v in vars(rc).items() if not k.startswith('figure')}))
-    if not force and (out/'retrieval.json').exists() and json.loads((out/'retrieval.json').read_text()).get('key') == key:
-        return pd.read_csv(out/'summary.csv')
+    rc, art = cfg.retrieval, retrieval_artifact(cfg, enc_id, variant, config)
+    out = art.folder
+    inputs = dict(codes=codes_artifact(cfg, enc_id, variant, config).digest, embeddings=embeddings_artifact(run_paths(cfg).data, enc_id).digest,
+                  settings={k: v for k, v in vars(rc).items() if not k.startswith('figure')})
+    if not force and art.fresh(inputs): return pd.read_csv(art.path('summary.csv'))
     m, X, rows = split_inputs(cfg, enc_id, variant, config, rc.split)
     always = feature_stats(m).always_active.to_numpy()
     refs = reference_rows(len(rows), rc.n_references, rc.seed)
@@ -327,8 +329,10 @@ def retrieve_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=
     write_parquet(out/'per_reference.parquet', per_ref.drop(columns='reference'))
     write_parquet(out/'retrieved.parquet', hits.drop(columns=['reference', 'row']))
     write_csv(out/'summary.csv', summary)
-    write_json(out/'retrieval.json', dict(key=key, encoder=enc_id, variant=variant, config=config, split=rc.split, n_rows=len(rows),
-                                          n_references=len(refs), n_always_active=int(always.sum()), created=now()))
+    write_json(out/'retrieval.json', dict(encoder=enc_id, variant=variant, config=config, split=rc.split, n_rows=len(rows),
+                                          n_references=len(refs), n_always_active=int(always.sum())))
+    art.commit(inputs)
+    stop_point('retrieval:config')
     return summary
 
 def table2(summaries:pd.DataFrame)->pd.DataFrame: # concatenated `summary.csv` rows
@@ -367,23 +371,21 @@ def grid_data(cfg:Config, configs:list, refs:list|None=None, top:int=2)->pd.Data
         m, X, rows = split_inputs(cfg, enc, var, conf, rc.figure_split)
         refs = refs or figure_references(rows, rc.figure_n, rc.seed, rc.figure_references)
         pos = pd.Series(np.arange(len(rows)), index=rows.slice_id.to_numpy())[refs].to_numpy()
-        fi, fv, fk = fingerprints(m[pos], rc.figure_k, feature_stats(m).always_active.to_numpy())
-        _, _, sim = next(sweep_similarity(Bank(m), fi, fv, [rc.figure_k]))
-        scan = scan_index(rows)
-        got, sims = top_distinct(sim, scan, top, scan[pos])
-        Xn = torch.nn.functional.normalize(torch.as_tensor(X), dim=-1)
-        cos, _ = dense_quality(Xn, pos, got)
+        always = feature_stats(m).always_active.to_numpy()
+        fi, fv, fk = fingerprints(m[pos], rc.figure_k, always)
+        _, hits = k_sweep(m, X, scan_index(rows), pos, [rc.figure_k], top, always, methods=('sparse',))
+        ids, name = rows.slice_id.to_numpy(), dict(encoder=enc, variant=var, config=conf)
         for j, ref in enumerate(refs):
-            for r in range(fk[j]): parts.append(dict(encoder=enc, variant=var, config=conf, reference=ref, kind='feature', rank=r + 1, feature=int(fi[j, r]), value=float(fv[j, r])))
-            for r in range(top):
-                if got[j, r] >= 0: parts.append(dict(encoder=enc, variant=var, config=conf, reference=ref, kind='retrieved', rank=r + 1,
-                                                     slice_id=rows.slice_id.iloc[int(got[j, r])], value=float(sims[j, r]), dense_cosine=float(cos[j, r])))
+            parts += [name | dict(reference=ref, kind='feature', rank=r + 1, feature=int(fi[j, r]), value=float(fv[j, r])) for r in range(fk[j])]
+        parts += [name | dict(reference=ids[h.reference], kind='retrieved', rank=int(h.rank), slice_id=ids[h.row], value=float(h.similarity),
+                              dense_cosine=float(h.dense_cosine)) for h in hits.sort_values(['reference', 'rank']).itertuples()]
     return pd.DataFrame(parts)
 
 # %% ../nbs/13_retrieval.ipynb #5c0a712f
-def _image_trace(data_dir, slice_id_to_path:dict, sid:str, size:int):
+def image_trace(data_dir:Path, image_path:str, size:int=96): # processed-data folder, the slice's image_path, thumbnail side
+    "A slice's thumbnail as a plotly image trace (embedded PNG)."
     import plotly.graph_objects as go
-    im = thumbnail(slice_image(data_dir, slice_id_to_path[sid]), size).convert('RGB')
+    im = thumbnail(slice_image(data_dir, image_path), size).convert('RGB')
     return go.Image(source=image_data_uri(im, 'png'), hoverinfo='skip')
 
 def grid_figure(
@@ -407,7 +409,7 @@ def grid_figure(
         r = meta.loc[sid]; age = '' if pd.isna(r.age) else f", {int(r.age)} y"
         return f"{r.modality.upper()} {r.plane}, {r.gender if isinstance(r.gender, str) else '?'}{age}"
     for c, ref in enumerate(refs, 1):
-        fig.add_trace(_image_trace(data_dir, paths, ref, size), 1, c)
+        fig.add_trace(image_trace(data_dir, paths[ref], size), 1, c)
         fig.update_xaxes(title_text=label(ref), title_font_size=10, row=1, col=c, side='top')
         row = 2
         for enc, var, conf in blocks:
@@ -421,7 +423,7 @@ def grid_figure(
             for r in range(1, top + 1):
                 h = g[(g.kind == 'retrieved') & (g['rank'] == r)]
                 if len(h):
-                    fig.add_trace(_image_trace(data_dir, paths, h.slice_id.iloc[0], size), row, c)
+                    fig.add_trace(image_trace(data_dir, paths[h.slice_id.iloc[0]], size), row, c)
                     fig.update_xaxes(title_text=f"#{r} sim {h.value.iloc[0]:.2f} · dense {h.dense_cosine.iloc[0]:.2f}<br>{label(h.slice_id.iloc[0])}", title_font_size=9, row=row, col=c)
                 row += 1
     for i, k in enumerate(kinds, 1):
@@ -429,3 +431,9 @@ def grid_figure(
     fig.update_layout(height=H, width=190 * len(refs) + 80,
                       showlegend=False, margin=dict(l=70, r=10, t=40, b=10), bargap=0.15)
     return fig
+
+def run_grid_figure(cfg:Config, size:int=96): # run configuration, thumbnail side
+    "The run's Fig. 3 grid, from `results/retrieval/figure3.parquet`."
+    grid = pd.read_parquet(retrieval_dir(cfg)/'figure3.parquet')
+    sl = load_slices(run_paths(cfg).data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age'])
+    return grid_figure(grid, sl[sl.slice_id.isin(set(grid.reference) | set(grid.slice_id.dropna()))], run_paths(cfg).data, size)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import PAPER_FAMILIES, PAPER_K_PATTERNS
+from .config import PAPER_FAMILIES, PAPER_K_PATTERNS
 
 # %% ../nbs/07_sae.ipynb #5c3a91fd
 def batch_topk(

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CT_CLASSES', 'MRI_CLASSES', 'CLASSES', 'ORGANS', 'REGIONS', 'BODY_PARTS', 'DATASET_DIRS', 'IMAGE_FILES',
            'META_COLUMNS', 'METADATA_FIELDS', 'AGE_BIN_EDGES', 'AGE_BIN_LABELS', 'CT_WINDOWS', 'MRI_PERCENTILES',
-           'PLANES', 'regions_of', 'parts_of', 'DataFormatError', 'read_meta', 'age_bin', 'ct_window',
-           'window_to_uint8', 'mri_to_uint8', 'load_canonical', 'display_slice', 'organ_presence', 'read_mask',
-           'ScanSettings', 'ScanError', 'slice_id', 'slice_scan']
+           'PLANES', 'OBLIQUE_TOL_DEG', 'AFFINE_TOL_MM', 'regions_of', 'parts_of', 'DataFormatError', 'read_meta',
+           'age_bin', 'ct_window', 'window_to_uint8', 'mri_to_uint8', 'load_canonical', 'obliquity', 'read_image',
+           'display_slice', 'organ_presence', 'read_mask', 'ScanSettings', 'ScanError', 'slice_id', 'slice_scan']
 
 # %% ../nbs/01_totalseg.ipynb #40409bab
 import re, zlib
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import nibabel as nib
-from nibabel.orientations import io_orientation, apply_orientation, aff2axcodes
+from nibabel.orientations import io_orientation, apply_orientation, aff2axcodes, inv_ornt_aff
 from scipy import ndimage
 from PIL import Image
 
@@ -98,6 +98,14 @@ _NUMERIC = ['age', 'kvp', 'magnetic_field_strength', 'repetition_time', 'echo_ti
 class DataFormatError(ValueError):
     "Input that does not follow the TotalSegmentator format; the message names the file and what was expected."
 
+def _some(
+    items,      # things to list in a message
+    n:int=10,   # how many of them to show
+)->str:
+    "`items` for an error message: the first `n` as a list, then how many more there are."
+    items = list(items)
+    return repr(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else '')
+
 def read_meta(
     path:str|Path, # a meta.csv of a TotalSegmentator download
     modality:str,  # 'ct' or 'mri'
@@ -110,8 +118,12 @@ def read_meta(
     missing = [c for c in META_COLUMNS[modality] if c not in df.columns]
     if missing: raise DataFormatError(f"{path}: missing column(s) {missing}; a {modality.upper()} meta.csv has {META_COLUMNS[modality]}")
     if df.image_id.isna().any(): raise DataFormatError(f"{path}: row {int(df.image_id.isna().values.argmax())+2} has no image_id")
-    dup = df.image_id[df.image_id.duplicated()]
-    if len(dup): raise DataFormatError(f"{path}: image_id {dup.iloc[0]!r} appears more than once")
+    dup = df.image_id[df.image_id.duplicated(keep=False)]
+    if len(dup):                                       # file line numbers: the header is line 1, the first row line 2
+        first = dup.iloc[0]; rows = [int(i) + 2 for i in dup.index[dup == first]]
+        more = dup[dup != first].nunique()
+        raise DataFormatError(f"{path}: image_id {first!r} appears more than once, in rows {', '.join(map(str, rows[:-1]))} and {rows[-1]}"
+                              + (f"; {more} other image_id(s) repeat too" if more else ''))
     df = df[META_COLUMNS[modality]].rename(columns={'split': 'totalseg_split'})
     for c in _NUMERIC:
         if c not in df: continue
@@ -187,27 +199,36 @@ def mri_to_uint8(
 # %% ../nbs/01_totalseg.ipynb #30d99340
 PLANES = ('sagittal', 'coronal', 'axial')  # the plane whose slices are indexed by RAS axis 0, 1, 2
 
-def _read(path:Path, dtype=None)->tuple:
-    "Array and affine of a NIfTI file, with a clear error for unreadable files."
+def _read(path:Path, dtype=None, stored:bool=False)->tuple:
+    "Array and affine of a NIfTI file (float32, or `dtype`, or as `stored`), with a clear error for unreadable files."
     try:
         img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=dtype) if dtype is not None else img.get_fdata(dtype=np.float32)
+        if stored: arr = np.asanyarray(img.dataobj)          # the stored dtype (scaled only if the header says so)
+        elif dtype is not None: arr = np.asarray(img.dataobj, dtype=dtype)
+        else: arr = img.get_fdata(dtype=np.float32)
     except FileNotFoundError: raise DataFormatError(f"{path}: file not found") from None
     except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as e:
         raise DataFormatError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from None
     if arr.ndim != 3: raise DataFormatError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
     return arr, img.affine
 
+def _canonical(arr:np.ndarray, aff:np.ndarray)->tuple:
+    "`arr` reoriented to RAS: (array, RAS voxel sizes, original axis codes, orientation)."
+    ornt = io_orientation(aff)
+    zooms = np.sqrt((aff[:3, :3]**2).sum(0))
+    ras_zooms = tuple(float(zooms[int(i)]) for i in np.argsort(ornt[:, 0]))
+    return apply_orientation(arr, ornt), ras_zooms, ''.join(aff2axcodes(aff)), ornt
+
+def _ras_affine(aff:np.ndarray, ornt:np.ndarray, shape:tuple)->np.ndarray:
+    "The affine of an array of stored `shape` and affine `aff` once reoriented by `ornt`."
+    return aff @ inv_ornt_aff(ornt, shape)
+
 def load_canonical(
     path:str|Path,  # a .nii/.nii.gz volume
     dtype=None,     # read the raw stored values as this dtype (e.g. uint8 for masks); None = scaled float32
 )->tuple:           # (array in RAS order, voxel sizes in RAS order (mm), original axis codes, orientation)
     "Read a volume and reorient it to canonical RAS without resampling."
-    arr, aff = _read(Path(path), dtype)
-    ornt = io_orientation(aff)
-    zooms = np.sqrt((aff[:3, :3]**2).sum(0))
-    ras_zooms = tuple(float(zooms[int(i)]) for i in np.argsort(ornt[:, 0]))
-    return apply_orientation(arr, ornt), ras_zooms, ''.join(aff2axcodes(aff)), ornt
+    return _canonical(*_read(Path(path), dtype))
 
 # %% ../nbs/01_totalseg.ipynb #4879711a
 def _toy_volume(shape=(6, 5, 4), codes='LPS', zoom=2.0, dtype=np.int16)->nib.Nifti1Image:
@@ -215,6 +236,35 @@ def _toy_volume(shape=(6, 5, 4), codes='LPS', zoom=2.0, dtype=np.int16)->nib.Nif
     flips = np.array([-1 if c in 'LPI' else 1 for c in codes])
     aff = np.diag([*(flips*zoom), 1.0])
     return nib.Nifti1Image(np.arange(np.prod(shape)).reshape(shape).astype(dtype), aff)
+
+# %% ../nbs/01_totalseg.ipynb #dec32dd1
+OBLIQUE_TOL_DEG = 10.0  # largest angle (degrees) between a voxel axis and its nearest patient axis: up to it a slice still
+                        # shows the plane it is labelled with (cos 10° = 0.985); beyond it the labels mislead
+
+def obliquity(
+    affine:np.ndarray, # a 4×4 voxel-to-world affine
+)->float:              # degrees; 0 for an axis-aligned grid
+    "The largest angle between a voxel axis of `affine` and the patient axis nearest to it."
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return float(np.degrees(np.arccos(np.clip(np.abs(cols).max(0), 0, 1))).max())
+
+def read_image(
+    path:str|Path, # a scan's ct.nii.gz or mri.nii.gz
+)->tuple:          # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
+    "Read a scan's image in canonical RAS, rejecting an oblique grid and non-finite voxels."
+    path = Path(path)
+    arr, aff = _read(path)
+    angle = obliquity(aff)
+    if not angle <= OBLIQUE_TOL_DEG:
+        raise DataFormatError(f"{path}: oblique image: a voxel axis is {angle:.1f}° off the nearest patient axis (tolerance "
+                              f"OBLIQUE_TOL_DEG = {OBLIQUE_TOL_DEG}°); SAIL slices axis-aligned scans only and does not resample")
+    n_finite = np.count_nonzero(np.isfinite(arr))
+    if n_finite < arr.size:
+        n_bad, n_nan = arr.size - n_finite, int(np.isnan(arr).sum())
+        raise DataFormatError(f"{path}: {n_bad} non-finite voxel(s) ({n_nan} NaN, {n_bad - n_nan} infinite) of {arr.size}; "
+                              "expected finite intensities")
+    ras, zooms, codes, ornt = _canonical(arr, aff)
+    return ras, zooms, codes, _ras_affine(aff, ornt, arr.shape)
 
 # %% ../nbs/01_totalseg.ipynb #38c4c05f
 def display_slice(
@@ -235,17 +285,46 @@ def organ_presence(
     nz = mask != 0
     return {a: nz.any(axis=tuple(i for i in range(3) if i != a)) for a in axes}
 
+AFFINE_TOL_MM = 0.1  # largest offset (mm) of any voxel centre between a mask's grid and its image's: float noise in
+                     # NIfTI headers is ~1e-3 mm, a TotalSegmentator voxel 1.5 mm
+
+def _grid_offset(a:np.ndarray, b:np.ndarray, shape:tuple)->float:
+    "Largest distance (mm) between where affines `a` and `b` put a voxel centre of a `shape` grid (it is at a corner)."
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], [1], indexing='ij')).reshape(4, -1)
+    return float(np.linalg.norm(((a - b) @ corners)[:3], axis=0).max())
+
+def _check_binary(arr:np.ndarray, path:Path):
+    "Raise unless `arr` holds only 0 and 1 (any numeric dtype); one pass for integer masks."
+    k = arr.dtype.kind
+    if k == 'b': return
+    if k not in 'uif': raise DataFormatError(f"{path}: mask of dtype {arr.dtype}; expected numbers 0 and 1")
+    if k == 'u': ok = arr.max(initial=0) <= 1
+    elif k == 'i': ok = arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1
+    else: ok = bool(((arr == 0) | (arr == 1)).all())
+    if ok: return
+    bad = arr[(arr != 0) & (arr != 1)]
+    vals = np.unique(bad)
+    raise DataFormatError(f"{path}: mask values must be 0 or 1; {bad.size} voxel(s) hold {vals.size} other value(s) {_some(vals.tolist(), 5)}")
+
 def read_mask(
-    path:str|Path,   # a segmentations/<class>.nii.gz file
-    shape:tuple,     # the image's shape in RAS order
-    ornt:np.ndarray, # the image's orientation (from `load_canonical`)
-)->tuple:            # (mask in RAS order on the image grid, True if it had to be resampled)
-    "Read one mask as uint8, reorient it like its image, and resample it if its grid differs."
-    arr, aff = _read(Path(path), np.uint8)
-    m = apply_orientation(arr, io_orientation(aff))
-    if m.shape == tuple(shape): return m, False
-    zoom = [t/s for t, s in zip(shape, m.shape)]
-    return ndimage.zoom(m, zoom, order=0, grid_mode=True, mode='nearest'), True
+    path:str|Path,      # a segmentations/<class>.nii.gz file
+    shape:tuple,        # the image's shape in RAS order
+    affine:np.ndarray,  # the affine of the image's RAS array (from `read_image`)
+)->tuple:               # (mask in RAS order, stored dtype; largest voxel-centre offset from the image's grid in mm)
+    "Read one mask, check that it is binary and on its image's grid, and reorient it to RAS."
+    path, affine = Path(path), np.asarray(affine)
+    if affine.shape != (4, 4): raise TypeError(f"affine: expected the image's 4×4 RAS affine (from read_image), got shape {affine.shape}")
+    arr, aff = _read(path, stored=True)
+    m, _, _, ornt = _canonical(arr, aff)
+    if m.shape != tuple(shape):
+        raise DataFormatError(f"{path}: mask shape {m.shape} differs from the image's {tuple(shape)} (both in RAS order); "
+                              "expected a mask on the image's voxel grid")
+    off = _grid_offset(_ras_affine(aff, ornt, arr.shape), affine, m.shape)
+    if off > AFFINE_TOL_MM:
+        raise DataFormatError(f"{path}: mask grid is {off:.3g} mm off the image's (largest voxel-centre offset; tolerance "
+                              f"AFFINE_TOL_MM = {AFFINE_TOL_MM} mm); expected the image's affine")
+    _check_binary(arr, path)
+    return m, off
 
 # %% ../nbs/01_totalseg.ipynb #0d31af14
 @dataclass
@@ -303,7 +382,7 @@ def slice_scan(
     "Slice one TotalSegmentator scan: canonical RAS, 8-bit intensities, organ flags, trimming, PNGs."
     settings, scan_dir, out_dir = settings or ScanSettings(), Path(scan_dir), Path(out_dir)
     image_id = scan_dir.name
-    vol, zooms, codes, ornt = load_canonical(scan_dir/IMAGE_FILES[modality])
+    vol, zooms, codes, ras_affine = read_image(scan_dir/IMAGE_FILES[modality])
     axes = _planes_for(modality, vol.shape, zooms, settings)
     if modality == 'ct':
         centre, width, wsource = ct_window(study_type, settings.default_window)
@@ -314,12 +393,16 @@ def slice_scan(
     if not seg.is_dir(): raise ScanError(f"{seg}: segmentations folder missing")
     files = sorted(seg.glob('*.nii.gz'))
     if not files: raise ScanError(f"{seg}: no masks (expected one <class>.nii.gz per class of {modality.upper()})")
+    names = {f.name[:-7] for f in files}
     unknown = [f.name for f in files if f.name[:-7] not in CLASSES[modality]]
-    if unknown: raise ScanError(f"{seg}: unknown class file(s) {unknown[:5]}; expected TotalSegmentator {modality.upper()} class names")
+    if unknown: raise ScanError(f"{seg}: unknown class file(s) {_some(unknown)}; expected TotalSegmentator {modality.upper()} class names")
+    missing = [f"{c}.nii.gz" for c in CLASSES[modality] if c not in names]
+    if missing: raise ScanError(f"{seg}: {len(missing)} of the {len(CLASSES[modality])} {modality.upper()} class masks missing: "
+                                f"{_some(missing)}; every class has its file, empty where the structure is absent")
     present = {a: np.zeros((vol.shape[a], len(ORGANS)), bool) for a in axes}
-    n_resampled = 0
+    offset = 0.0
     for f in files:
-        m, resampled = read_mask(f, vol.shape, ornt); n_resampled += resampled
+        m, off = read_mask(f, vol.shape, ras_affine); offset = max(offset, off)
         j = ORGANS.index(f.name[:-7])
         for a, p in organ_presence(m, axes).items(): present[a][:, j] = p
     rows = []
@@ -337,7 +420,7 @@ def slice_scan(
     df = pd.DataFrame(rows, columns=cols)
     info = dict(modality=modality, image_id=image_id, orientation=codes, shape=list(vol.shape), voxel_mm=list(zooms),
                 window_centre=centre, window_width=width, window_source=wsource, intensity_low=lo, intensity_high=hi,
-                n_masks=len(files), n_masks_resampled=n_resampled, n_slices=len(df),
+                n_masks=len(files), mask_offset_mm=offset, n_slices=len(df),
                 planes={PLANES[a]: int((df.plane == PLANES[a]).sum()) for a in axes})
     return df, info
 
@@ -350,7 +433,7 @@ def _toy_scan(
     zoom:float=2.0,       # voxel size (mm)
     shape:tuple=(30, 24, 20), # voxels
 )->Path:
-    "Write a tiny scan with two organ blocks in TotalSegmentator layout (for lessons and tests)."
+    "Write a tiny scan with two organ blocks in TotalSegmentator layout, every other class mask empty (for lessons and tests)."
     d = Path(folder)/image_id; (d/'segmentations').mkdir(parents=True, exist_ok=True)
     flips = np.array([-1 if c in 'LPI' else 1 for c in codes])
     aff = np.diag([*(flips*zoom), 1.0])
@@ -359,6 +442,8 @@ def _toy_scan(
     spleen = np.zeros(shape, np.uint8); spleen[18:24, 10:16, 8:10] = 1
     vol[liver > 0] = 60 if modality == 'ct' else 300; vol[spleen > 0] = 45 if modality == 'ct' else 200
     nib.save(nib.Nifti1Image(vol, aff), d/IMAGE_FILES[modality])
-    for name, m in [('liver', liver), ('spleen', spleen), ('stomach', np.zeros(shape, np.uint8))]:
-        nib.save(nib.Nifti1Image(m, aff), d/'segmentations'/f'{name}.nii.gz')
+    empty = nib.Nifti1Image(np.zeros(shape, np.uint8), aff)
+    for name in CLASSES[modality]:
+        m = {'liver': liver, 'spleen': spleen}.get(name)
+        nib.save(empty if m is None else nib.Nifti1Image(m, aff), d/'segmentations'/f'{name}.nii.gz')
     return d

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SAE_SCHEMA_VERSION', 'lr_factor', 'warmup_steps', 'clip_per_model_', 'evaluate', 'save_state', 'state_info',
            'load_state', 'resumable_epoch', 'train_family', 'save_sae', 'load_sae', 'export_saelens', 'training_data',
-           'sae_dir', 'train_grid']
+           'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'member_inputs', 'trained_saes', 'train_grid']
 
 # %% ../nbs/08_train.ipynb #169ec6a4
 import os, json, math, time, shutil
@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from safetensors import safe_open
-from .core import (Config, SAEConfig, load_config, run_paths, digest, write_json, atomic_path, progress, get_logger,
-                       library_versions, now, record_step, pick_device, seed_everything, dataset_label)
+import typing
+from .core import (Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
+                       pick_device, seed_everything, stop_point)
+from .config import Config, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
-from .embed import load_embeddings
-from .split import load_split, split_of
+from .embed import load_embeddings, embeddings_artifact
+from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
                       SparseCodes)
 
@@ -165,6 +167,7 @@ def train_family(
         if on_epoch: on_epoch(epoch + 1, (mse_sum / N).tolist(), val, opt.param_groups[0]['lr'])
         if state_dir is not None and ((epoch + 1) % scfg.checkpoint_every == 0 or epoch + 1 == scfg.epochs):
             save_state(state_dir, sae, opt, dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, digest=settings_digest, saved=now()))
+            stop_point('train:epoch')
     bar.close()
     return sae.eval()
 
@@ -222,19 +225,55 @@ def training_data(cfg:Config, enc_id:str, device:str='cpu')->tuple: # run config
     s = split_of(slices, data)
     X = torch.empty(emb.shape, dtype=torch.float32)
     for i in range(0, len(X), 65536): X[i:i + 65536] = F.normalize(torch.tensor(emb[i:i + 65536]), dim=-1)  # one copy, in chunks
-    side = json.loads((data/'embeddings'/f'{enc_id}.json').read_text())
     tr, va = torch.tensor(s == 'train'), torch.tensor(s == 'val')
-    fp = dict(encoder=enc_id, embeddings=side['settings_digest'], dim=int(X.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
-              split=digest(load_split(data).to_dict('list')))
+    fp = dict(encoder=enc_id, embeddings=embeddings_artifact(data, enc_id).digest, dim=int(X.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
+              split=split_artifact(data).digest)
     return X[tr].to(device), X[va].to(device), fp
 
 def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
-    keep = {k: v for k, v in vars(scfg).items() if k not in ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')}
-    return digest(dict(sae=keep, sizes=list(sizes), ks=[list(k) for k in ks], seeds=list(seeds), variant=variant, data=fp))
+    "The digest a family's resumable checkpoint must match (the members trained together in one batched model)."
+    return digest([member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(ks, seeds)])
+
+_NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')  # settings that do not change a trained model
 
 def sae_dir(cfg:Config, enc_id:str, variant:str)->Path: # run configuration, encoder id, variant
     "runs/<name>/sae/<encoder>/<variant>/"
     return run_paths(cfg).run/'sae'/enc_id/variant
+
+class SAERef(typing.NamedTuple):
+    "One trained SAE of a run: which encoder, variant and configuration, and its folder (resolved once)."
+    encoder: str   # encoder id
+    variant: str   # 'paper' or 'released'
+    config: str    # configuration name, e.g. 'D_8_32_K_2_4'
+    folder: Path   # runs/<name>/sae/<encoder>/<variant>/<config>/
+    @property
+    def name(self)->str: return f"{self.encoder}/{self.variant}/{self.config}"
+
+def sae_ref(
+    cfg:Config,    # run configuration
+    encoder:str,   # encoder id
+    variant:str,   # variant
+    config:str,    # configuration name
+)->SAERef:
+    "The reference to one SAE of the run."
+    return SAERef(encoder, variant, config, sae_dir(cfg, encoder, variant)/config)
+
+def sae_artifact(
+    ref:SAERef,    # which SAE
+)->Artifact:
+    "A trained SAE: model.safetensors, config.json and metrics.jsonl in its folder, recorded in artifact.json."
+    return Artifact(f'sae/{ref.name}', ref.folder, ('model.safetensors', 'config.json', 'metrics.jsonl'), step='08_train')
+
+def member_inputs(scfg:SAEConfig, sizes, k, seed:int, variant:str, fp:dict)->dict: # settings, dictionary sizes, k per level, seed, variant, data fingerprint
+    "What one trained SAE is made from: the data (embeddings and split digests), the training settings, its shape and seed."
+    return dict(data=fp, training={k_: v for k_, v in vars(scfg).items() if k_ not in _NOT_RESULTS}, sizes=list(sizes), k=list(k), seed=seed, variant=variant)
+
+def trained_saes(
+    cfg:Config,    # run configuration
+)->list:  # [SAERef] in a fixed order
+    "Every SAE of the configured grid that has been trained in the run."
+    refs = [sae_ref(cfg, *f.parent.parts[-3:]) for f in sorted((run_paths(cfg).run/'sae').glob('*/*/*/artifact.json'))]
+    return [r for r in refs if sae_artifact(r).record() is not None]
 
 # %% ../nbs/08_train.ipynb #47e6b760
 def _write_metrics(folder:Path, rows:list, start:int):
@@ -263,9 +302,11 @@ def train_grid(
     for sizes, patterns, seeds in chunks:
         fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
         names = [config_name(sizes, k) for k in patterns]
-        done = [base/n/'config.json' for n in names]
-        if not force and all(p.exists() and json.loads(p.read_text()).get('settings_digest') == fd for p in done):
-            log.info(f"{enc_id}/{variant}: family {list(sizes)} up to date"); rows += [json.loads(p.read_text())['final'] for p in done]; continue
+        arts = [sae_artifact(sae_ref(cfg, enc_id, variant, n)) for n in names]
+        inputs = [member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(patterns, seeds)]
+        if not force and all(a.fresh(i) for a, i in zip(arts, inputs)):
+            log.info(f"{enc_id}/{variant}: family {list(sizes)} up to date"); rows += [a.record()['summary'] for a in arts]; continue
+        for a in arts: a.discard()
         state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
         if force: shutil.rmtree(state, ignore_errors=True)
         start = resumable_epoch(state, fd)
@@ -281,7 +322,8 @@ def train_grid(
             last = json.loads((base/n/'metrics.jsonl').read_text().splitlines()[-1])
             final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1], train_mse=last['train_mse'][-1],
                          **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in last['val'].items()})
-            save_sae(sae, m, base/n, dict(encoder=enc_id, settings_digest=fd, data=fp, training=dict(vars(scfg)), final=final))
+            save_sae(sae, m, base/n, dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
+            arts[m].commit(inputs[m], final)
             rows.append(final)
         shutil.rmtree(state, ignore_errors=True)
     return pd.DataFrame(rows)

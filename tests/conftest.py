@@ -1,9 +1,10 @@
 "Shared fixtures: the real TotalSegmentator mini fixture in ../shared, temporary configurations, toy datasets."
-import os, shutil
+import os, sys, shutil, subprocess
 from pathlib import Path
 import pytest
 import yaml
-from sail.core import project_root, load_config
+from sail.core import project_root
+from sail.config import load_config
 
 ROOT = project_root()
 SHARED = Path(os.environ.get('SAIL_SHARED', ROOT.parent/'shared'))
@@ -18,16 +19,32 @@ def mini() -> Path:
         pytest.skip(msg)
     return MINI
 
+def write_config(folder:Path, name:str, **sections)->Path:
+    "The one way tests write a configuration: `name`, one worker unless given, and the given sections, as YAML in `folder`."
+    d = {'name': name, 'workers': 1} | sections
+    p = Path(folder)/f"{name}.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
 @pytest.fixture
 def make_config(tmp_path):
     "Write a configuration YAML into tmp_path and load it: make_config(name=..., data={...}, ...)."
-    def _make(check_paths=True, **sections):
-        d = {'name': f"_pytest_{tmp_path.name}", 'workers': 1} | sections
-        p = tmp_path/f"{d['name']}.yaml"
-        p.write_text(yaml.safe_dump(d))
-        return load_config(p, check_paths=check_paths)
+    made = []
+    def _make(check_paths=True, path=False, **sections):
+        name = sections.pop('name', f"_pytest_{tmp_path.name}")
+        p = write_config(tmp_path, name, **sections); made.append(name)
+        return p if path else load_config(p, check_paths=check_paths)
     yield _make
-    shutil.rmtree(ROOT/'runs'/f"_pytest_{tmp_path.name}", ignore_errors=True)
+    for name in set(made) | {f"_pytest_{tmp_path.name}"}: shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+def kill_at(code:str, event:str, n:int, timeout:float=600, env:dict|None=None):
+    """Run `python -c code` and have it SIGKILLed exactly after the n-th `event` (`sail.core.stop_point`): a kill at a
+    deterministic point, never after a sleep. Fails if the process was not killed there."""
+    e = os.environ | (env or {}) | {'SAIL_STOP_AT': f'{event}:{n}'}
+    e.pop('SAIL_STOP_PID', None)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
+    assert r.returncode == -9, f"expected a SIGKILL at {event}:{n}, got exit {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
+    return r
 
 @pytest.fixture
 def mini_copy(mini, tmp_path) -> Path:

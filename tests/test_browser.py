@@ -7,6 +7,7 @@ import numpy as np, pytest, nbformat
 from PIL import Image
 from conftest import ROOT, require_browser
 from sail.docs import CHROMIUM_ARGS, preview, site_notebooks
+from sail.pipeline import inject_parameters
 
 SHOTS = ROOT/'runs'/'test-screenshots'
 
@@ -77,8 +78,7 @@ def _free_port()->int:
 @pytest.mark.xdist_group('smoke')
 def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_path, request):
     nb = nbformat.read(ROOT/'nbs'/'17_explorer.ipynb', as_version=4)
-    at = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f'config = {str(smoke_run.config)!r}'))
+    nb = inject_parameters(nb, {'config': str(smoke_run.config)})             # as the executor gives a step its parameters
     for c in nb.cells:                                                           # a clean start: no stored outputs
         if c.cell_type == 'code': c.outputs, c.execution_count = [], None
     nb.metadata.pop('widgets', None)

@@ -1,7 +1,7 @@
 "The offline demo dataset: TotalSegmentator format, the promised variety, determinism, atomic rebuilds."
 import json
 import numpy as np, nibabel as nib, pandas as pd, pytest
-from sail.core import DemoConfig
+from sail.config import DemoConfig
 from sail.demo import build_demo
 from sail.totalseg import CLASSES, META_COLUMNS, DATASET_DIRS, IMAGE_FILES, read_meta, age_bin, CT_WINDOWS
 

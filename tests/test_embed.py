@@ -2,8 +2,10 @@
 import json, os, sys, time, signal, shutil, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow.parquet as pq, pytest, torch
+from conftest import kill_at
 from PIL import Image
-from sail.core import EncoderConfig, load_config, project_root
+from sail.core import project_root
+from sail.config import EncoderConfig, load_config
 from sail.encoders import (build_encoder, square_resize, normalize, IMAGENET_MEAN, IMAGENET_STD, reinit_, dinov3_config,
                            PixelsEncoder, EncoderUnavailable, encoder_id)
 from sail.slices import slice_dataset
@@ -121,14 +123,10 @@ def test_killed_embedding_resumes_identically(mini, tmp_path):
     slice_dataset(ref); embed_encoder(ref, ref.embed.encoders[0])
     path = _yaml(tmp_path, mini, '_pytest_emb_kill', tmp_path/'kill', enc)
     slice_dataset(load_config(path))
-    code = f"from sail.core import load_config; from sail.embed import embed_encoder; c = load_config({str(path)!r}); embed_encoder(c, c.embed.encoders[0])"
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = f"from sail.config import load_config; from sail.embed import embed_encoder; c = load_config({str(path)!r}); embed_encoder(c, c.embed.encoders[0])"
+    kill_at(code, 'embed:shard', 3)                                          # killed right after the third shard
     shards = tmp_path/'kill'/'embeddings'/'.t-shards'
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(shards.glob('0*.parquet'))) < 2: time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    done = len(list(shards.glob('0*.parquet')))
-    assert 2 <= done < 8 and not (tmp_path/'kill'/'embeddings'/'t.parquet').exists()
+    assert len(list(shards.glob('0*.parquet'))) == 3 and not (tmp_path/'kill'/'embeddings'/'t.parquet').exists()
     c = load_config(path); embed_encoder(c, c.embed.encoders[0])
     a = pq.read_table(tmp_path/'ref'/'embeddings'/'t.parquet'); b = pq.read_table(tmp_path/'kill'/'embeddings'/'t.parquet')
     assert a.equals(b)

@@ -1,7 +1,7 @@
 "Interpretation (reference steps 10-12): retrieval rules, the judge parser, the cache, the matchers, and the transformers paths."
 import json, shutil
 import numpy as np, pandas as pd, pytest, scipy.sparse as sp, torch
-from sail.core import load_config
+from sail.config import load_config
 from sail.split import scan_index
 from sail.retrieval import fingerprints, k_sweep, top_distinct, Bank, sweep_similarity, SIM_DECIMALS
 from sail.autointerp import (parse_ranking, GenerationCache, MetadataBackend, describe_prompt, judge_prompt, sample_records,

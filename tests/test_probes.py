@@ -45,7 +45,7 @@ def test_recovery_thresholds_nan_when_never_reached():
 
 def test_target_groups_from_yaml(tmp_path, make_config):
     from sail.probes import target_groups
-    from sail.core import ConfigError
+    from sail.config import ConfigError
     good = tmp_path/'groups.yaml'; good.write_text("liver_only: {kind: multilabel, column: null, targets: [liver]}\n")
     cfg = make_config(check_paths=False, eval={'target_groups': str(good)})
     assert target_groups(cfg) == {'liver_only': {'kind': 'multilabel', 'column': None, 'targets': ['liver']}}

@@ -3,7 +3,7 @@ import json, os, sys, time, signal, shutil, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch, torch.nn.functional as F
 import scipy.sparse as sp
-from sail.core import SAEConfig, load_config
+from sail.config import SAEConfig, load_config
 from sail.sae import MatryoshkaSAE, train_forward, encode, dense_train_codes, grid, config_name
 from sail.train import train_family, save_sae, load_sae, export_saelens, evaluate
 

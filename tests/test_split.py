@@ -1,4 +1,5 @@
 "Split invariants: no scan in two splits, held-out institutes only in test, same seed → same split.csv."
+import json
 import numpy as np, pandas as pd, pytest
 from sail.split import make_split, check_split, split_dataset, strata
 from sail.slices import slice_dataset
@@ -49,19 +50,25 @@ def test_tiny_strata_are_merged_not_a_crash():
     assert set(split.split) <= {'train', 'val'} and report['strata_notes']
     assert (split.split == 'val').sum() == 1
 
-def test_existing_split_is_kept_and_checked(mini, make_config, tmp_path):
+def test_existing_split_is_kept_and_remade_only_when_needed(mini, make_config, tmp_path):
     cfg = make_config(data={'totalseg_root': str(mini), 'dir': str(tmp_path/'out')})
     slice_dataset(cfg)
     split_dataset(cfg)
-    first = (tmp_path/'out'/'split.csv').read_bytes()
-    split_dataset(cfg)
-    assert (tmp_path/'out'/'split.csv').read_bytes() == first
     p = tmp_path/'out'/'split.csv'
-    p.write_text('\n'.join(p.read_text().splitlines()[:-1]) + '\n')      # drop a scan
+    first, stamp = p.read_bytes(), p.stat().st_mtime_ns
+    split_dataset(cfg)
+    assert p.stat().st_mtime_ns == stamp                                   # up to date: not rewritten
+    p.write_text('\n'.join(p.read_text().splitlines()[:-1]) + '\n')      # a scan dropped by hand
+    split_dataset(cfg)
+    assert p.read_bytes() == first                                          # the edited file is noticed and remade identically
+    cfg.split.seed = 7
+    split_dataset(cfg)
+    assert json.loads((tmp_path/'out'/'split.json').read_text())['inputs']['settings']['seed'] == 7
+
+def test_split_file_missing_a_scan_is_an_error(mini, make_config, tmp_path):
+    scans = pd.DataFrame(dict(modality=['ct', 'mri'], image_id=['s0000', 's0001']))
     with pytest.raises(ValueError, match=r"split.csv: 1 scan\(s\) of the slice table have no split"):
-        split_dataset(cfg)
-    split_dataset(cfg, force=True)
-    assert p.read_bytes() == first                                          # rebuilt identically
+        check_split(pd.DataFrame(dict(modality=['ct'], image_id=['s0000'], split=['train'])), scans, 'split.csv')
 
 def test_check_split_rejects_bad_values():
     scans = pd.DataFrame(dict(modality=['ct'], image_id=['s0']))
@@ -76,8 +83,9 @@ def test_small_random_datasets_never_crash():
         assert len(split) == n and set(split.split) <= {'train', 'val', 'test'}
 
 def test_split_of_names_missing_scans(tmp_path):
-    from sail.split import split_of
+    from sail.split import split_of, split_artifact
     pd.DataFrame(dict(modality=['ct'], image_id=['s0'], split=['val'])).to_csv(tmp_path/'split.csv', index=False)
+    split_artifact(tmp_path).commit({})
     rows = pd.DataFrame(dict(modality=['ct', 'ct', 'mri'], image_id=['s0', 's0', 's0']))
     with pytest.raises(ValueError, match=r"split.csv: no split for 1 slices \(e.g. scan s0\)"):
         split_of(rows, tmp_path)

@@ -2,13 +2,17 @@
 import json, sys, time, signal, shutil, subprocess
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
+from conftest import kill_at
 from safetensors.torch import load_file
-from sail.core import load_config, project_root
+from sail.core import project_root
+from sail.config import load_config
 from sail.slices import slice_dataset
 from sail.split import split_dataset
 from sail.embed import embed_encoder
 from sail.train import train_grid, sae_dir
-from sail.codes import write_codes, load_codes, codes_dir, to_torch_sparse
+from sail.codes import write_codes, load_codes, codes_dir, to_torch_sparse, split_data
+from sail.embed import load_embeddings
+from sail.split import split_of
 
 ROOT = project_root()
 
@@ -37,17 +41,10 @@ def test_killed_training_resumes_identically(mini, prepared):
     path = _cfg(tmp_path, mini, f'_pytest_kill_{tmp_path.name}', data)
     kill = load_config(path)
     state = sae_dir(kill, 'pixels', 'paper')/'.family-8_32-0'/'state.json'
-    code = f"from sail.core import load_config; from sail.train import train_grid; train_grid(load_config({str(path)!r}), 'pixels', 'paper')"
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if json.loads(state.read_text())['epoch'] >= 3: break
-        except (FileNotFoundError, json.JSONDecodeError, KeyError): pass
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL); proc.wait()
+    code = f"from sail.config import load_config; from sail.train import train_grid; train_grid(load_config({str(path)!r}), 'pixels', 'paper')"
+    kill_at(code, 'train:epoch', 5)                                          # killed right after the fifth epoch's checkpoint
     epoch = json.loads(state.read_text())['epoch']
-    assert 3 <= epoch < 30
+    assert epoch == 5
     train_grid(kill, 'pixels', 'paper')
     for name in ['D_8_32_K_2_4', 'D_8_32_K_4_8']:
         a = load_file(str(sae_dir(ref, 'pixels', 'paper')/name/'model.safetensors'))
@@ -76,6 +73,14 @@ def test_codes_resume_and_readers(mini, prepared):
     assert abs(np.diff(m.indptr).mean() - full['splits']['val']['l0']) < 1e-9
     assert torch.equal(to_torch_sparse(m).to_dense(), torch.from_numpy(m.toarray()))
     assert full['splits']['train']['bytes_per_row'] < full['splits']['train']['dense_bytes_per_row']
+    d = split_data(cfg, 'pixels', 'val', 'paper', name, ['plane'], dense=True)         # the one split loader
+    emb, sl = load_embeddings(data, 'pixels', ['modality', 'image_id'])
+    val = split_of(sl, data) == 'val'
+    assert d.rows.slice_id.tolist() == sl.slice_id[val].tolist() and np.array_equal(d.dense, emb[val]) and (d.codes != m).nnz == 0
+    e = split_data(cfg, 'pixels', 'val', columns=['plane'], dense=True)
+    assert e.codes is None and e.rows.equals(d.rows) and np.array_equal(e.dense, d.dense)
+    retrain = write_codes(cfg, 'pixels', 'paper', name)                         # up to date: nothing rewritten
+    assert retrain == again
 
 def test_checkpoint_record_travels_with_its_tensors(tmp_path):
     "A kill between writing the tensors and the readable state.json cannot desynchronise them: resuming reads the header."
