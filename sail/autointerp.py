@@ -80,7 +80,10 @@ def diverse_samples(
 # %% ../nbs/14_autointerp.ipynb #35914bab
 def _known(v)->bool: return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA and str(v).strip().lower() not in ('', 'nan', 'none', '<na>', 'no_pathology')
 
-def sample_records(rows:pd.DataFrame, activations=None)->list: # slice rows (with organ columns), activations aligned (optional)
+def sample_records(
+    rows:pd.DataFrame,  # slice rows (with organ columns)
+    activations=None,   # activations aligned (optional)
+)->list:
     "One metadata record per slice, for prompts, judges and explorers."
     out = []
     acts = [None] * len(rows) if activations is None else list(activations)
@@ -98,7 +101,11 @@ def sample_records(rows:pd.DataFrame, activations=None)->list: # slice rows (wit
 
 _PLANE_AXIS = {'sagittal': 'x', 'coronal': 'y', 'axial': 'z'}
 
-def sample_block(i:int, s:dict, activation:bool=True)->str: # 1-based position, a `sample_records` record, show the activation
+def sample_block(
+    i:int,                 # 1-based position
+    s:dict,                # a `sample_records` record
+    activation:bool=True,  # show the activation
+)->str:
     "The metadata of one slice as prompt lines."
     lines = [f"Slice {i}", f"- modality: {s['modality'].upper()}", f"- plane: {s['plane']} ({_PLANE_AXIS.get(s['plane'], '?')})"]
     if s['sex']: lines.append(f"- sex: {s['sex']}")
@@ -126,7 +133,11 @@ SYSTEM = ("You are a radiologist who interprets features learned by a sparse aut
 EXAMPLES = ['Axial CT of the upper abdomen', 'Sagittal MRI of the lumbar spine',
             'Coronal CT of the thorax and shoulder girdle in a male patient', 'Axial CT of the pelvis in an elderly patient']
 
-def describe_prompt(samples:list, images:list|None=None, **settings)->Prompt: # records, image files, generation settings
+def describe_prompt(
+    samples:list,           # records
+    images:list|None=None,  # image files
+    **settings,             # generation settings
+)->Prompt:
     "The request for a concept shared by the samples (spec §12.3)."
     blocks = '\n\n'.join(sample_block(i, s) for i, s in enumerate(samples, 1))
     text = (f"One feature of a sparse autoencoder responds strongly to each of the {len(samples)} slices above, shown in this order. "
@@ -142,7 +153,12 @@ def describe_prompt(samples:list, images:list|None=None, **settings)->Prompt: # 
 
 LETTERS = 'ABCDEFGHIJ'
 
-def judge_prompt(samples:list, options:list, images:list|None=None, **settings)->Prompt: # records, concepts in the order shown, image files, settings
+def judge_prompt(
+    samples:list,           # records
+    options:list,           # concepts in the order shown
+    images:list|None=None,  # image files
+    **settings,             # settings
+)->Prompt:
     "The request to rank candidate concepts for the samples' feature, best first (spec §12.4)."
     blocks = '\n\n'.join(sample_block(i, s) for i, s in enumerate(samples, 1))
     opts = '\n'.join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
@@ -157,7 +173,9 @@ def judge_prompt(samples:list, options:list, images:list|None=None, **settings)-
 # %% ../nbs/14_autointerp.ipynb #ff8895ba
 _OPENERS = re.compile(r"^(?:these|the|all)\s+(?:images|slices|samples)\s+(?:show|shows|depict|depicts|are|all show)\s*(?:an?\s+)?[:,]?\s*|^(?:consistently|predominantly)\s+", re.I)
 
-def clean_concept(text:str)->str: # a describer's reply
+def clean_concept(
+    text:str,  # a describer's reply
+)->str:
     "The concept phrase of a reply: first non-empty line, quotes and stock openers removed, capitalised."
     line = next((l.strip() for l in str(text).splitlines() if l.strip()), '')
     line = line.strip().strip('"\'`*').strip()
@@ -167,7 +185,10 @@ def clean_concept(text:str)->str: # a describer's reply
 
 _LABEL = re.compile(r'^(?:final\s+)?(?:ranking|answer|order)\s*[:\-]\s*', re.I)
 
-def parse_ranking(reply:str, n:int=5)->list|None: # the judge's reply, number of options
+def parse_ranking(
+    reply:str,  # the judge's reply
+    n:int=5,    # number of options
+)->list|None:
     "The letters of the last non-empty line, best first, or None if that line is not a ranking of all n options."
     lines = [l for l in str(reply).splitlines() if l.strip()]
     if not lines: return None
@@ -185,7 +206,9 @@ _PART_WORDS = {'head': ['head', 'skull', 'cranial', 'brain'], 'neck': ['neck', '
 
 def _words(text:str)->str: return ' ' + re.sub(r'[^a-z0-9]+', ' ', text.lower()) + ' '
 
-def concept_attributes(text:str)->dict: # a concept phrase
+def concept_attributes(
+    text:str,  # a concept phrase
+)->dict:
     "The metadata attributes a concept names: modality, plane, parts, regions, organs, sex, age band, pathology."
     w = _words(text)
     has = lambda *ks: any(f' {k} ' in w for k in ks)
@@ -199,7 +222,10 @@ def concept_attributes(text:str)->dict: # a concept phrase
              pathology=[p for p in ('tumor', 'trauma', 'inflammation', 'vascular') if has(p, p + 's', {'tumor': 'tumour'}.get(p, p))])
     return {k: v for k, v in a.items() if v}
 
-def agreement(attrs:dict, samples:list)->float: # `concept_attributes` output, `sample_records`
+def agreement(
+    attrs:dict,    # `concept_attributes` output
+    samples:list,  # `sample_records`
+)->float:
     "Σ over named attributes of (fraction of samples agreeing − ½): how well a concept fits the samples."
     if not samples: return 0.0
     def frac(ok): return float(np.mean([bool(ok(s)) for s in samples]))
@@ -222,7 +248,10 @@ class MetadataBackend:
     def __init__(self, region_frequency:dict|None=None): # region -> share of training slices showing it (rarer = more telling)
         self.region_frequency, self.model = region_frequency or {}, 'sail-metadata-1'
 
-    def describe(self, samples:list)->str:
+    def describe(
+        self,
+        samples:list,  # `sample_records` of the feature's top slices (plane, modality, parts, regions, sex, age_bin, pathology)
+    )->str:            # a concept phrase, e.g. 'Axial CT of the abdomen (kidneys) in an elderly male patient'
         "The concept shared by the samples' metadata."
         n = len(samples)
         def common(key): vals = {s[key] for s in samples}; return next(iter(vals)) if len(vals) == 1 and None not in vals else None
@@ -242,13 +271,20 @@ class MetadataBackend:
         if who: phrase += f" in {'an' if who[0] in 'aeiou' else 'a'} {who} patient"
         return phrase
 
-    def judge(self, samples:list, options:list)->str:
+    def judge(
+        self,
+        samples:list,  # `sample_records` of the held-out slices to match
+        options:list,  # candidate concept phrases, lettered A, B, ... in this order
+    )->str:            # 'Ranking: ' and the option letters, best first
         "A ranking reply: options ordered by metadata agreement, ties in option order."
         scores = [agreement(concept_attributes(o), samples) for o in options]
         order = sorted(range(len(options)), key=lambda i: (-scores[i], i))
         return 'Ranking: ' + ', '.join(LETTERS[i] for i in order)
 
-    def complete(self, prompt:Prompt)->str: # a describe or judge request
+    def complete(
+        self,
+        prompt:Prompt,  # a describe or judge request
+    )->str:
         "The backend interface: the reply text to `prompt`."
         if prompt.task == 'describe': return self.describe(prompt.samples)
         if prompt.task == 'judge': return self.judge(prompt.samples, prompt.options)
@@ -258,7 +294,13 @@ class MetadataBackend:
 class TransformersBackend:
     "Any transformers model by id or folder, behind the backend interface."
     name = 'transformers'
-    def __init__(self, model:str, revision:str='', device:str='auto', local_files_only:bool=False): # id or folder, revision, device, offline
+    def __init__(
+        self,
+        model:str,                    # id or folder
+        revision:str='',              # revision
+        device:str='auto',            # device
+        local_files_only:bool=False,  # offline
+    ):
         self.model, self.revision, self.device, self.local_files_only = model, revision, device, local_files_only
         self._m = self._proc = None
 
@@ -277,7 +319,10 @@ class TransformersBackend:
             self._m = T.AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype, **kw)
         self._m = self._m.to(dev).eval()
 
-    def complete(self, prompt:Prompt)->str: # any request
+    def complete(
+        self,
+        prompt:Prompt,  # any request
+    )->str:
         "Generate the reply to `prompt` (images only for vision models)."
         if self._m is None: self._load()
         if self.vision:
@@ -337,7 +382,14 @@ def tiny_gemma3(
     return folder
 
 # %% ../nbs/14_autointerp.ipynb #07e5017b
-def make_backend(kind:str, model:str='', revision:str='', device:str='auto', local_files_only:bool=False, region_frequency:dict|None=None):
+def make_backend(
+    kind:str,                         # 'metadata' or 'transformers'
+    model:str='',                     # transformers model id or folder (transformers only)
+    revision:str='',                  # model revision (transformers only)
+    device:str='auto',                # device the model runs on (transformers only)
+    local_files_only:bool=False,      # never download the model (transformers only)
+    region_frequency:dict|None=None,  # region -> share of training slices showing it (metadata only; rarer regions are named first)
+):
     "A backend by configured name: 'metadata' or 'transformers'."
     if kind == 'metadata': return MetadataBackend(region_frequency)
     if kind == 'transformers': return TransformersBackend(model, revision, device, local_files_only)
@@ -345,14 +397,26 @@ def make_backend(kind:str, model:str='', revision:str='', device:str='auto', loc
 
 class GenerationCache:
     "Replies on disk, one JSON file per request digest."
-    def __init__(self, folder:str|Path, context:str=''): # cache folder, a string folded into every key (e.g. the data's digest)
+    def __init__(
+        self,
+        folder:str|Path,  # cache folder
+        context:str='',   # a string folded into every key (e.g. the data's digest)
+    ):
         self.folder, self.context, self.hits, self.misses = Path(folder), context, 0, 0
-    def key(self, backend, prompt:Prompt)->str:
+    def key(
+        self,
+        backend,        # the backend asked; its name, model and revision are part of the key
+        prompt:Prompt,  # the request (task, texts, options, image ids when images are sent, settings)
+    )->str:             # 16 hex characters, also the cache file's name
         "The digest naming `prompt`'s reply from `backend`."
         return digest(dict(backend=backend.name, model=getattr(backend, 'model', ''), revision=getattr(backend, 'revision', ''), task=prompt.task,
                            system=prompt.system, text=prompt.text, options=prompt.options, images=[s['slice_id'] for s in prompt.samples] if prompt.images else [],
                            settings=prompt.settings, context=self.context))
-    def complete(self, backend, prompt:Prompt)->str: # a backend, a request
+    def complete(
+        self,
+        backend,        # a backend
+        prompt:Prompt,  # a request
+    )->str:
         "The cached reply, or a new one (then stored)."
         k = self.key(backend, prompt); p = self.folder/k[:2]/f'{k}.json'
         if p.exists(): self.hits += 1; return json.loads(p.read_text())['reply']
@@ -362,7 +426,11 @@ class GenerationCache:
         return reply
 
 # %% ../nbs/14_autointerp.ipynb #1ee7c53b
-def dominant_profile(rows:np.ndarray, modality:np.ndarray, plane:np.ndarray)->np.ndarray: # (F, C) candidate rows, per-row modality and plane
+def dominant_profile(
+    rows:np.ndarray,      # (F, C) each feature's candidate slice rows (-1 padded)
+    modality:np.ndarray,  # (N,) modality of every slice row
+    plane:np.ndarray,     # (N,) plane of every slice row
+)->np.ndarray:            # (F,) object array of 'modality/plane' strings
     "(F,) the most common 'modality/plane' among each feature's candidates ('' when it has none)."
     combo = np.char.add(np.char.add(modality.astype(str), '/'), plane.astype(str))
     out = np.full(len(rows), '', dtype=object)
@@ -388,13 +456,27 @@ def draw_distractors(
     if len(pick) < n and len(rest): pick += list(g.choice(rest, min(n - len(pick), len(rest)), replace=False))
     return [int(x) for x in pick]
 
-def judge_order(target_concept:str, distractor_concepts:list, seed:int, feature:int)->tuple: # true concept, others, run seed, feature
+def judge_order(
+    target_concept:str,        # true concept
+    distractor_concepts:list,  # others
+    seed:int,                  # run seed
+    feature:int,               # feature
+)->tuple:
     "(options in the order shown, index of the true one): a seeded shuffle."
     opts = [target_concept] + list(distractor_concepts)
     perm = rng(seed, 'order', int(feature)).permutation(len(opts))
     return [opts[i] for i in perm], int(np.flatnonzero(perm == 0)[0])
 
-def judge_feature(backend, cache, samples:list, images:list, options:list, truth:int, retries:int=2, **settings)->dict: # judge, cache, val records, files, options, index of the true option, extra attempts, settings
+def judge_feature(
+    backend,        # judge
+    cache,          # cache
+    samples:list,   # val records
+    images:list,    # files
+    options:list,   # options
+    truth:int,      # index of the true option
+    retries:int=2,  # extra attempts
+    **settings,     # settings
+)->dict:
     "Ask the judge (again on a parse failure) and score the true option's rank."
     replies = []
     for attempt in range(retries + 1):
@@ -407,7 +489,10 @@ def judge_feature(backend, cache, samples:list, images:list, options:list, truth
     return dict(parse_ok=False, attempts=retries + 1, true_rank=np.nan, success=np.nan, judge_reply=replies[-1], ranking='')
 
 # %% ../nbs/14_autointerp.ipynb #5ad12211
-def judge_metrics(d:pd.DataFrame, n_options:int=5)->dict: # descriptions table (true_rank, parse_ok), options per feature
+def judge_metrics(
+    d:pd.DataFrame,   # descriptions table (true_rank, parse_ok)
+    n_options:int=5,  # options per feature
+)->dict:
     "Table 3 quantities: rank statistics over parsed features, parse failures separately."
     ok = d[d.parse_ok.astype(bool)]
     hist = {str(r): int((ok.true_rank == r).sum()) for r in range(1, n_options + 1)}
@@ -416,7 +501,10 @@ def judge_metrics(d:pd.DataFrame, n_options:int=5)->dict: # descriptions table (
                 success_rate=float((ok.true_rank <= 2).mean()) if len(ok) else np.nan, rank1_rate=float((ok.true_rank == 1).mean()) if len(ok) else np.nan,
                 rank_histogram=hist, chance_mean_rank=(n_options + 1) / 2, chance_success_rate=2 / n_options)
 
-def activation_stats(codes:sp.csr_matrix, rows:pd.DataFrame)->pd.DataFrame: # (N, D) codes of a split, its slice rows
+def activation_stats(
+    codes:sp.csr_matrix,  # (N, D) codes of a split
+    rows:pd.DataFrame,    # its slice rows
+)->pd.DataFrame:
     "Per feature over all its activating slices: counts by modality and sex, mean age, population mean activation."
     B = (codes > 0).astype(np.float32).tocsc()
     col = lambda mask: np.asarray(B.T @ np.asarray(mask, np.float32)).ravel()
@@ -430,9 +518,15 @@ def activation_stats(codes:sp.csr_matrix, rows:pd.DataFrame)->pd.DataFrame: # (N
                              mean_activation=st.mean_active.to_numpy(), max_activation=st['max'].to_numpy()))
 
 # %% ../nbs/14_autointerp.ipynb #c83be097
-def autointerp_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'autointerp'  # runs/<name>/results/autointerp/
+def autointerp_dir(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/autointerp/
+    "The folder holding a run's interpretation results."
+    return run_paths(cfg).run/'results'/'autointerp'
 
-def region_frequency(rows:pd.DataFrame)->dict: # slice rows with organ columns
+def region_frequency(
+    rows:pd.DataFrame,  # slice rows with organ columns
+)->dict:
     "Share of slices showing each anatomical region."
     present = rows[ORGANS].to_numpy(bool)
     reg = pd.Series(REGIONS)[ORGANS].to_numpy()
@@ -445,12 +539,23 @@ def _backends(cfg:Config, freq:dict)->tuple:
     judge = desc if (jk, jm) == (ac.backend, ac.model) else make_backend(jk, jm, ac.revision, cfg.device, ac.local_files_only, freq)
     return desc, judge
 
-def autointerp_artifact(cfg:Config, enc:str, var:str, conf:str)->Artifact: # run, encoder, variant, configuration
+def autointerp_artifact(
+    cfg:Config,  # run
+    enc:str,     # encoder
+    var:str,     # variant
+    conf:str,    # configuration
+)->Artifact:
     "One configuration's interpretation: descriptions, samples, selected features, statistics, metrics (recorded in artifact.json)."
     return Artifact(f'autointerp/{enc}/{var}/{conf}', autointerp_dir(cfg)/enc/var/conf, ('descriptions.parquet', 'samples.parquet', 'selected_features.csv',
                     'activation_stats_val.parquet', 'metrics.json'), step='14_autointerp')
 
-def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->dict: # run, encoder, variant, configuration, recompute
+def interpret_config(
+    cfg:Config,        # run
+    enc:str,           # encoder
+    var:str,           # variant
+    conf:str,          # configuration
+    force:bool=False,  # recompute
+)->dict:
     "Describe and judge the selected features of one configuration; writes its files and returns its metrics."
     ac, log = cfg.autointerp, get_logger('sail.autointerp')
     art = autointerp_artifact(cfg, enc, var, conf); out = art.folder
@@ -521,7 +626,10 @@ def interpret_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->
     art.commit(inputs)
     return met
 
-def run_autointerp(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute
+def run_autointerp(
+    cfg:Config,        # run configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "Interpret every selected configuration; write and return the Table 3 equivalent."
     mets = [interpret_config(cfg, *c, force=force) for c in selected_configs(cfg)]
     cols = ['encoder', 'variant', 'config', 'describer', 'judge', 'n_features', 'n_evaluated', 'mean_rank', 'median_rank', 'success_rate', 'rank1_rate', 'n_parse_failures', 'n_failed']

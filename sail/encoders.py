@@ -54,7 +54,12 @@ class Encoder(nn.Module):
     dim: int = 0
     image_size: int = 0
     def __init__(self, description:dict): super().__init__(); self.description = description # what made the embeddings
-    def prepare(self, image)->torch.Tensor: return square_resize(image, self.image_size)
+    def prepare(
+        self,
+        image,        # one grayscale slice: (H, W) uint8 array or tensor
+    )->torch.Tensor:  # (image_size, image_size) uint8, letterboxed and resized
+        "CPU preprocessing of one slice before batching (default: `square_resize` to `image_size`)."
+        return square_resize(image, self.image_size)
     @property
     def preparer(self): return functools.partial(square_resize, size=self.image_size)  # picklable, for loader workers
 
@@ -65,7 +70,10 @@ class PixelsEncoder(Encoder):
         super().__init__(dict(encoder='pixels', weights='none', feature=f'letterboxed slice, {size}x{size} antialiased bilinear, /255',
                               image_size=size, dim=size*size))
         self.image_size, self.dim = size, size*size
-    def forward(self, batch:torch.Tensor)->torch.Tensor: # (B, S, S) uint8
+    def forward(
+        self,
+        batch:torch.Tensor,  # (B, S, S) uint8
+    )->torch.Tensor:
         return batch.flatten(1).float() / 255
 
 # %% ../nbs/05_encoders.ipynb #bcbc90dc
@@ -78,14 +86,22 @@ DINOV3_ARCHS = {  # DINOv3ViTConfig keyword arguments of architectures that can 
 
 class HFBackboneEncoder(Encoder):
     "A Hugging Face vision backbone; feature = pooled output (CLS after the final norm for DINOv3)."
-    def __init__(self, model:nn.Module, image_size:int, description:dict): # backbone, input side, provenance
+    def __init__(
+        self,
+        model:nn.Module,   # backbone
+        image_size:int,    # input side
+        description:dict,  # provenance
+    ):
         super().__init__(description)
         self.model, self.image_size, self.dim = model.eval(), image_size, int(model.config.hidden_size)
         arch = {k: v for k, v in model.config.to_dict().items() if not k.startswith('_') and k not in ('transformers_version', 'dtype', 'torch_dtype')}
         self.description |= dict(image_size=image_size, dim=self.dim, mean=IMAGENET_MEAN, std=IMAGENET_STD, config=arch,
                                  preprocessing='letterbox to square, bilinear antialiased resize, /255, ImageNet normalisation',
                                  feature='pooler_output (CLS token after the final LayerNorm)')
-    def forward(self, batch:torch.Tensor)->torch.Tensor: # (B, S, S) uint8
+    def forward(
+        self,
+        batch:torch.Tensor,  # (B, S, S) uint8
+    )->torch.Tensor:
         out = self.model(pixel_values=normalize(batch, IMAGENET_MEAN, IMAGENET_STD))
         pooled = getattr(out, 'pooler_output', None)
         return (pooled if pooled is not None else out.last_hidden_state[:, 0]).float()
@@ -107,7 +123,10 @@ def load_hf_backbone(
 # %% ../nbs/05_encoders.ipynb #983a0113
 RANDOM_INIT_STD = 0.02  # spec §3.3 (timm trunc_normal_, bounds ±2)
 
-def reinit_(module:nn.Module, seed:int=42)->nn.Module: # model to re-initialise in place, seed of the draw
+def reinit_(
+    module:nn.Module,  # model to re-initialise in place
+    seed:int=42,       # seed of the draw
+)->nn.Module:
     "The reference's random-weight initialisation (spec §3.3), seeded."
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
@@ -120,7 +139,10 @@ def reinit_(module:nn.Module, seed:int=42)->nn.Module: # model to re-initialise 
             if m.bias is not None: nn.init.zeros_(m.bias)
     return module
 
-def dinov3_config(arch:str='vitl16', image_size:int=224): # architecture name in DINOV3_ARCHS, nominal input side
+def dinov3_config(
+    arch:str='vitl16',   # architecture name in DINOV3_ARCHS
+    image_size:int=224,  # nominal input side
+):
     "A `DINOv3ViTConfig` for a named architecture (no download)."
     from transformers import DINOv3ViTConfig
     if arch not in DINOV3_ARCHS: raise KeyError(f"unknown DINOv3 architecture {arch!r}; known: {sorted(DINOV3_ARCHS)}")
@@ -134,13 +156,23 @@ BIOMEDPARSE_INSTALL = ("BiomedParse is not installed (it is not on PyPI). Clone 
 
 class BiomedParseEncoder(Encoder):
     "Mean over tokens of a backbone's last-stage norm output (BiomedParse: FocalNet `norm3`, 1536-d)."
-    def __init__(self, backbone:nn.Module, description:dict, image_size:int=1024, hook:str='norm3', dim:int=1536): # backbone, provenance, input side, module to hook, feature size
+    def __init__(
+        self,
+        backbone:nn.Module,   # backbone
+        description:dict,     # provenance
+        image_size:int=1024,  # input side
+        hook:str='norm3',     # module to hook
+        dim:int=1536,         # feature size
+    ):
         super().__init__(description)
         self.backbone, self.image_size, self.dim, self.hook = backbone.eval(), image_size, dim, hook
         self.description |= dict(image_size=image_size, dim=dim, mean=BIOMEDPARSE_MEAN, std=BIOMEDPARSE_STD,
                                  preprocessing='letterbox to square, bilinear antialiased resize, normalisation on the 0-255 scale',
                                  feature=f'mean over tokens of backbone.{hook} output')
-    def forward(self, batch:torch.Tensor)->torch.Tensor: # (B, S, S) uint8
+    def forward(
+        self,
+        batch:torch.Tensor,  # (B, S, S) uint8
+    )->torch.Tensor:
         captured = []
         h = self.backbone.get_submodule(self.hook).register_forward_hook(lambda m, i, o: captured.append(o))
         try: self.backbone(normalize(batch, BIOMEDPARSE_MEAN, BIOMEDPARSE_STD, scale=1.0))
@@ -176,7 +208,9 @@ def load_biomedparse(
     return model.model.backbone
 
 # %% ../nbs/05_encoders.ipynb #cbe45715
-def encoder_id(ec:EncoderConfig)->str: # encoder configuration
+def encoder_id(
+    ec:EncoderConfig,  # encoder configuration
+)->str:
     "File-name-safe id of an encoder's outputs."
     return ec.id or ec.name.replace(':', '-').replace('/', '-')
 

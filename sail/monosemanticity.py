@@ -70,7 +70,9 @@ NULL_SIZES, NULL_DRAWS, NULL_SEED = (5, 10, 20, 50), 100, 42  # spec §8.2
 
 def null_baseline(
     organs:np.ndarray,  # (rows, organs) boolean organ matrix of the split
-    sizes:tuple=NULL_SIZES, draws:int=NULL_DRAWS, seed:int=NULL_SEED, # sample sizes, draws per size, seed
+    sizes:tuple=NULL_SIZES,  # sample sizes
+    draws:int=NULL_DRAWS,    # draws per size
+    seed:int=NULL_SEED,      # seed
 )->pd.DataFrame:  # columns n, null_mean, null_std
     "Mean pairwise Jaccard of random N-slice samples: the coherence a feature gets by chance."
     out = []
@@ -123,12 +125,18 @@ def feature_scores(
     return pd.DataFrame(out).sort_values('monosemanticity_10', ascending=False, kind='stable').reset_index(drop=True)
 
 # %% ../nbs/11_monosemanticity.ipynb #758c94b3
-def top_mean(x, k:int)->float: # values (NaN ignored), how many of the largest
+def top_mean(
+    x,      # values (NaN ignored)
+    k:int,  # how many of the largest
+)->float:
     "Mean of the `k` largest values (fewer if there are fewer)."
     x = np.sort(np.asarray(x, float)[~np.isnan(np.asarray(x, float))])[::-1][:k]
     return float(x.mean()) if len(x) else float('nan')
 
-def config_scores(fs:pd.DataFrame, null:pd.DataFrame)->dict: # feature scores, null baseline
+def config_scores(
+    fs:pd.DataFrame,    # feature scores
+    null:pd.DataFrame,  # null baseline
+)->dict:
     "Configuration-level monosemanticity summaries (spec §8.3), named by their definitions."
     both = fs.monosemanticity_50.notna() & (fs.monosemanticity_10 > 0)
     return dict(M_top10_mean=top_mean(fs.monosemanticity_10, 10), M_top50_mean=top_mean(fs.monosemanticity_10, 50),
@@ -141,7 +149,10 @@ def config_scores(fs:pd.DataFrame, null:pd.DataFrame)->dict: # feature scores, n
 
 # %% ../nbs/11_monosemanticity.ipynb #5fca5e1d
 def modality_aware_scores(
-    codes:sp.csr_matrix, organs:np.ndarray, scan:np.ndarray, modality:np.ndarray, # codes, organ matrix, scan ids, per-row modality
+    codes:sp.csr_matrix,  # codes
+    organs:np.ndarray,    # organ matrix
+    scan:np.ndarray,      # scan ids
+    modality:np.ndarray,  # per-row modality
     per_scan:int=1,  # slices allowed per scan among the top samples
 )->pd.DataFrame:  # feature, dominant modality, jaccard/coherence/specificity/monosemanticity at N = 10
     "Scores of every feature within its dominant modality, with per-modality null and normaliser."
@@ -161,11 +172,15 @@ def modality_aware_scores(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=['feature', 'modality', 'monosemanticity_10'])
 
 # %% ../nbs/11_monosemanticity.ipynb #087d8617
-def results_dir(cfg:Config)->Path: # run configuration
+def results_dir(
+    cfg:Config,  # run configuration
+)->Path:
     "runs/<name>/results/monosemanticity/"
     return run_paths(cfg).run/'results'/'monosemanticity'
 
-def config_scores_csv(cfg:Config)->Path: # run configuration
+def config_scores_csv(
+    cfg:Config,  # run configuration
+)->Path:
     "The run's table of configuration scores (written by `score_all`): the path readers use."
     return results_dir(cfg)/'config_scores.csv'
 
@@ -179,7 +194,9 @@ def mono_artifact(
     return Artifact(f'monosemanticity/{enc_id}/{variant}/{config}', results_dir(cfg)/enc_id/variant/config,
                     ('feature_scores.parquet', 'config_scores.json'), step='11_monosemanticity')
 
-def null_artifact(cfg:Config)->Artifact: # run configuration
+def null_artifact(
+    cfg:Config,  # run configuration
+)->Artifact:
     "The null baselines of the run's validation slices (null_baselines.csv)."
     return Artifact('monosemanticity/null', results_dir(cfg), ('null_baselines.csv',), 'null_baselines.json', step='11_monosemanticity')
 
@@ -195,7 +212,13 @@ def _null(cfg:Config, organs:np.ndarray)->pd.DataFrame:
         write_csv(art.path('null_baselines.csv'), null_baseline(organs)); art.commit(inputs)
     return pd.read_csv(art.path('null_baselines.csv'))
 
-def score_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=False)->dict: # run, encoder, variant, SAE configuration, recompute
+def score_config(
+    cfg:Config,        # run
+    enc_id:str,        # encoder
+    variant:str,       # variant
+    config:str,        # SAE configuration
+    force:bool=False,  # recompute
+)->dict:
     "Score one configuration's features (reference and modality-aware) and write its files."
     art = mono_artifact(cfg, enc_id, variant, config)
     inputs = dict(codes=codes_artifact(cfg, enc_id, variant, config).digest, per_scan=cfg.eval.slices_per_scan)
@@ -215,7 +238,10 @@ def score_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=Fal
     art.commit(inputs)
     return cs
 
-def score_all(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute
+def score_all(
+    cfg:Config,        # run configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "Score every trained configuration of the run; write and return the summary table."
     table = pd.DataFrame([score_config(cfg, r.encoder, r.variant, r.config, force) for r in trained_saes(cfg)])
     write_csv(config_scores_csv(cfg), table)

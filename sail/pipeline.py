@@ -41,7 +41,9 @@ def select_steps(
     return [(n, p) for n, p in steps if n in chosen]
 
 # %% ../nbs/90_pipeline.ipynb #8c0d8e0e
-def read_manifest(cfg:Config)->dict: # run configuration
+def read_manifest(
+    cfg:Config,  # run configuration
+)->dict:
     "The run's manifest, or a new empty one."
     p = run_paths(cfg).manifest
     if p.exists(): return json.loads(p.read_text())
@@ -65,7 +67,9 @@ def _imports_only(source:str)->bool:
     except SyntaxError: return False
     return bool(body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body)
 
-def run_cells(nb:nbformat.NotebookNode)->nbformat.NotebookNode: # a step notebook
+def run_cells(
+    nb:nbformat.NotebookNode,  # a step notebook
+)->nbformat.NotebookNode:
     "A copy of `nb` with markdown, export cells, import-only cells, the parameters cell and `#| run` cells; lessons dropped."
     keep = []
     for c in nb.cells:
@@ -115,7 +119,16 @@ def inject_parameters(
 # %% ../nbs/90_pipeline.ipynb #5d8bf444
 class StepFailed(RuntimeError):
     "A notebook's cell failed; the message names the step, the notebook, the cell and the error."
-    def __init__(self, msg:str, step:str='', notebook:str='', cell:int|None=None, source:str='', error:str='', executed:Path|None=None):
+    def __init__(
+        self,
+        msg:str,                  # the full message
+        step:str='',              # name of the pipeline step that failed
+        notebook:str='',          # file name of the step's notebook
+        cell:int|None=None,       # index of the failed cell in the notebook (None when unknown)
+        source:str='',            # first line of that cell's source
+        error:str='',             # the error as 'Type: message'
+        executed:Path|None=None,  # where the executed notebook, with the failing cell's output, was saved (None: not saved)
+    ):
         super().__init__(msg)
         self.step, self.notebook, self.cell, self.source, self.error, self.executed = step, notebook, cell, source, error, executed
 
@@ -244,7 +257,10 @@ def execute_notebook(
 # %% ../nbs/90_pipeline.ipynb #07c4e1b5
 class Interrupted(KeyboardInterrupt):
     "SIGINT or SIGTERM arrived; `signum` is which, `code` the exit status a shell reports for it (130, 143)."
-    def __init__(self, signum:int):
+    def __init__(
+        self,
+        signum:int,  # the signal that arrived: signal.SIGINT (2) or signal.SIGTERM (15)
+    ):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.name, self.code = signum, signal.Signals(signum).name, 128 + signum
 

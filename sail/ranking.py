@@ -32,7 +32,9 @@ def rank_configs(
     return t.sort_values(['encoder', 'variant', 'final_rank', 'config']).reset_index(drop=True)
 
 # %% ../nbs/12_ranking.ipynb #b42754e6
-def ranking_table(cfg:Config)->pd.DataFrame: # run configuration
+def ranking_table(
+    cfg:Config,  # run configuration
+)->pd.DataFrame:
     "Ranked configurations of the run (written to results/ranking.csv)."
     mono = pd.read_csv(config_scores_csv(cfg))
     perf = pd.read_csv(summary_csv(cfg))
@@ -40,7 +42,10 @@ def ranking_table(cfg:Config)->pd.DataFrame: # run configuration
     write_csv(run_paths(cfg).run/'results'/'ranking.csv', t)
     return t
 
-def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration, `ranking_table` output
+def headline(
+    cfg:Config,           # run configuration
+    ranked:pd.DataFrame,  # `ranking_table` output
+)->pd.DataFrame:
     "Per encoder and variant, the paper's headline quantities computed by this run."
     sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(cfg)])   # each SAE's final validation metrics
     rows = []
@@ -59,7 +64,9 @@ def headline(cfg:Config, ranked:pd.DataFrame)->pd.DataFrame: # run configuration
     return out
 
 # %% ../nbs/12_ranking.ipynb #eb49c793
-def selected_configs(cfg:Config)->list: # run configuration
+def selected_configs(
+    cfg:Config,  # run configuration
+)->list:
     "[(encoder, variant, config)] the interpretation steps use: `interpret.configs`, else the ranking's selection."
     if cfg.interpret.configs:
         out = []

@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['SIM_DECIMALS', 'fingerprints', 'dense_fingerprints', 'Bank', 'similarity', 'sweep_similarity', 'top_distinct',
            'sweep_retrieve', 'dense_retrieve', 'dense_quality', 'reference_rows', 'k_sweep', 'sweep_summary',
-           'retrieval_dir', 'split_inputs', 'retrieval_artifact', 'retrieve_config', 'table2', 'run_retrieval',
-           'figure_references', 'grid_data', 'image_trace', 'grid_figure', 'run_grid_figure']
+           'retrieval_dir', 'RetrievalInputs', 'split_inputs', 'retrieval_artifact', 'retrieve_config', 'table2',
+           'run_retrieval', 'figure_references', 'grid_data', 'image_trace', 'grid_figure', 'run_grid_figure']
 
 # %% ../nbs/13_retrieval.ipynb #0759a277
 import json, math, warnings
 from pathlib import Path
+from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -80,14 +81,23 @@ class Bank:
             self.blocks = [(X[s:e].T.contiguous().to(device), X[s:e].T.pow(2).contiguous().to(device)) for s, e in self.bounds]
         self.dim = X.shape[1]
 
-    def queries(self, idx:np.ndarray, vals:np.ndarray)->tuple: # (B, m) features (-1 = none), (B, m) their values
+    def queries(
+        self,
+        idx:np.ndarray,   # (B, m) features (-1 = none)
+        vals:np.ndarray,  # (B, m) their values
+    )->tuple:
         "(values, indicator) matrices of the fingerprints, in the layout `products` wants."
         B = len(idx); r, c = np.nonzero(idx >= 0)
         f, v = idx[r, c], vals[r, c].astype(np.float32)
         Q, M = sp.csr_matrix((v, (r, f)), shape=(B, self.dim)), sp.csr_matrix((np.ones_like(v), (r, f)), shape=(B, self.dim))
         return (Q, M) if self.sparse and self.engine == 'scipy' else (_csr(Q, self.device), _csr(M, self.device))
 
-    def products(self, Q, M, block:int|None=None)->tuple: # `queries` output, column block (None = all candidates)
+    def products(
+        self,
+        Q,                    # (B, D) fingerprint values, the first output of `queries`
+        M,                    # (B, D) fingerprint indicator, the second output of `queries`
+        block:int|None=None,  # index of a column block of candidates (None: all blocks, concatenated)
+    )->tuple:                 # (Σ a_r a_j, Σ a_j²): two (B, n) float32 tensors, n candidates of the block
         "(Σ a_r a_j, Σ a_j²) over the fingerprint features, for every reference and candidate of the block: (B, n) float32 tensors."
         if block is None:
             parts = [self.products(Q, M, b) for b in range(len(self.blocks))]
@@ -100,7 +110,8 @@ class Bank:
             return Q @ T, M @ T2
 
 def similarity(
-    num:torch.Tensor, sq:torch.Tensor, # (B, N) Σ a_r a_j and Σ a_j² over the fingerprint features
+    num:torch.Tensor,                   # (B, N) Σ a_r a_j over the fingerprint features (reference value × candidate value)
+    sq:torch.Tensor,                    # (B, N) Σ a_j² over the fingerprint features (candidate values squared)
     vals:np.ndarray,                    # (B, k) the fingerprints' values (0 padded)
     k_eff:np.ndarray,                   # (B,) features in each fingerprint
 )->torch.Tensor:  # (B, N) similarity; -inf for a reference without a fingerprint
@@ -237,7 +248,11 @@ def dense_quality(
                      quality_max=np.nanmax(cos, 1), n_retrieved=ok.sum(1).numpy())
     return cos, pd.DataFrame(stats)
 
-def reference_rows(n_rows:int, n:int, seed:int=0)->np.ndarray: # candidates, references wanted, seed (spec §11: 0)
+def reference_rows(
+    n_rows:int,  # candidates
+    n:int,       # references wanted
+    seed:int=0,  # seed (spec §11: 0)
+)->np.ndarray:
     "Seeded references, drawn as the reference code draws them (legacy NumPy `choice` without replacement)."
     return np.random.RandomState(seed).choice(n_rows, min(n, n_rows), replace=False)
 
@@ -288,7 +303,9 @@ def k_sweep(
     bar.close()
     return pd.concat(out, ignore_index=True), pd.concat(hits, ignore_index=True)
 
-def sweep_summary(per_ref:pd.DataFrame)->pd.DataFrame: # `k_sweep`'s per-reference table
+def sweep_summary(
+    per_ref:pd.DataFrame,  # `k_sweep`'s per-reference table
+)->pd.DataFrame:
     "The Table 2 equivalent: mean and std of quality per method and k, with the sparse/dense ratio (k = 0: dense)."
     t = per_ref.groupby(['method', 'k']).agg(quality_mean=('quality_mean', 'mean'), quality_std=('quality_mean', 'std'),
                                              n_references=('quality_mean', 'count'), n_without_fingerprint=('k_eff', lambda x: int((x == 0).sum())),
@@ -298,19 +315,46 @@ def sweep_summary(per_ref:pd.DataFrame)->pd.DataFrame: # `k_sweep`'s per-referen
     return t.merge(rel.rename('relative_to_dense').reset_index(), on=['method', 'k'])
 
 # %% ../nbs/13_retrieval.ipynb #11193b31
-def retrieval_dir(cfg:Config)->Path: return run_paths(cfg).run/'results'/'retrieval'  # runs/<name>/results/retrieval/
+def retrieval_dir(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/retrieval/
+    "The folder holding a run's retrieval results."
+    return run_paths(cfg).run/'results'/'retrieval'
 
-def split_inputs(cfg:Config, enc_id:str, variant:str, config:str, split:str)->tuple: # run, encoder, variant, configuration, split
-    "(codes CSR, dense embeddings, slice rows) of one split, aligned row by row (`sail.codes.split_data`)."
+class RetrievalInputs(NamedTuple):
+    "One split's codes and dense embeddings with their slice rows, aligned row by row."
+    codes: sp.csr_matrix  # (N, D) float32 sparse codes of the SAE configuration
+    dense: np.ndarray     # (N, d) float32 dense embeddings of the encoder
+    rows: pd.DataFrame    # the N slice-table rows
+
+def split_inputs(
+    cfg:Config,   # run
+    enc_id:str,   # encoder
+    variant:str,  # variant
+    config:str,   # configuration
+    split:str,    # split
+)->RetrievalInputs:
+    "The codes, dense embeddings and slice rows of one split, aligned row by row (`sail.codes.split_data`)."
     d = split_data(cfg, enc_id, split, variant, config, dense=True)
-    return d.codes, d.dense, d.rows
+    return RetrievalInputs(d.codes, d.dense, d.rows)
 
-def retrieval_artifact(cfg:Config, enc_id:str, variant:str, config:str)->Artifact: # run, encoder, variant, configuration
+def retrieval_artifact(
+    cfg:Config,   # run
+    enc_id:str,   # encoder
+    variant:str,  # variant
+    config:str,   # configuration
+)->Artifact:
     "One configuration's k-sweep: per_reference.parquet, retrieved.parquet, summary.csv, retrieval.json (recorded in artifact.json)."
     return Artifact(f'retrieval/{enc_id}/{variant}/{config}', retrieval_dir(cfg)/enc_id/variant/config,
                     ('per_reference.parquet', 'retrieved.parquet', 'summary.csv', 'retrieval.json'), step='13_retrieval')
 
-def retrieve_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=False)->pd.DataFrame: # run, encoder, variant, configuration, recompute
+def retrieve_config(
+    cfg:Config,        # run
+    enc_id:str,        # encoder
+    variant:str,       # variant
+    config:str,        # configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "The k-sweep of one configuration; writes its files and returns its summary."
     rc, art = cfg.retrieval, retrieval_artifact(cfg, enc_id, variant, config)
     out = art.folder
@@ -335,14 +379,19 @@ def retrieve_config(cfg:Config, enc_id:str, variant:str, config:str, force:bool=
     stop_point('retrieval:config')
     return summary
 
-def table2(summaries:pd.DataFrame)->pd.DataFrame: # concatenated `summary.csv` rows
+def table2(
+    summaries:pd.DataFrame,  # concatenated `summary.csv` rows
+)->pd.DataFrame:
     "Mean dense cosine of the retrieved slices per k: sparse and dense-fingerprint columns per configuration, dense retrieval as k = 'dense'."
     s = summaries.assign(column=summaries.encoder + '/' + summaries.variant + ' ' + summaries.method.map({'sparse': 'sparse', 'dense_fingerprint': 'dense-fp', 'dense': 'dense'}))
     t = s.pivot_table(index='k', columns='column', values='quality_mean').sort_index()
     t.index = [int(k) if k else 'dense' for k in t.index]
     return t.loc[[k for k in t.index if k != 'dense'] + ['dense']]
 
-def run_retrieval(cfg:Config, force:bool=False)->pd.DataFrame: # run configuration, recompute
+def run_retrieval(
+    cfg:Config,        # run configuration
+    force:bool=False,  # recompute
+)->pd.DataFrame:
     "The k-sweep of every selected configuration; writes and returns `table2.csv`'s summary rows."
     summaries = pd.concat([retrieve_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
     write_csv(retrieval_dir(cfg)/'summary.csv', summaries)
@@ -350,7 +399,12 @@ def run_retrieval(cfg:Config, force:bool=False)->pd.DataFrame: # run configurati
     return summaries
 
 # %% ../nbs/13_retrieval.ipynb #fcaac5e8
-def figure_references(rows:pd.DataFrame, n:int=5, seed:int=0, listed:list|None=None)->list: # split rows, how many, seed, slice ids to use
+def figure_references(
+    rows:pd.DataFrame,      # split rows
+    n:int=5,                # how many
+    seed:int=0,             # seed
+    listed:list|None=None,  # slice ids to use
+)->list:
     "Reference slice ids for the figure: `listed` (checked), else a seeded round-robin over (modality, plane)."
     if listed:
         missing = sorted(set(listed) - set(rows.slice_id))
@@ -364,7 +418,12 @@ def figure_references(rows:pd.DataFrame, n:int=5, seed:int=0, listed:list|None=N
             if grp and len(out) < n: out.append(grp.pop())
     return out
 
-def grid_data(cfg:Config, configs:list, refs:list|None=None, top:int=2)->pd.DataFrame: # run, [(encoder, variant, config)], reference ids, retrievals shown
+def grid_data(
+    cfg:Config,           # run
+    configs:list,         # [(encoder, variant, config)]
+    refs:list|None=None,  # reference ids
+    top:int=2,            # retrievals shown
+)->pd.DataFrame:
     "Fingerprints and best retrievals of the figure's references for each configuration (one row per item)."
     rc, parts = cfg.retrieval, []
     for enc, var, conf in configs:
@@ -382,7 +441,11 @@ def grid_data(cfg:Config, configs:list, refs:list|None=None, top:int=2)->pd.Data
     return pd.DataFrame(parts)
 
 # %% ../nbs/13_retrieval.ipynb #5c0a712f
-def image_trace(data_dir:Path, image_path:str, size:int=96): # processed-data folder, the slice's image_path, thumbnail side
+def image_trace(
+    data_dir:Path,   # processed-data folder
+    image_path:str,  # the slice's image_path
+    size:int=96,     # thumbnail side
+):
     "A slice's thumbnail as a plotly image trace (embedded PNG)."
     import plotly.graph_objects as go
     im = thumbnail(slice_image(data_dir, image_path), size).convert('RGB')
@@ -432,7 +495,10 @@ def grid_figure(
                       showlegend=False, margin=dict(l=70, r=10, t=40, b=10), bargap=0.15)
     return fig
 
-def run_grid_figure(cfg:Config, size:int=96): # run configuration, thumbnail side
+def run_grid_figure(
+    cfg:Config,   # run configuration
+    size:int=96,  # thumbnail side
+):
     "The run's Fig. 3 grid, from `results/retrieval/figure3.parquet`."
     grid = pd.read_parquet(retrieval_dir(cfg)/'figure3.parquet')
     sl = load_slices(run_paths(cfg).data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age'])

@@ -43,13 +43,26 @@ def _bags(keys:torch.Tensor, n:int)->tuple:
 
 class SparseCodes:
     "Active entries of a (B, D) code matrix as triples sorted by row, with embedding_bag offsets."
-    def __init__(self, rows:torch.Tensor, cols:torch.Tensor, vals:torch.Tensor, n_rows:int): # row ids, column ids, values, B
+    def __init__(
+        self,
+        rows:torch.Tensor,  # row ids
+        cols:torch.Tensor,  # column ids
+        vals:torch.Tensor,  # values
+        n_rows:int,         # B
+    ):
         self.order, self.offsets = _bags(rows, n_rows)
         self.rows, self.cols, self.vals, self.n_rows = rows[self.order], cols[self.order], vals[self.order], n_rows
-    def decode(self, W:torch.Tensor, vals:torch.Tensor|None=None)->torch.Tensor: # (D, d) decoder rows; values in triple order (default self.vals)
+    def decode(
+        self,
+        W:torch.Tensor,               # (D, d) decoder rows, one per code column
+        vals:torch.Tensor|None=None,  # values in this object's (row-sorted) triple order, used instead of `self.vals`
+    )->torch.Tensor:                  # (B, d) the product a @ W
         "Σ_j a_ij W_j for every row i — the sparse product a @ W."
         return F.embedding_bag(self.cols, W, self.offsets, mode='sum', per_sample_weights=self.vals if vals is None else vals)
-    def dense(self, D:int)->torch.Tensor: # number of columns
+    def dense(
+        self,
+        D:int,  # number of columns
+    )->torch.Tensor:
         "The (B, D) dense matrix (for tests and small data)."
         out = torch.zeros(self.n_rows, D, dtype=self.vals.dtype, device=self.vals.device)
         out[self.rows, self.cols] = self.vals
@@ -126,7 +139,10 @@ class MatryoshkaSAE(nn.Module):
         "The (M, D, d) decoder: tied W (detached in `released`) or the separate W_dec."
         if not self.tied: return self.W_dec
         return self.W if self.variant == 'paper' else self.W.detach()
-    def preacts(self, x:torch.Tensor)->torch.Tensor: # (B, d) L2-normalised embeddings
+    def preacts(
+        self,
+        x:torch.Tensor,  # (B, d) L2-normalised embeddings
+    )->torch.Tensor:
         "(M, B, D) pre-activations z = W(x − b_dec) + b_enc, without autograd."
         with torch.no_grad(): return torch.baddbmm(self.b_enc[:, None], x[None] - self.b_dec[:, None], self.W.transpose(1, 2))
 
@@ -213,7 +229,11 @@ def _aux_loss(sae, m:int, x, z, xc, xhat, Wd)->torch.Tensor:
     return ((e - ehat)**2).sum(-1).mean() / ((e - e.mean(0))**2).sum(-1).mean().clamp_min(1e-12)
 
 # %% ../nbs/07_sae.ipynb #977a9ed1
-def dense_train_codes(sae:MatryoshkaSAE, x:torch.Tensor, m:int=0)->list: # model(s), (B, d) inputs, which model
+def dense_train_codes(
+    sae:MatryoshkaSAE,  # model(s)
+    x:torch.Tensor,     # (B, d) inputs
+    m:int=0,            # which model
+)->list:
     "Per level, the (B, D_l) BatchTopK codes of model `m` computed densely with `torch.topk` (reference for tests)."
     z = sae.preacts(x)[m]
     out = []
@@ -264,17 +284,26 @@ def encode(
     return out
 
 @torch.no_grad()
-def reconstruct(sae:MatryoshkaSAE, x:torch.Tensor)->torch.Tensor: # model(s), (B, d) inputs
+def reconstruct(
+    sae:MatryoshkaSAE,  # model(s)
+    x:torch.Tensor,     # (B, d) inputs
+)->torch.Tensor:
     "(M, L, B, d) inference reconstructions of every model and level."
     Wd = sae.decoder()
     return torch.stack([torch.stack([c.decode(Wd[m]) + sae.b_dec[m] for m, c in enumerate(encode(sae, x, l))], 0)
                         for l in range(len(sae.sizes))], 1)
 
 # %% ../nbs/07_sae.ipynb #c019ca34
-def config_name(sizes:list, ks:list)->str: # dictionary sizes, k per level
+def config_name(
+    sizes:list,  # dictionary sizes
+    ks:list,     # k per level
+)->str:
     "The reference's configuration name, e.g. D_128_512_2048_8192_K_20_40_80_160."
     return 'D_' + '_'.join(map(str, sizes)) + '_K_' + '_'.join(map(str, ks))
 
-def grid(families:list=PAPER_FAMILIES, k_patterns:list=PAPER_K_PATTERNS)->dict: # dictionary families, k patterns
+def grid(
+    families:list=PAPER_FAMILIES,      # dictionary families
+    k_patterns:list=PAPER_K_PATTERNS,  # k patterns
+)->dict:
     "family (tuple of sizes) -> the valid k patterns, skipping any with k_ℓ > D_ℓ."
     return {tuple(f): [k for k in k_patterns if all(kk <= D for kk, D in zip(k, f))] for f in families}

@@ -78,7 +78,9 @@ def assemble(
 # %% ../nbs/03_slices.ipynb #4a885139
 PARTS = '.slices-parts'  # per-scan artifacts, inside data.dir
 
-def scan_settings(cfg:Config)->ScanSettings: # a run configuration
+def scan_settings(
+    cfg:Config,  # a run configuration
+)->ScanSettings:
     "The slicing settings of a configuration."
     s = cfg.slices
     return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, default_window=tuple(s.default_window))
@@ -235,12 +237,19 @@ def slice_image(
     if not p.exists(): raise FileNotFoundError(f"{p}: slice image missing (re-run the slices step)")
     with Image.open(p) as im: return im.convert('L')
 
-def thumbnail(img:Image.Image, size:int=96)->Image.Image: # an image, length of the longer side in pixels
+def thumbnail(
+    img:Image.Image,  # an image
+    size:int=96,      # length of the longer side in pixels
+)->Image.Image:
     "`img` scaled so that its longer side is `size` pixels."
     w, h = img.size; f = size / max(w, h)
     return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR if f > 1 else Image.Resampling.LANCZOS)
 
-def image_data_uri(img:Image.Image, fmt:str='webp', quality:int=80)->str: # image, 'webp' or 'png', WebP quality
+def image_data_uri(
+    img:Image.Image,  # image
+    fmt:str='webp',   # 'webp' or 'png'
+    quality:int=80,   # WebP quality
+)->str:
     "The image as a `data:` URI."
     buf = io.BytesIO(); img.save(buf, format=fmt.upper(), **({'quality': quality} if fmt.lower() == 'webp' else {}))
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -79,7 +79,11 @@ def make_split(
 # %% ../nbs/04_split.ipynb #8712b06c
 SPLITS = SPLIT_NAMES  # ('train', 'val', 'test'), defined with the configuration keys in sail.config
 
-def check_split(split:pd.DataFrame, scans:pd.DataFrame, path:str|Path='split.csv'): # split table, scans that need a split, file name for messages
+def check_split(
+    split:pd.DataFrame,         # split table
+    scans:pd.DataFrame,         # scans that need a split
+    path:str|Path='split.csv',  # file name for messages
+):
     "Raise if `split` is malformed or misses a scan of `scans`."
     if list(split.columns) != ['modality', 'image_id', 'split']: raise ValueError(f"{path}: expected columns modality, image_id, split; got {list(split.columns)}")
     bad = split[~split.split.isin(SPLITS)]
@@ -119,7 +123,9 @@ def split_dataset(
     art.commit(inputs, report)
     return report
 
-def load_split(data_dir:str|Path)->pd.DataFrame: # processed-data folder
+def load_split(
+    data_dir:str|Path,  # processed-data folder
+)->pd.DataFrame:
     "The scan-level split of a processed-data folder."
     art = split_artifact(data_dir); art.require()
     return pd.read_csv(art.path('split.csv'), dtype=str, keep_default_na=False)
@@ -134,6 +140,8 @@ def split_of(
     return s.to_numpy(dtype=object)
 
 # %% ../nbs/04_split.ipynb #b3886666
-def scan_index(slices:pd.DataFrame)->np.ndarray: # slice rows with modality and image_id
+def scan_index(
+    slices:pd.DataFrame,  # slice rows with modality and image_id
+)->np.ndarray:
     "An integer per row, equal exactly for rows of the same (modality, image_id) scan."
     return pd.factorize(pd.MultiIndex.from_arrays([slices.modality.astype(str), slices.image_id.astype(str)]))[0].astype(np.int64)

@@ -72,12 +72,16 @@ BODY_PARTS = {  # body part -> its regions (a region may sit in two parts)
     'pelvis': ['sacrum', 'bony pelvis', 'pelvic vasculature', 'urinary bladder', 'prostate', 'gluteal muscles', 'hip flexors', 'proximal femur'],
     'spine': ['cervical spine', 'thoracic spine', 'lumbar spine', 'sacrum', 'spinal canal', 'paraspinal muscles']}
 
-def regions_of(organs)->list: # class names present in a slice
+def regions_of(
+    organs,  # class names present in a slice
+)->list:
     "The anatomical regions of `organs`, in the order of spec §2.6."
     have = {REGIONS[o] for o in organs}
     return [r for r in _REGION_MEMBERS if r in have]
 
-def parts_of(organs)->list: # class names present in a slice
+def parts_of(
+    organs,  # class names present in a slice
+)->list:
     "The body parts touched by `organs` (head, neck, thorax, abdomen, pelvis, spine)."
     have = set(regions_of(organs))
     return [p for p, rs in BODY_PARTS.items() if have & set(rs)]
@@ -138,7 +142,9 @@ def read_meta(
 AGE_BIN_EDGES = [0, 40, 60, 80, np.inf]          # spec §4.2
 AGE_BIN_LABELS = ['<40', '40-60', '60-80', '>=80']
 
-def age_bin(ages)->pd.Series: # ages in years (numbers or NaN)
+def age_bin(
+    ages,  # ages in years (numbers or NaN)
+)->pd.Series:
     "Reference age bins as strings; missing ages stay missing."
     b = pd.cut(pd.Series(ages, dtype=float), bins=AGE_BIN_EDGES, labels=AGE_BIN_LABELS, include_lowest=True, right=True)
     return b.astype('string')
@@ -360,7 +366,12 @@ def _keep_range(present:np.ndarray, trim:bool)->np.ndarray:
     return np.arange(hit[0], hit[-1] + 1) if len(hit) else np.arange(0)
 
 # %% ../nbs/01_totalseg.ipynb #2583d2ba
-def slice_id(modality:str, image_id:str, plane:str, index:int)->str: # the parts of the key
+def slice_id(
+    modality:str,  # 'ct' or 'mri'
+    image_id:str,  # scan id: the name of the scan's folder, e.g. 's0011'
+    plane:str,     # 'axial', 'coronal' or 'sagittal'
+    index:int,     # position of the slice along the plane's axis (written zero-padded to 4 digits)
+)->str:            # e.g. 'ct_s0011_axial_0042'
     "Unique id of a slice: modality, scan, plane and index."
     return f"{modality}_{image_id}_{plane}_{index:04d}"
 

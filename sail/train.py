@@ -39,13 +39,19 @@ def lr_factor(
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * t))) / lr
 
-def warmup_steps(total:int, scfg:SAEConfig)->int: # total steps, SAE settings
+def warmup_steps(
+    total:int,       # total steps
+    scfg:SAEConfig,  # SAE settings
+)->int:
     "min(warmup_steps, warmup_fraction × total), at least 1."
     return max(1, min(scfg.warmup_steps, int(scfg.warmup_fraction * total)))
 
 # %% ../nbs/08_train.ipynb #f599840b
 @torch.no_grad()
-def clip_per_model_(sae:MatryoshkaSAE, max_norm:float)->torch.Tensor: # model(s) after backward, clip threshold
+def clip_per_model_(
+    sae:MatryoshkaSAE,  # model(s) after backward
+    max_norm:float,     # clip threshold
+)->torch.Tensor:
     "Clip each model's gradient norm to `max_norm`; return the norms before clipping."
     grads = [p.grad for p in sae.parameters() if p.grad is not None]
     norms = torch.sqrt(sum((g.reshape(g.shape[0], -1).float()**2).sum(1) for g in grads))
@@ -88,7 +94,12 @@ def evaluate(
     return out
 
 # %% ../nbs/08_train.ipynb #9b21f6ec
-def save_state(path:Path, sae:MatryoshkaSAE, opt:torch.optim.Optimizer, info:dict): # folder, model(s), optimiser, JSON-able info
+def save_state(
+    path:Path,                  # folder
+    sae:MatryoshkaSAE,          # model(s)
+    opt:torch.optim.Optimizer,  # optimiser
+    info:dict,                  # JSON-able info
+):
     "Atomically write a resumable training checkpoint to folder `path`."
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     for name, p in sae.named_parameters():
@@ -97,14 +108,20 @@ def save_state(path:Path, sae:MatryoshkaSAE, opt:torch.optim.Optimizer, info:dic
     with atomic_path(path/'state.safetensors') as tmp: save_file(tensors, str(tmp), metadata={'info': json.dumps(info)})
     write_json(path/'state.json', info)                                    # a readable copy; resuming reads the header
 
-def state_info(path:Path)->dict|None: # checkpoint folder
+def state_info(
+    path:Path,  # checkpoint folder
+)->dict|None:
     "The record (epoch, step, digest) inside the checkpoint's safetensors header, or None without a checkpoint."
     f = path/'state.safetensors'
     if not f.exists(): return None
     with safe_open(str(f), 'pt') as h: meta = h.metadata() or {}
     return json.loads(meta['info']) if 'info' in meta else None
 
-def load_state(path:Path, sae:MatryoshkaSAE, opt:torch.optim.Optimizer)->dict: # folder, model(s), optimiser
+def load_state(
+    path:Path,                  # folder
+    sae:MatryoshkaSAE,          # model(s)
+    opt:torch.optim.Optimizer,  # optimiser
+)->dict:
     "Restore a checkpoint written by `save_state` into `sae` and `opt`; return its info."
     t = load_file(str(path/'state.safetensors'))
     sae.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
@@ -115,7 +132,10 @@ def load_state(path:Path, sae:MatryoshkaSAE, opt:torch.optim.Optimizer)->dict: #
     return state_info(path)
 
 # %% ../nbs/08_train.ipynb #55a5f155
-def resumable_epoch(state_dir:Path|None, settings_digest:str)->int: # checkpoint folder, digest it must match
+def resumable_epoch(
+    state_dir:Path|None,  # checkpoint folder
+    settings_digest:str,  # digest it must match
+)->int:
     "Epochs finished by the checkpoint in `state_dir` made under the same settings, else 0."
     info = None if state_dir is None else state_info(state_dir)
     return info['epoch'] if info and info.get('digest') == settings_digest else 0
@@ -174,7 +194,12 @@ def train_family(
 # %% ../nbs/08_train.ipynb #b7e51097
 SAE_SCHEMA_VERSION = 1
 
-def save_sae(sae:MatryoshkaSAE, m:int, folder:Path, meta:dict)->Path: # model(s), which member, output folder, extra config
+def save_sae(
+    sae:MatryoshkaSAE,  # model(s)
+    m:int,              # which member
+    folder:Path,        # output folder
+    meta:dict,          # extra config
+)->Path:
     "Write member `m` of `sae` as `model.safetensors` + `config.json` in `folder`."
     folder.mkdir(parents=True, exist_ok=True)
     t = dict(W=sae.W[m], b_enc=sae.b_enc[m], b_dec=sae.b_dec[m], theta=sae.theta[m:m + 1], theta_sum=sae.theta_sum[m:m + 1], theta_count=sae.theta_count[m:m + 1])
@@ -186,7 +211,11 @@ def save_sae(sae:MatryoshkaSAE, m:int, folder:Path, meta:dict)->Path: # model(s)
     write_json(folder/'config.json', cfg)
     return folder
 
-def load_sae(folder:str|Path, input_dim:int|None=None, device:str='cpu')->MatryoshkaSAE: # SAE folder, expected embedding size, device
+def load_sae(
+    folder:str|Path,          # SAE folder
+    input_dim:int|None=None,  # expected embedding size
+    device:str='cpu',         # device
+)->MatryoshkaSAE:
     "A trained SAE from `save_sae`'s folder (no pickles)."
     folder = Path(folder); cfg = json.loads((folder/'config.json').read_text())
     if cfg.get('schema_version') != SAE_SCHEMA_VERSION: raise ValueError(f"{folder}/config.json: schema version {cfg.get('schema_version')}, expected {SAE_SCHEMA_VERSION}")
@@ -201,7 +230,10 @@ def load_sae(folder:str|Path, input_dim:int|None=None, device:str='cpu')->Matryo
     return sae.to(device).eval()
 
 # %% ../nbs/08_train.ipynb #06ad2218
-def export_saelens(folder:str|Path, out:str|Path)->Path: # trained SAE folder, output folder
+def export_saelens(
+    folder:str|Path,  # trained SAE folder
+    out:str|Path,     # output folder
+)->Path:
     "Write a trained SAE in SAELens's format (JumpReLU for `paper`, standard ReLU for `released`)."
     sae = load_sae(folder); cfg = json.loads((Path(folder)/'config.json').read_text())
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +250,11 @@ def export_saelens(folder:str|Path, out:str|Path)->Path: # trained SAE folder, o
     return out
 
 # %% ../nbs/08_train.ipynb #570a2f62
-def training_data(cfg:Config, enc_id:str, device:str='cpu')->tuple: # run configuration, encoder id, device
+def training_data(
+    cfg:Config,        # run configuration
+    enc_id:str,        # encoder id
+    device:str='cpu',  # device
+)->tuple:
     "(X_train, X_val, fingerprint): L2-normalised embeddings of the train and val splits, and what they are."
     data = run_paths(cfg).data
     emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
@@ -236,7 +272,11 @@ def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
 
 _NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')  # settings that do not change a trained model
 
-def sae_dir(cfg:Config, enc_id:str, variant:str)->Path: # run configuration, encoder id, variant
+def sae_dir(
+    cfg:Config,   # run configuration
+    enc_id:str,   # encoder id
+    variant:str,  # variant
+)->Path:
     "runs/<name>/sae/<encoder>/<variant>/"
     return run_paths(cfg).run/'sae'/enc_id/variant
 
@@ -264,7 +304,14 @@ def sae_artifact(
     "A trained SAE: model.safetensors, config.json and metrics.jsonl in its folder, recorded in artifact.json."
     return Artifact(f'sae/{ref.name}', ref.folder, ('model.safetensors', 'config.json', 'metrics.jsonl'), step='08_train')
 
-def member_inputs(scfg:SAEConfig, sizes, k, seed:int, variant:str, fp:dict)->dict: # settings, dictionary sizes, k per level, seed, variant, data fingerprint
+def member_inputs(
+    scfg:SAEConfig,  # settings
+    sizes,           # dictionary sizes
+    k,               # k per level
+    seed:int,        # seed
+    variant:str,     # variant
+    fp:dict,         # data fingerprint
+)->dict:
     "What one trained SAE is made from: the data (embeddings and split digests), the training settings, its shape and seed."
     return dict(data=fp, training={k_: v for k_, v in vars(scfg).items() if k_ not in _NOT_RESULTS}, sizes=list(sizes), k=list(k), seed=seed, variant=variant)
 

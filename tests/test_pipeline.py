@@ -60,7 +60,7 @@ def test_sail_run_end_to_end_and_resume(smoke_run):
     assert (run/'results'/'figures'/'fig2.csv').exists() and json.loads((run/'results'/'figures'/'figures.json').read_text())
     for page in ['index.html', 'features.html', 'landscape.html', 'retrieval.html', 'plotly.min.js']: assert (run/'explorers'/page).exists()
     assert m['steps']['03_slices']['summary']['n_slices'] > 0 and 'numpy' in m['versions']
-    assert m['steps']['03_slices']['outputs']['slices.parquet'] == str(data/'slices.parquet')
+    assert m['steps']['03_slices']['outputs']['slices']['path'] == str(data/'slices.json')
     for step in steps:
         nb = nbformat.read(run/'notebooks'/f'{step}.ipynb', as_version=4)
         injected = [c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', [])]

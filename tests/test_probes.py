@@ -6,7 +6,7 @@ from sail.probes import (task_labels, tasks, task_metrics, fit_probe, target_coe
 def test_class_missing_from_training_does_not_shift_columns():
     g = np.random.default_rng(0)
     X = g.normal(size=(400, 3)); y = np.where(X[:, 0] > 0, 3, 1)        # classes 1 and 3 only (0 and 2 absent)
-    clf, _ = fit_probe(X, y)
+    clf = fit_probe(X, y).clf
     Xe = g.normal(size=(200, 3)); ye = np.where(Xe[:, 0] > 0, 3, np.where(Xe[:, 1] > 0.5, 0, 1))
     rows = {r['target']: r['roc_auc'] for r in task_metrics(clf, Xe, ye, list('ABCD'))}
     assert set(rows) == {'B', 'D'} and rows['D'] > 0.95                # the reference would read class 3 from column 3 (missing)
@@ -15,7 +15,7 @@ def test_two_class_group_counts_once():
     names = [n for n, g, t in tasks() if g in ('modality', 'sex', 'age_group', 'kvp')]
     assert names == ['modality', 'sex', 'age_group', 'kvp']
     g = np.random.default_rng(1); X = g.normal(size=(300, 2)); y = (X[:, 0] > 0).astype(int)
-    assert len(task_metrics(fit_probe(X, y)[0], X, y, ['f', 'm'])) == 1
+    assert len(task_metrics(fit_probe(X, y).clf, X, y, ['f', 'm'])) == 1
 
 def test_modality_restricted_targets():
     sl = pd.DataFrame(dict(modality=['ct', 'mri', 'ct', 'mri'], pathology=['tumor', None, 'trauma', None], kvp=[80.0, None, 120.0, None]))
@@ -32,11 +32,13 @@ def test_probe_representation_dense_and_sparse_same_rows_and_skips():
     X = g.normal(size=(n, 8)); X[:, 0] += (sl.modality == 'ct') * 3; X[:, 1] += sl.liver * 3
     parts = np.array(['train'] * 400 + ['val'] * 100 + ['test'] * 100)
     Xd = {k: X[parts == k] for k in ('train', 'val', 'test')}; sld = {k: sl[parts == k].reset_index(drop=True) for k in Xd}
-    m, c, skipped = probe_representation(Xd, sld, dense=True)
-    assert 'kvp' in skipped and 'scanner_model:Achieva' in skipped                          # no labels: reported, not a crash
+    res = probe_representation(Xd, sld, dense=True)
+    assert res._fields == ('metrics', 'coefficients', 'skipped')
+    assert 'kvp' in res.skipped and 'scanner_model:Achieva' in res.skipped                  # no labels: reported, not a crash
+    m = res.metrics
     auc = m[m.split == 'val'].set_index('task').roc_auc
     assert auc['modality'] > 0.95 and auc['organs_abdominal:liver'] > 0.9
-    ms, _, _ = probe_representation({k: sp.csr_matrix(np.maximum(v, 0)) for k, v in Xd.items()}, sld, dense=False)
+    ms = probe_representation({k: sp.csr_matrix(np.maximum(v, 0)) for k, v in Xd.items()}, sld, dense=False).metrics
     assert set(ms.task) == set(m.task) and (ms.groupby('task').n_train.first() == m.groupby('task').n_train.first()).all()
 
 def test_recovery_thresholds_nan_when_never_reached():
