@@ -14,6 +14,7 @@ from .core import run_paths, write_csv, write_json, get_logger, now, record_step
 from .config import Config, load_config, dataset_label
 from .train import trained_saes
 from .retrieval import run_grid_figure
+from .ranking import ranking_csv
 from .language import run_query_figure
 
 # %% ../nbs/16_figures.ipynb #ac747131
@@ -32,9 +33,9 @@ def landscape_table(
         c = json.loads(p.read_text()); f = c['final']
         rows.append(dict(encoder=f['encoder'], variant=f['variant'], config=c['name'], family='-'.join(map(str, c['sizes'])),
                          k_pattern='-'.join(map(str, c['k'])), k_max=max(c['k']), **{k: f[k] for k in ('val_l0', 'val_r2', 'val_r2_ref', 'val_alive', 'val_dead')}))
-    if not rows: raise FileNotFoundError(f"{rp/'sae'}: no trained SAEs (run the train step)")
+    if not rows: raise FileNotFoundError(f"run {cfg.name!r}: no trained SAEs (run the train step)")
     sae = pd.DataFrame(rows)
-    rank_path = rp/'results'/'ranking.csv'
+    rank_path = ranking_csv(cfg)
     if not rank_path.exists(): raise FileNotFoundError(f"{rank_path}: no ranking (run the ranking step)")
     ranked = pd.read_csv(rank_path)
     cols = ['encoder', 'variant', 'config', 'M_top10_mean', 'M_top50_mean', 'sparse_val_auc', 'dense_val_auc', 'sparse_pct_of_dense',

@@ -7,7 +7,7 @@ __all__ = ['RECORD_MIME', 'find_steps', 'select_steps', 'read_manifest', 'run_ce
            'StepFailed', 'Executed', 'execute_notebook', 'Interrupted', 'interruptible', 'run_pipeline', 'main']
 
 # %% ../nbs/90_pipeline.ipynb #8ff53d75
-import os, sys, ast, json, time, signal, pprint, asyncio, argparse, threading, subprocess
+import os, sys, ast, json, time, shutil, signal, pprint, asyncio, argparse, tempfile, threading, subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -225,8 +225,10 @@ def execute_notebook(
     client = _Client(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(cwd)}}, store_widget_state=True)
     client.stream_stderr = log_output
     t0, at, record, failed, finished = time.time(), None, {}, None, False
+    ipc_dir = Path(tempfile.mkdtemp(prefix='sail-kernel-'))
     try:
         client.km = client.create_kernel_manager()
+        client.km.transport, client.km.ip = 'ipc', str(ipc_dir/'kernel')  # Unix sockets: no TCP port race between concurrent kernels
         client.start_new_kernel(env=kenv, cwd=str(cwd))
         client.start_new_kernel_client()
         info = client.wait_for_reply(client.kc.kernel_info())
@@ -243,6 +245,7 @@ def execute_notebook(
         finished = True
     finally:
         _stop_kernel(client, abrupt=not finished)
+        shutil.rmtree(ipc_dir, ignore_errors=True)
         if out_path is not None:
             try: _save(nb, out_path)
             except Exception:
