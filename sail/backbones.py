@@ -231,7 +231,7 @@ def effnet_preprocess(
     images, # (B, S, S) uint8 grayscale or (B, S, S, 3) uint8 RGB, numpy array or tensor
 )->torch.Tensor: # (B, 3, S, S) float32 scaled as (x − 127) / 128
     "Scale uint8 images as the TF-Lite weights were trained, (x − 127) / 128, repeating grayscale to three channels. No resizing."
-    x = torch.as_tensor(np.asarray(images))
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))  # tensors stay on their device
     if x.dtype != torch.uint8: raise TypeError(f'expected uint8 images, got {x.dtype}')
     if x.ndim == 3: x = x[:, None].expand(-1, 3, -1, -1)
     elif x.ndim == 4 and x.shape[-1] == 3: x = x.permute(0, 3, 1, 2)
@@ -401,7 +401,7 @@ def astra_preprocess(
     to_ras:bool=False,              # slices are in radiological display orientation: rotate 180° and transpose to Astra's axes
 )->torch.Tensor: # (B, 3, size, size) float32 in 0..1
     "Stored uint8 → HU → clip((HU − lo)/(hi − lo), 0, 1), optionally reoriented and resized, channel copied ×3."
-    v = torch.as_tensor(np.asarray(slices)).float()
+    v = (slices if isinstance(slices, torch.Tensor) else torch.as_tensor(np.asarray(slices))).float()
     if v.dim() == 2: v = v[None]
     (lo, hi), (a, b) = window, hu_range
     x = ((lo + v / 255 * (hi - lo) - a) / (b - a)).clamp(0, 1)

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BIOMEDPARSE_MEAN', 'BIOMEDPARSE_STD', 'DINOV3_DEFAULT', 'DINOV3_ARCHS',
-           'RANDOM_INIT_STD', 'BIOMEDPARSE_HUB', 'BIOMEDPARSE_INSTALL', 'ENCODERS', 'square_resize', 'normalize',
-           'EncoderUnavailable', 'Encoder', 'PixelsEncoder', 'HFBackboneEncoder', 'load_hf_backbone', 'reinit_',
-           'dinov3_config', 'BiomedParseEncoder', 'load_biomedparse', 'encoder_id', 'build_encoder']
+           'RANDOM_INIT_STD', 'BIOMEDPARSE_HUB', 'BIOMEDPARSE_INSTALL', 'ENCODERS', 'letterbox', 'square_resize',
+           'normalize', 'EncoderUnavailable', 'Encoder', 'PixelsEncoder', 'HFBackboneEncoder', 'load_hf_backbone',
+           'reinit_', 'dinov3_config', 'BiomedParseEncoder', 'load_biomedparse', 'EfficientNetEncoder', 'AstraEncoder',
+           'encoder_id', 'build_encoder']
 
 # %% ../nbs/05_encoders.ipynb #b0bc02d1
 import math, functools, importlib.util
@@ -17,19 +18,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .core import get_logger
 from .config import EncoderConfig
+from .backbones import (WeightsUnavailable, file_sha256, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE, effnet_weights_path, load_efficientnet_lite0,
+                        effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, load_astra, collapse_to_2d, astra_preprocess)
 
 # %% ../nbs/05_encoders.ipynb #df367945
+def letterbox(
+    image,     # (H, W) array or tensor: one grayscale slice, any numeric type
+    size:int,  # side of the output square
+    fill:float=0.0, # value of the bars
+)->torch.Tensor: # (size, size) float32
+    "Centre a slice on a square of `fill` whose side is its longer side, then resize it (bilinear, antialiased) to `size`."
+    x = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+    if x.ndim != 2: raise ValueError(f"expected a 2-D grayscale slice, got shape {tuple(x.shape)}")
+    h, w = x.shape; side = max(h, w); top, left = (side - h)//2, (side - w)//2
+    x = F.pad(x[None, None].float(), (left, side - w - left, top, side - h - top), value=fill)
+    if side != size: x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+    return x[0, 0]
+
 def square_resize(
     image,     # (H, W) uint8 array or tensor: one grayscale slice
     size:int,  # side of the output square
 )->torch.Tensor: # (size, size) uint8
-    "Letterbox a slice onto a centred black square, then resize it (bilinear, antialiased) to `size`."
-    x = torch.tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
-    if x.ndim != 2: raise ValueError(f"expected a 2-D grayscale slice, got shape {tuple(x.shape)}")
-    h, w = x.shape; side = max(h, w); top, left = (side - h)//2, (side - w)//2
-    x = F.pad(x[None, None].float(), (left, side - w - left, top, side - h - top))
-    if side != size: x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return x[0, 0].round().clamp(0, 255).to(torch.uint8)
+    "Letterbox a slice onto a centred black square, then resize it (bilinear, antialiased) to `size`, rounded to uint8."
+    return letterbox(image, size).round().clamp(0, 255).to(torch.uint8)
 
 # %% ../nbs/05_encoders.ipynb #a10507bf
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)      # DINOv3 image processor
@@ -49,19 +60,24 @@ def normalize(
 class EncoderUnavailable(RuntimeError):
     "An encoder whose code or weights are not available here; the message says what to install or download."
 
+def _square(image, window=None, *, size:int)->torch.Tensor: return square_resize(image, size)
+
 class Encoder(nn.Module):
     "Base class: `prepare` (CPU, per slice), `forward` (device, per batch), `dim`, `image_size`, `description`."
     dim: int = 0
     image_size: int = 0
+    uses_window: bool = False        # True: `prepare` needs each CT slice's display window to recover Hounsfield units
+    prepared_dtype = torch.uint8     # dtype of what `prepare` returns
     def __init__(self, description:dict): super().__init__(); self.description = description # what made the embeddings
     def prepare(
         self,
-        image,        # one grayscale slice: (H, W) uint8 array or tensor
-    )->torch.Tensor:  # (image_size, image_size) uint8, letterboxed and resized
+        image,              # one grayscale slice: (H, W) uint8 array or tensor
+        window:tuple|None=None, # (low, high) HU of the window the CT slice was stored with; None for MRI or when unused
+    )->torch.Tensor:  # (image_size, image_size), `prepared_dtype`
         "CPU preprocessing of one slice before batching (default: `square_resize` to `image_size`)."
-        return square_resize(image, self.image_size)
+        return self.preparer(image, window)
     @property
-    def preparer(self): return functools.partial(square_resize, size=self.image_size)  # picklable, for loader workers
+    def preparer(self): return functools.partial(_square, size=self.image_size)  # picklable, for loader workers
 
 # %% ../nbs/05_encoders.ipynb #f8873db7
 class PixelsEncoder(Encoder):
@@ -207,6 +223,56 @@ def load_biomedparse(
     else: reinit_(model, seed)
     return model.model.backbone
 
+# %% ../nbs/05_encoders.ipynb #704de313
+class EfficientNetEncoder(Encoder):
+    "EfficientNet-Lite0: letterboxed slice, (x − 127)/128, global average of the head convolution (1280-d)."
+    def __init__(
+        self,
+        model:nn.Module,      # an `EfficientNetLite` (pretrained or its random twin)
+        description:dict,     # provenance
+        image_size:int=EFFNET_LITE_PARAMS['lite0'].resolution, # input side (224, the training size)
+    ):
+        super().__init__(description)
+        self.model, self.image_size, self.dim = model.eval(), image_size, int(model._bn1.num_features)
+        self.description |= dict(image_size=image_size, dim=self.dim, architecture='EfficientNet-Lite0 (TF SAME padding)',
+                                 preprocessing='letterbox to square, bilinear antialiased resize, (x - 127) / 128, grey to RGB',
+                                 feature='global average of the head convolution after BN and ReLU6')
+    def forward(
+        self,
+        batch:torch.Tensor,  # (B, S, S) uint8
+    )->torch.Tensor:         # (B, 1280) float32
+        return self.model.features(effnet_preprocess(batch)).float()
+
+# %% ../nbs/05_encoders.ipynb #dd18ab6d
+def _astra_prepare(image, window=None, *, size:int, hu_range:tuple)->torch.Tensor:
+    x = torch.as_tensor(np.asarray(image)).float() / 255 if window is None else astra_preprocess(image, window, hu_range)[0, 0]
+    return letterbox(x, size)
+
+class AstraEncoder(Encoder):
+    "Astra's CT ResNet-152 collapsed to 2-D: stored slice → HU → Astra's window → letterbox; global average of layer4 (2048-d)."
+    uses_window = True
+    prepared_dtype = torch.float32
+    def __init__(
+        self,
+        net:nn.Module,         # a `ResNet2d` (from `collapse_to_2d`)
+        description:dict,      # provenance
+        image_size:int=224,    # input side (Astra trains on 224 × 224 planes)
+        hu_range:tuple=ASTRA_HU_RANGE, # Astra's input window in HU
+    ):
+        super().__init__(description)
+        self.net, self.image_size, self.dim, self.hu_range = net.eval(), image_size, 2048, tuple(hu_range)
+        self.description |= dict(image_size=image_size, dim=self.dim, hu_range=list(self.hu_range),
+                                 preprocessing=f'stored uint8 -> HU by the slice window -> clip((HU - {hu_range[0]}) / {hu_range[1] - hu_range[0]}, 0, 1) '
+                                               '(MRI: /255) -> letterbox with 0 (air), bilinear antialiased resize',
+                                 feature='global average of layer4 of the depth-summed 2-D collapse')
+    @property
+    def preparer(self): return functools.partial(_astra_prepare, size=self.image_size, hu_range=self.hu_range)
+    def forward(
+        self,
+        batch:torch.Tensor,  # (B, S, S) float32 in 0..1 (from `prepare`)
+    )->torch.Tensor:         # (B, 2048) float32
+        return self.net.features(batch[:, None].float()).float()
+
 # %% ../nbs/05_encoders.ipynb #cbe45715
 def encoder_id(
     ec:EncoderConfig,  # encoder configuration
@@ -235,12 +301,31 @@ def _biomedparse(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)-
     return BiomedParseEncoder(bb, dict(encoder=encoder_id(ec), name=ec.name, model=BIOMEDPARSE_HUB, revision=None,
                                        weights='pretrained' if pretrained else f'random (spec §3.3, seed {ec.seed})'), ec.image_size or 1024)
 
+def _effnet(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
+    try: model = load_efficientnet_lite0(pretrained, ec.seed)
+    except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
+    weights = (f"ImageNet ({EFFNET_LITE0_PACKAGE}, {file_sha256(effnet_weights_path())[:16]})" if pretrained
+               else f"random (TF EfficientNet initialisation, seed {ec.seed})")
+    return EfficientNetEncoder(model, dict(encoder=encoder_id(ec), name=ec.name, model='EfficientNet-Lite0', revision=None, weights=weights),
+                               ec.image_size or EFFNET_LITE_PARAMS['lite0'].resolution)
+
+def _astra(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
+    try: net = collapse_to_2d(load_astra(pretrained, ec.seed), 'sum')
+    except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
+    weights = f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained else f"random (torchvision ResNet initialisation, seed {ec.seed})"
+    return AstraEncoder(net, dict(encoder=encoder_id(ec), name=ec.name, model='Astra I3D ResNet-152, depth-summed to 2-D', revision=None,
+                                  weights=weights), ec.image_size or 224)
+
 ENCODERS = {  # name -> builder(EncoderConfig, local_files_only) -> Encoder
     'pixels': lambda ec, lfo: PixelsEncoder(ec.image_size or 32),
     'dinov3': _dinov3,
     'biomedparse': _biomedparse,
     'random:dinov3': _random_dinov3,
-    'random:biomedparse': functools.partial(_biomedparse, pretrained=False)}
+    'random:biomedparse': functools.partial(_biomedparse, pretrained=False),
+    'efficientnet-lite0': _effnet,
+    'random:efficientnet-lite0': functools.partial(_effnet, pretrained=False),
+    'astra-ct': _astra,
+    'random:astra-ct': functools.partial(_astra, pretrained=False)}
 
 def build_encoder(
     ec:EncoderConfig|str,        # configuration (or just a registry name)

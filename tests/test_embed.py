@@ -154,3 +154,37 @@ def test_cli_shards_and_token_never_written(mini, tmp_path):
                 if f.is_file(): assert fake.encode() not in f.read_bytes(), f
         assert fake not in texts
     finally: shutil.rmtree(ROOT/'runs'/f'_pytest_token_{tmp_path.name}', ignore_errors=True)
+
+def test_hu_encoder_gets_each_ct_slice_window_through_the_loader(sliced):
+    "astra-ct's twin: every CT row is embedded from HU recomputed with its own window, every MRI row from v/255."
+    cfg = sliced(encoders=[{'name': 'random:astra-ct', 'image_size': 32}])
+    enc = build_encoder(cfg.embed.encoders[0])
+    assert enc.uses_window and enc.dim == 2048
+    embed_encoder(cfg, cfg.embed.encoders[0], encoder=enc)
+    d = Path(cfg.data.dir)
+    emb, rows = load_embeddings(d, 'random-astra-ct', ['modality', 'window_centre', 'window_width', 'image_path'])
+    assert set(rows.modality) == {'ct', 'mri'} and rows[rows.modality == 'ct'].window_width.notna().all()
+    pick = [rows.index[rows.modality == 'ct'][3], rows.index[rows.modality == 'mri'][3]]
+    expected = []
+    for i in pick:                                   # independent arithmetic: PNG -> HU -> Astra's 0..1 -> air bars
+        v = np.asarray(Image.open(d/rows.image_path[i]), np.float64)
+        if rows.modality[i] == 'ct':
+            lo = rows.window_centre[i] - rows.window_width[i] / 2
+            x = np.clip((lo + v / 255 * rows.window_width[i] + 1000) / 1200, 0, 1)
+        else: x = v / 255
+        h, w = x.shape; side = max(h, w); sq = np.zeros((side, side)); sq[(side - h)//2:(side - h)//2 + h, (side - w)//2:(side - w)//2 + w] = x
+        t = torch.nn.functional.interpolate(torch.tensor(sq, dtype=torch.float32)[None, None], size=(32, 32), mode='bilinear', antialias=True)
+        expected.append(t[0, 0])
+    with torch.inference_mode(): want = enc(torch.stack(expected)).numpy()
+    assert np.abs(emb[pick] - want).max() < 1e-5 * np.abs(want).max()        # float32 through 152 layers, other batch sizes
+    ct_as_mri = enc(torch.stack([torch.as_tensor(enc.prepare(np.asarray(Image.open(d/rows.image_path[pick[0]]))))]))
+    assert np.abs(ct_as_mri.numpy()[0] - emb[pick[0]]).max() > 1e-2 * np.abs(want).max()  # the window changed what it saw
+
+def test_learned_encoders_registered_with_provenance():
+    for name, dim in [('efficientnet-lite0', 1280), ('random:efficientnet-lite0', 1280)]:
+        enc = build_encoder(EncoderConfig(name, image_size=32))
+        assert enc.dim == dim and enc.image_size == 32 and not enc.uses_window
+    real, twin = build_encoder('efficientnet-lite0'), build_encoder('random:efficientnet-lite0')
+    assert real.image_size == 224 and 'ImageNet' in real.description['weights'] and 'random' in twin.description['weights']
+    x = torch.stack([real.prepare(np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8))] * 2)
+    assert not torch.allclose(real(x), twin(x))

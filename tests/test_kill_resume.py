@@ -1,5 +1,5 @@
 "Kill-and-resume for the codes, evaluation and interpretation steps: killed at a deterministic item, resumed, byte-identical to the uninterrupted run."
-import shutil, yaml
+import shutil, uuid, yaml
 from pathlib import Path
 import pytest
 from conftest import kill_at, ROOT
@@ -15,7 +15,7 @@ STEPS = {  # step: (stop point, call, output folder under the run, files compare
 @pytest.mark.parametrize('step', list(STEPS))
 def test_killed_step_resumes_identically(smoke_run, tmp_path, step):
     event, call, folder, files = STEPS[step]
-    name = f'_pytest_kill_{step}_{tmp_path.name}'
+    name = f'_pytest_kill_{step}_{uuid.uuid4().hex[:8]}'          # unique: a folder left by a killed session never collides
     run = ROOT/'runs'/name
     shutil.copytree(smoke_run.run, run, ignore=shutil.ignore_patterns('notebooks'))
     shutil.rmtree(run/folder)                                    # this step's outputs are gone: it must redo them
