@@ -7,7 +7,8 @@ __all__ = ['SYSTEM', 'EXAMPLES', 'LETTERS', 'select_features', 'diverse_samples'
            'describe_prompt', 'judge_prompt', 'clean_concept', 'parse_ranking', 'concept_attributes', 'agreement',
            'MetadataBackend', 'TransformersBackend', 'tiny_gemma3', 'make_backend', 'GenerationCache',
            'dominant_profile', 'draw_distractors', 'judge_order', 'judge_feature', 'judge_metrics', 'activation_stats',
-           'autointerp_dir', 'region_frequency', 'autointerp_artifact', 'interpret_config', 'run_autointerp']
+           'autointerp_dir', 'table3_csv', 'region_frequency', 'autointerp_artifact', 'interpret_config',
+           'run_autointerp']
 
 # %% ../nbs/14_autointerp.ipynb #b2f29d6e
 import re, json, math, hashlib, dataclasses
@@ -524,6 +525,12 @@ def autointerp_dir(
     "The folder holding a run's interpretation results."
     return run_paths(cfg).run/'results'/'autointerp'
 
+def table3_csv(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/autointerp/table3.csv
+    "Where `run_autointerp` writes the Table 3 equivalent."
+    return autointerp_dir(cfg)/'table3.csv'
+
 def region_frequency(
     rows:pd.DataFrame,  # slice rows with organ columns
 )->dict:
@@ -634,5 +641,5 @@ def run_autointerp(
     mets = [interpret_config(cfg, *c, force=force) for c in selected_configs(cfg)]
     cols = ['encoder', 'variant', 'config', 'describer', 'judge', 'n_features', 'n_evaluated', 'mean_rank', 'median_rank', 'success_rate', 'rank1_rate', 'n_parse_failures', 'n_failed']
     t = pd.DataFrame([{k: m[k] for k in cols} | {f'rank_{r}': m['rank_histogram'][r] for r in m['rank_histogram']} for m in mets])
-    write_csv(autointerp_dir(cfg)/'table3.csv', t)
+    write_csv(table3_csv(cfg), t)
     return t

@@ -28,7 +28,7 @@ def letterbox(
     fill:float=0.0, # value of the bars
 )->torch.Tensor: # (size, size) float32
     "Centre a slice on a square of `fill` whose side is its longer side, then resize it (bilinear, antialiased) to `size`."
-    x = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+    x = image if isinstance(image, torch.Tensor) else torch.tensor(np.asarray(image))     # a copy: PNG arrays are read-only
     if x.ndim != 2: raise ValueError(f"expected a 2-D grayscale slice, got shape {tuple(x.shape)}")
     h, w = x.shape; side = max(h, w); top, left = (side - h)//2, (side - w)//2
     x = F.pad(x[None, None].float(), (left, side - w - left, top, side - h - top), value=fill)

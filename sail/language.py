@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['QUERIES', 'AGE_BANDS', 'CONSTRAINTS', 'PAPER_QUERY', 'check_queries', 'query_set', 'constraint_hits',
            'load_sentence_model', 'EmbeddingMatcher', 'RandomMatcher', 'parse_feature_choice', 'match_prompt',
-           'LLMMatcher', 'query_fingerprint', 'search', 'language_dir', 'make_matcher', 'evaluate_query',
-           'language_artifact', 'language_config', 'precision_table', 'run_language', 'query_figure',
+           'LLMMatcher', 'query_fingerprint', 'search', 'language_dir', 'precision_csv', 'make_matcher',
+           'evaluate_query', 'language_artifact', 'language_config', 'precision_table', 'run_language', 'query_figure',
            'run_query_figure']
 
 # %% ../nbs/15_language.ipynb #f455e737
@@ -254,6 +254,12 @@ def language_dir(
     "The folder holding a run's language-search results."
     return run_paths(cfg).run/'results'/'language'
 
+def precision_csv(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/language/precision.csv
+    "Where `run_language` writes precision@10 per configuration and matcher."
+    return language_dir(cfg)/'precision.csv'
+
 def make_matcher(
     kind:str,                         # 'embedding' | 'llm' | 'random'
     cfg:Config,                       # run configuration
@@ -355,7 +361,7 @@ def run_language(
     ev = pd.concat([language_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
     write_csv(language_dir(cfg)/'evaluation.csv', ev)
     t = precision_table(ev)
-    write_csv(language_dir(cfg)/'precision.csv', t)
+    write_csv(precision_csv(cfg), t)
     return t
 
 # %% ../nbs/15_language.ipynb #b14e8d8b

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['RECORD_MIME', 'find_steps', 'select_steps', 'read_manifest', 'run_cells', 'declared_parameters', 'inject_parameters',
-           'StepFailed', 'Executed', 'execute_notebook', 'Interrupted', 'interruptible', 'run_pipeline', 'main']
+           'StepFailed', 'Executed', 'execute_notebook', 'Interrupted', 'interruptible', 'step_table', 'run_pipeline',
+           'main']
 
 # %% ../nbs/90_pipeline.ipynb #8ff53d75
 import os, sys, ast, json, time, shutil, signal, pprint, asyncio, argparse, tempfile, threading, subprocess
@@ -137,13 +138,18 @@ class Executed(NamedTuple):
     notebook: nbformat.NotebookNode  # the executed notebook (what was saved)
     record: dict                     # the step record the kernel kept (`sail.core.last_record()`); {} if none
     seconds: float                   # wall time, kernel start to stop
+    peak_rss_mb: float|None = None   # the kernel's peak resident memory (getrusage maxrss; None if it failed before reporting)
+    child_peak_rss_mb: float|None = None # the largest peak of any process the kernel started and reaped (loader workers, pools)
 
 RECORD_MIME = 'application/json'
 _RECORD_CELL = '''def _sail_record():
-    import json
+    import json, sys, resource
     try: from sail.core import last_record
-    except ImportError: return {}
-    return json.loads(json.dumps(last_record(), default=str))
+    except ImportError: rec = {}
+    else: rec = json.loads(json.dumps(last_record(), default=str))
+    unit = 1 if sys.platform == 'darwin' else 1024     # ru_maxrss: bytes on macOS, KiB on Linux
+    mb = lambda who: round(resource.getrusage(who).ru_maxrss * unit / 2**20, 1)
+    return dict(record=rec, peak_rss_mb=mb(resource.RUSAGE_SELF), child_peak_rss_mb=mb(resource.RUSAGE_CHILDREN))
 from IPython.display import display as _sail_display
 _sail_display({'application/json': _sail_record()}, raw=True)
 del _sail_record, _sail_display'''
@@ -224,7 +230,7 @@ def execute_notebook(
     kenv = dict(os.environ) | {k: str(v) for k, v in (env or {}).items()} | dict(SAIL_STEP=step, SAIL_HEADLESS='1')
     client = _Client(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(cwd)}}, store_widget_state=True)
     client.stream_stderr = log_output
-    t0, at, record, failed, finished = time.time(), None, {}, None, False
+    t0, at, report, failed, finished = time.time(), None, {}, None, False
     ipc_dir = Path(tempfile.mkdtemp(prefix='sail-kernel-'))
     try:
         client.km = client.create_kernel_manager()
@@ -238,7 +244,7 @@ def execute_notebook(
             probe = nbformat.v4.new_code_cell(_RECORD_CELL); nb.cells.append(probe)
             try: client.execute_cell(probe, len(nb.cells) - 1, store_history=False)
             finally: nb.cells.remove(probe)
-            record = next((o['data'][RECORD_MIME] for o in probe.outputs if RECORD_MIME in o.get('data', {})), {})
+            report = next((o['data'][RECORD_MIME] for o in probe.outputs if RECORD_MIME in o.get('data', {})), {})
             client.set_widgets_metadata()
         except CellExecutionError as e: failed = f"{e.ename}: {e.evalue}"
         except (CellTimeoutError, DeadKernelError) as e: failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
@@ -255,7 +261,7 @@ def execute_notebook(
         kept = f"\n  executed notebook kept at {out_path}" if out_path else ''
         raise StepFailed(f"step {step} failed in cell {at} (`{first}`) of {nb_path.name}: {failed}{kept}",
                          step=step, notebook=nb_path.name, cell=at, source=first, error=failed, executed=out_path)
-    return Executed(nb, record, round(time.time() - t0, 2))
+    return Executed(nb, report.get('record', {}), round(time.time() - t0, 2), report.get('peak_rss_mb'), report.get('child_peak_rss_mb'))
 
 # %% ../nbs/90_pipeline.ipynb #07c4e1b5
 class Interrupted(KeyboardInterrupt):
@@ -280,6 +286,21 @@ def interruptible():
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
+# %% ../nbs/90_pipeline.ipynb #52088e43
+def step_table(
+    manifest:dict,          # a run's manifest (`read_manifest`)
+    steps:list|None=None,   # step names to show, in order (default: every step in the manifest)
+)->str:  # a Markdown table, one row per step and a total
+    "Status, wall time and peak resident memory of each step of a run."
+    entries = manifest.get('steps', {})
+    names = [s for s in (steps or list(entries)) if s in entries]
+    peak = lambda e: max((v for v in (e.get('peak_rss_mb'), e.get('child_peak_rss_mb')) if v is not None), default=None)
+    fmt = lambda v, f: '—' if v is None else format(v, f)
+    rows = [f"| {n} | {entries[n].get('status', '')} | {fmt(entries[n].get('duration_s'), '.1f')} | {fmt(peak(entries[n]), ',.0f')} |" for n in names]
+    total = sum(entries[n].get('duration_s') or 0 for n in names)
+    top = max((p for p in (peak(entries[n]) for n in names) if p is not None), default=None)
+    return '\n'.join(['| step | status | seconds | peak RSS (MB) |', '|---|---|---:|---:|', *rows, f"| total | | {total:.1f} | {fmt(top, ',.0f')} |"])
+
 # %% ../nbs/90_pipeline.ipynb #0eb0a5f5
 def run_pipeline(
     config:str|Path|dict='demo', # configuration name, YAML path, or a configuration already read
@@ -303,7 +324,7 @@ def run_pipeline(
                 echo(f"[{i}/{n}] {name}: running ...")
                 current, t0, out = name, time.time(), rp.notebooks/path.name
                 _update(cfg, manifest, name, status='running', started=now(), config_digest=digest(cfg), duration_s=None, error=None,
-                        notebook=None, outputs={}, summary={})
+                        notebook=None, peak_rss_mb=None, child_peak_rss_mb=None, outputs={}, summary={})
                 declared = declared_parameters(nbformat.read(path, as_version=4))
                 params = {k: v for k, v in dict(config=given, force=force, strict=strict).items() if k in declared}
                 try: ex = execute_notebook(path, out, params, step=name, cells='run', cwd=rp.root, log_output=log_output)
@@ -313,6 +334,7 @@ def run_pipeline(
                     echo(f"[{i}/{n}] {name}: FAILED after {time.time() - t0:.1f}s\n{e}")
                     current = None; raise
                 _update(cfg, manifest, name, status='done', duration_s=round(time.time() - t0, 1), notebook=os.path.relpath(out, rp.root),
+                        peak_rss_mb=ex.peak_rss_mb, child_peak_rss_mb=ex.child_peak_rss_mb,
                         outputs=ex.record.get('outputs', {}), summary=ex.record.get('summary', {}))
                 current = None
                 echo(f"[{i}/{n}] {name}: done in {time.time() - t0:.1f}s")
@@ -323,6 +345,7 @@ def run_pipeline(
                      f"marked 'interrupted' in {rp.manifest}")
             else: echo(f"sail run {cfg.name}: interrupted by {e.name} between steps")
             raise
+    echo(step_table(manifest, [n for n, _ in chosen]))
     echo(f"manifest: {rp.manifest}")
     return manifest
 

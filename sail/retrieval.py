@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['SIM_DECIMALS', 'fingerprints', 'dense_fingerprints', 'Bank', 'similarity', 'sweep_similarity', 'top_distinct',
            'sweep_retrieve', 'dense_retrieve', 'dense_quality', 'reference_rows', 'k_sweep', 'sweep_summary',
-           'retrieval_dir', 'RetrievalInputs', 'split_inputs', 'retrieval_artifact', 'retrieve_config', 'table2',
-           'run_retrieval', 'figure_references', 'grid_data', 'image_trace', 'grid_figure', 'run_grid_figure']
+           'retrieval_dir', 'retrieval_summary_csv', 'RetrievalInputs', 'split_inputs', 'retrieval_artifact',
+           'retrieve_config', 'table2', 'run_retrieval', 'figure_references', 'grid_data', 'image_trace', 'grid_figure',
+           'run_grid_figure']
 
 # %% ../nbs/13_retrieval.ipynb #0759a277
 import json, math, warnings
@@ -321,6 +322,12 @@ def retrieval_dir(
     "The folder holding a run's retrieval results."
     return run_paths(cfg).run/'results'/'retrieval'
 
+def retrieval_summary_csv(
+    cfg:Config,  # run configuration
+)->Path:         # runs/<name>/results/retrieval/summary.csv
+    "Where `run_retrieval` writes the k-sweep summary of every selected configuration."
+    return retrieval_dir(cfg)/'summary.csv'
+
 class RetrievalInputs(NamedTuple):
     "One split's codes and dense embeddings with their slice rows, aligned row by row."
     codes: sp.csr_matrix  # (N, D) float32 sparse codes of the SAE configuration
@@ -394,7 +401,7 @@ def run_retrieval(
 )->pd.DataFrame:
     "The k-sweep of every selected configuration; writes and returns `table2.csv`'s summary rows."
     summaries = pd.concat([retrieve_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
-    write_csv(retrieval_dir(cfg)/'summary.csv', summaries)
+    write_csv(retrieval_summary_csv(cfg), summaries)
     write_csv(retrieval_dir(cfg)/'table2.csv', table2(summaries).reset_index())
     return summaries
 

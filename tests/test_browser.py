@@ -51,6 +51,8 @@ def test_explorer_pages_work_offline(smoke_run, browser):
             title, desc = page.inner_text('#title'), page.inner_text('#description')
             img = page.get_attribute('#thumbs img', 'src')
             assert page.locator('#hist .main-svg').count() > 0 and page.locator('#thumbs img').count() > 0
+            labels = page.locator('#thumbs .sample-label').all_inner_texts()                      # each row of slices says what it is
+            assert any(l.startswith('M₁₀ is computed from') for l in labels) and labels[-1].startswith('highest activations'), labels
             page.focus('#rank'); page.keyboard.press('ArrowRight'); page.wait_for_timeout(300)   # move the feature control
             assert page.inner_text('#title') != title and page.inner_text('#rankLabel').startswith('2 /')
             assert page.inner_text('#description') != desc or page.get_attribute('#thumbs img', 'src') != img

@@ -19,6 +19,9 @@ def test_sail_run_end_to_end_and_resume(smoke_run):
     for step in steps: assert f'{step}: done in' in smoke_run.stdout
     m = json.loads((run/'manifest.json').read_text())
     assert [m['steps'][s]['status'] for s in steps] == ['done'] * len(steps)
+    assert all(m['steps'][s]['peak_rss_mb'] > 20 and m['steps'][s]['child_peak_rss_mb'] >= 0 for s in steps)   # measured per step
+    table = smoke_run.stdout[smoke_run.stdout.index('| step | status |'):].splitlines()            # printed at the end
+    assert [r.split(' | ')[0][2:] for r in table[2:2 + len(steps)]] == steps and table[2 + len(steps)].startswith('| total |')
     emb, rows = load_embeddings(data, 'pixels')
     assert emb.shape == (m['steps']['03_slices']['summary']['n_slices'], 1024)
     assert m['steps']['08_train']['summary'] == {'configs': 4, 'encoders': ['pixels'], 'variants': ['paper', 'released']}

@@ -9,7 +9,8 @@ function show(){
   $('stats').innerHTML = [['M₁₀', p.M10.toFixed(3)], ['coherence', p.coherence.toFixed(3)], ['specificity', p.specificity.toFixed(3)],
     ['active slices', `${p.n_active} (${(100 * p.frac_active).toFixed(1)} %)`], ['mean activation', p.mean_activation.toFixed(3)]]
     .map(([a, b]) => `<tr><td>${a}</td><td>${b}</td></tr>`).join('');
-  $('thumbs').innerHTML = p.top.map(([s, a]) => `<figure class="sail-thumb"><img src="${D.thumbs[s]}" alt="${esc(s)}"><figcaption>act ${a.toFixed(3)}<br>${esc(meta(s))}</figcaption></figure>`).join('');
+  $('thumbs').innerHTML = p.rows.map(([label, items]) => `<div class="sample-label">${esc(label)}</div>` + items.map(([s, a]) =>
+    `<figure class="sail-thumb"><img src="${D.thumbs[s]}" alt="${esc(s)}"><figcaption>act ${a.toFixed(3)}<br>${esc(meta(s))}</figcaption></figure>`).join('')).join('');
   const e = p.hist.edges, x = e.slice(0, -1).map((v, j) => (v + e[j + 1]) / 2);
   Plotly.react('hist', [{type: 'bar', x: x, y: p.hist.counts, marker: {color: 'teal'}, hovertemplate: '%{x:.3f}: %{y} slices<extra></extra>'}],
     {title: {text: 'activations over all slices of the split', font: {size: 13}}, margin: {l: 40, r: 10, t: 30, b: 30}}, {displaylogo: false, responsive: true});
