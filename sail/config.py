@@ -111,6 +111,7 @@ class EvalConfig:
     min_dense_auc: float = 0.6 # targets whose dense validation ROC-AUC is below this are left out of recovery and ranking
     probe_train_rows: int = 10_000 # stratified training subsample of every probe (spec §7.3)
     target_groups: str = ''    # YAML file replacing the paper's probe targets (format: sail.probes.TARGET_GROUPS); '' = the paper's
+    probe_solver: str = 'newton' # 'newton': the probes' exact optimum (sail.probes.enet_logistic); 'saga': the reference's solver, stopped at 1000 epochs
 
 # %% ../nbs/00a_config.ipynb #58db948b
 @dataclasses.dataclass
@@ -263,7 +264,7 @@ CHOICES = {  # keys whose value is one of a few names
     'retrieval.split': SPLIT_NAMES, 'retrieval.figure_split': SPLIT_NAMES, 'language.split': SPLIT_NAMES,
     'autointerp.backend': ('metadata', 'transformers'), 'autointerp.judge_backend': ('', 'metadata', 'transformers'),
     'autointerp.selection': ('monosemanticity', 'combined'), 'autointerp.distractors': ('random', 'matched'),
-    'language.matchers': ('embedding', 'llm', 'random')}
+    'language.matchers': ('embedding', 'llm', 'random'), 'eval.probe_solver': ('newton', 'saga')}
 
 def load_config(
     config:'str|Path|dict|Config'='demo', # YAML path or name in configs/; or a configuration already read (a `Config`, or `to_dict` output with its `source`), as `sail run` passes it

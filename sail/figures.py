@@ -131,7 +131,7 @@ def results_markdown(
     table:pd.DataFrame, # `results_table` (or the CSV it was written to)
 )->str:                 # a Markdown table
     "The results table as Markdown, each number in its column's format."
-    cells = lambda r: [RESULT_COLUMNS[c][1].format(r[c]) for c in RESULT_COLUMNS]
+    cells = lambda r: ['—' if pd.isna(r[c]) else RESULT_COLUMNS[c][1].format(r[c]) for c in RESULT_COLUMNS]   # — : nothing to measure
     out = ['| ' + ' | '.join(h for h, _ in RESULT_COLUMNS.values()) + ' |', '|' + '---|' * len(RESULT_COLUMNS)]
     return '\n'.join(out + ['| ' + ' | '.join(cells(r)) + ' |' for _, r in table.iterrows()])
 
