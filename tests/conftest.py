@@ -39,10 +39,20 @@ def make_config(tmp_path):
 
 def kill_at(code:str, event:str, n:int, timeout:float=600, env:dict|None=None):
     """Run `python -c code` and have it SIGKILLed exactly after the n-th `event` (`sail.core.stop_point`): a kill at a
-    deterministic point, never after a sleep. Fails if the process was not killed there."""
+    deterministic point, never after a sleep. Fails if the process was not killed there. The process runs in its own
+    session, and whatever it started (joblib's loky workers, loader workers) is killed with it once it is dead: those
+    orphans would otherwise hold its output pipes open, and idle loky workers only exit after 300 s."""
+    import signal, tempfile
     e = os.environ | (env or {}) | {'SAIL_STOP_AT': f'{event}:{n}'}
     e.pop('SAIL_STOP_PID', None)
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen([sys.executable, '-c', code], stdout=out, stderr=err, text=True, env=e, cwd=ROOT, start_new_session=True)
+        try: rc = p.wait(timeout=timeout)
+        finally:
+            try: os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+        out.seek(0); err.seek(0)
+        r = subprocess.CompletedProcess(p.args, rc, out.read(), err.read())
     assert r.returncode == -9, f"expected a SIGKILL at {event}:{n}, got exit {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
     return r
 

@@ -39,4 +39,4 @@ def test_results_table_reads_each_number_from_its_step_file(smoke_run):
         rank = pick(pd.read_csv(res/'ranking.csv'))
         assert np.isclose(r.dense_val_auc, rank.dense_val_auc.item()) and np.isclose(r.M_top10, rank.M_top10_mean.item())
         assert r.weights == encoder_weights(r.encoder)
-    assert set(t.weights) == {'none', 'random'}                       # smoke: pixels and the random DINOv3
+    assert len(t) == len(head) >= 2                                        # one row per encoder and variant
