@@ -334,6 +334,7 @@ class ResNet2d(_ResNet):
 def init_resnet_(
     net:nn.Module, # network to (re)initialise in place
     seed:int=42,   # seed of a private torch.Generator (the global RNG is untouched)
+    zero_init_residual:bool=True, # torchvision's `zero_init_residual`: each block's last BN weight 0, so a block starts as its shortcut
 )->nn.Module: # the same network
     "torchvision's ResNet initialisation, seeded: kaiming-normal (fan_out, ReLU) convolutions; BN 1/0, running mean 0, var 1."
     g = torch.Generator().manual_seed(seed)
@@ -342,6 +343,9 @@ def init_resnet_(
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu', generator=g)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias); m.reset_running_stats()
+    if zero_init_residual:
+        for m in net.modules():
+            if isinstance(m, Bottleneck): nn.init.zeros_(m.bn3.weight)
     return net
 
 # %% ../nbs/05a_backbones.ipynb #d1bd24dd
@@ -401,7 +405,7 @@ def astra_preprocess(
     to_ras:bool=False,              # slices are in radiological display orientation: rotate 180° and transpose to Astra's axes
 )->torch.Tensor: # (B, 3, size, size) float32 in 0..1
     "Stored uint8 → HU → clip((HU − lo)/(hi − lo), 0, 1), optionally reoriented and resized, channel copied ×3."
-    v = (slices if isinstance(slices, torch.Tensor) else torch.as_tensor(np.asarray(slices))).float()
+    v = (slices if isinstance(slices, torch.Tensor) else torch.tensor(np.asarray(slices))).float()   # a copy: PNG arrays are read-only
     if v.dim() == 2: v = v[None]
     (lo, hi), (a, b) = window, hu_range
     x = ((lo + v / 255 * (hi - lo) - a) / (b - a)).clamp(0, 1)

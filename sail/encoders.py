@@ -312,7 +312,7 @@ def _effnet(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Enco
 def _astra(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
     try: net = collapse_to_2d(load_astra(pretrained, ec.seed), 'sum')
     except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
-    weights = f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained else f"random (torchvision ResNet initialisation, seed {ec.seed})"
+    weights = f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained else f"random (torchvision ResNet initialisation with zero-initialised residual branches, seed {ec.seed})"
     return AstraEncoder(net, dict(encoder=encoder_id(ec), name=ec.name, model='Astra I3D ResNet-152, depth-summed to 2-D', revision=None,
                                   weights=weights), ec.image_size or 224)
 

@@ -149,6 +149,20 @@ def test_astra_random_twin_vs_pretrained(astra):
     assert not torch.allclose(r.layer3[5].conv2.weight, astra.layer3[5].conv2.weight)
     assert type(r) is type(astra) is ResNet3d
 
+def test_astra_random_twin_is_not_degenerate():
+    "Zero-initialised residual branches keep the eval-mode twin's embeddings finite and distinct; without, 50 blocks compound."
+    from sail.backbones import init_resnet_
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.nn.functional.interpolate(x, size=(64, 64), mode='bilinear').expand(-1, 3, -1, -1)   # six smooth random images
+    def spread(net):
+        with torch.inference_mode(): f = collapse_to_2d(net).features(x)
+        n = f / f.norm(dim=1, keepdim=True)
+        return f.norm(dim=1).max().item(), 1 - (n @ n.T)[torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)].min().item()
+    norm, gap = spread(load_astra(False, 42))
+    assert norm < 10 and gap > 1e-3
+    norm, gap = spread(init_resnet_(load_astra(False, 42), 42, zero_init_residual=False))
+    assert norm > 1e6 and gap < 1e-4                               # what the default initialisation gives in eval mode
+
 
 def test_astra_preprocess_mapping():
     v = np.array([[[0, 51, 255]]], np.uint8)  # (1,1,3)
