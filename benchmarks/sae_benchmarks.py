@@ -6,7 +6,9 @@
 2. a batched family of 8 configs against training the same 8 one after another (same code, M = 8 vs 8 x M = 1);
 3. codes rows/s: SAIL's batched inference against the reference's batch-size-1 loop (eval forward of every level with
    dense reconstructions, dense row to bytes);
-4. bytes per row: sparse codes (indices + values) against the reference's dense float32 rows, both as Parquet.
+4. bytes per row: sparse codes (indices + values) against the reference's dense float32 rows, both as Parquet;
+5. bf16 autocast training on the CPU (`sae.dtype: bfloat16`) against fp32, same data, seeds and steps: samples/s of
+   both and the validation R² each reaches (the goal: >= 1.5x with R² within 0.01).
 
     python benchmarks/sae_benchmarks.py [--steps 3] [--quick]
 """
@@ -14,7 +16,8 @@ import argparse, time, io, os
 import numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
 from sail.config import SAEConfig
 from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder
-from sail.train import clip_per_model_, lr_factor
+from sail.core import autocast
+from sail.train import clip_per_model_, lr_factor, evaluate
 from sail.codes import compute_codes, codes_table
 
 class ReferenceSAE(torch.nn.Module):
@@ -59,21 +62,32 @@ def time_reference_training(E, d, sizes, ks, B, steps):
         if step >= 1: n += len(x)
     return n / (time.perf_counter() - t)
 
-def time_sail_training(X, d, sizes, ks_list, B, steps, seeds=None):
+def time_sail_training(X, d, sizes, ks_list, B, steps, seeds=None, dtype='float32', lr=1e-4, model=False):
     sae = MatryoshkaSAE(d, sizes, ks_list, seeds=seeds or [42 + i for i in range(len(ks_list))]).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0)); n = 0; t = None
     for step in range(steps + 1):
         if step == 1: t = time.perf_counter()
         xb = X[perm[(step * B) % len(X):(step * B) % len(X) + B]]
-        train_forward(sae, xb)['loss'].backward()
+        with autocast('cpu', dtype): out = train_forward(sae, xb)
+        out['loss'].backward()
         project_decoder_grad(sae); clip_per_model_(sae, 0.5); opt.step(); opt.zero_grad(set_to_none=True); normalize_decoder(sae)
         if step >= 1: n += len(xb)
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    return (rate, sae.eval()) if model else rate
+
+def structured_embeddings(n, d, atoms=16384, k=24, seed=0):
+    "Sparse non-negative combinations of a hidden unit-norm dictionary plus noise, L2-normalised (something to learn)."
+    g = torch.Generator().manual_seed(seed)
+    dictionary = F.normalize(torch.randn(atoms, d, generator=g), dim=1)
+    idx = torch.randint(0, atoms, (n, k), generator=g)
+    X = torch.einsum('nk,nkd->nd', torch.rand(n, k, generator=g), dictionary[idx]) + 0.02 * torch.randn(n, d, generator=g)
+    return F.normalize(X, dim=1)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--steps', type=int, default=3); ap.add_argument('--quick', action='store_true', help='smaller shapes, for a smoke run')
+    ap.add_argument('--only', default='12345', help='which sections to run, e.g. 5')
     a = ap.parse_args()
     torch.manual_seed(0)
     d, sizes, ks, B = (1536, [128, 512, 2048, 8192], [20, 40, 80, 160], 2048) if not a.quick else (256, [32, 64, 128, 256], [2, 4, 8, 16], 256)
@@ -82,38 +96,50 @@ def main():
     X = F.normalize(torch.from_numpy(E), dim=-1)
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
     print(f"shape: d {d}, sizes {sizes}, k {ks}, batch {B}")
-    ref = time_reference_training(E, d, sizes, ks, B, a.steps)
-    ours = time_sail_training(X, d, sizes, [ks], B, a.steps)
-    print(f"1. training, one config   reference data path + model: {ref:8.0f} samples/s")
-    print(f"                          SAIL (resident data, sparse decode/backward): {ours:8.0f} samples/s   ratio x{ours/ref:.1f}")
-    patterns = [[5, 5, 5, 5], [10, 10, 10, 10], [20, 20, 20, 20], [30, 30, 30, 30], [5, 10, 20, 40], [10, 20, 40, 80], [20, 40, 80, 160], [30, 60, 120, 240]]
-    if a.quick: patterns = [[max(1, k // 10) for k in p] for p in patterns]
-    for (dd, ss, bb, label) in ([(d, sizes, B, 'paper shape'), (192, [16, 64, 256, 1024], 256, 'demo shape (d 192, D 1024, batch 256)')] if not a.quick else [(d, sizes, B, 'quick')]):
-        pats = [p for p in patterns if all(k <= D for k, D in zip(p, ss))]
-        Xs = F.normalize(torch.randn(8 * bb, dd), dim=-1)
-        t = time.perf_counter(); time_sail_training(Xs, dd, ss, pats, bb, a.steps); t_fam = time.perf_counter() - t
+    if '1' in a.only:
+        ref = time_reference_training(E, d, sizes, ks, B, a.steps)
+        ours = time_sail_training(X, d, sizes, [ks], B, a.steps)
+        print(f"1. training, one config   reference data path + model: {ref:8.0f} samples/s")
+        print(f"                          SAIL (resident data, sparse decode/backward): {ours:8.0f} samples/s   ratio x{ours/ref:.1f}")
+    if '2' in a.only:
+        patterns = [[5, 5, 5, 5], [10, 10, 10, 10], [20, 20, 20, 20], [30, 30, 30, 30], [5, 10, 20, 40], [10, 20, 40, 80], [20, 40, 80, 160], [30, 60, 120, 240]]
+        if a.quick: patterns = [[max(1, k // 10) for k in p] for p in patterns]
+        for (dd, ss, bb, label) in ([(d, sizes, B, 'paper shape'), (192, [16, 64, 256, 1024], 256, 'demo shape (d 192, D 1024, batch 256)')] if not a.quick else [(d, sizes, B, 'quick')]):
+            pats = [p for p in patterns if all(k <= D for k, D in zip(p, ss))]
+            Xs = F.normalize(torch.randn(8 * bb, dd), dim=-1)
+            t = time.perf_counter(); time_sail_training(Xs, dd, ss, pats, bb, a.steps); t_fam = time.perf_counter() - t
+            t = time.perf_counter()
+            for i, p in enumerate(pats): time_sail_training(Xs, dd, ss, [p], bb, a.steps, seeds=[42 + i])
+            t_seq = time.perf_counter() - t
+            print(f"2. family of {len(pats)} configs, {label}: one after another {t_seq:6.2f} s, batched {t_fam:6.2f} s   ratio x{t_seq/t_fam:.1f}")
+    if '3' in a.only or '4' in a.only:
+        sae = MatryoshkaSAE(d, sizes, [ks], seeds=[1]).eval()
+        z = sae.preacts(X[:1024])[0]
+        sae.theta[:] = torch.quantile(z.flatten()[::7], 1 - ks[-1] / sizes[-1])   # about k active features per row
+        ref_model = ReferenceSAE(d, sizes, ks); ref_model.theta.fill_(float(sae.theta))
+        n1 = min(N, 256)
         t = time.perf_counter()
-        for i, p in enumerate(pats): time_sail_training(Xs, dd, ss, [p], bb, a.steps, seeds=[42 + i])
-        t_seq = time.perf_counter() - t
-        print(f"2. family of {len(pats)} configs, {label}: one after another {t_seq:6.2f} s, batched {t_fam:6.2f} s   ratio x{t_seq/t_fam:.1f}")
-    sae = MatryoshkaSAE(d, sizes, [ks], seeds=[1]).eval()
-    z = sae.preacts(X[:1024])[0]
-    sae.theta[:] = torch.quantile(z.flatten()[::7], 1 - ks[-1] / sizes[-1])   # about k active features per row
-    ref_model = ReferenceSAE(d, sizes, ks); ref_model.theta.fill_(float(sae.theta))
-    n1 = min(N, 256)
-    t = time.perf_counter()
-    with torch.no_grad():
-        blobs = [ref_model.infer(F.normalize(torch.from_numpy(E[i]), dim=0)[None])[0].numpy().tobytes() for i in range(n1)]
-    r1 = n1 / (time.perf_counter() - t)
-    t = time.perf_counter(); indptr, indices, values = compute_codes(sae, E, 2048); rb = N / (time.perf_counter() - t)
-    print(f"3. codes   reference batch-size-1 loop: {r1:8.0f} rows/s;  SAIL batched: {rb:8.0f} rows/s   ratio x{rb/r1:.0f}  (mean L0 {np.diff(indptr).mean():.0f})")
-    sparse, dense = io.BytesIO(), io.BytesIO()
-    pq.write_table(codes_table([f's{i}' for i in range(N)], indptr, indices, values), sparse)
-    full = np.zeros((N, sizes[-1]), np.float32)
-    for i in range(N): full[i, indices[indptr[i]:indptr[i + 1]]] = values[indptr[i]:indptr[i + 1]]
-    pq.write_table(pa.table({'slice_id': [f's{i}' for i in range(N)], 'sparse_features': [r.tobytes() for r in full]}), dense)
-    raw = 4 * sizes[-1]
-    print(f"4. storage  dense float32 row: {raw} bytes raw, {dense.tell()/N:.0f} bytes/row in snappy Parquet;  "
-          f"sparse Parquet: {sparse.tell()/N:.0f} bytes/row   ratio x{raw/(sparse.tell()/N):.1f} raw, x{dense.tell()/sparse.tell():.1f} vs compressed")
+        with torch.no_grad():
+            blobs = [ref_model.infer(F.normalize(torch.from_numpy(E[i]), dim=0)[None])[0].numpy().tobytes() for i in range(n1)]
+        r1 = n1 / (time.perf_counter() - t)
+        t = time.perf_counter(); indptr, indices, values = compute_codes(sae, E, 2048); rb = N / (time.perf_counter() - t)
+        print(f"3. codes   reference batch-size-1 loop: {r1:8.0f} rows/s;  SAIL batched: {rb:8.0f} rows/s   ratio x{rb/r1:.0f}  (mean L0 {np.diff(indptr).mean():.0f})")
+        sparse, dense = io.BytesIO(), io.BytesIO()
+        pq.write_table(codes_table([f's{i}' for i in range(N)], indptr, indices, values), sparse)
+        full = np.zeros((N, sizes[-1]), np.float32)
+        for i in range(N): full[i, indices[indptr[i]:indptr[i + 1]]] = values[indptr[i]:indptr[i + 1]]
+        pq.write_table(pa.table({'slice_id': [f's{i}' for i in range(N)], 'sparse_features': [r.tobytes() for r in full]}), dense)
+        raw = 4 * sizes[-1]
+        print(f"4. storage  dense float32 row: {raw} bytes raw, {dense.tell()/N:.0f} bytes/row in snappy Parquet;  "
+              f"sparse Parquet: {sparse.tell()/N:.0f} bytes/row   ratio x{raw/(sparse.tell()/N):.1f} raw, x{dense.tell()/sparse.tell():.1f} vs compressed")
+
+    if '5' in a.only:
+        X5 = structured_embeddings(8 * B + 2048, d); tr, va = X5[:8 * B], X5[8 * B:]
+        steps5 = 6 * a.steps
+        res = {dt: time_sail_training(tr, d, sizes, [ks], B, steps5, dtype=dt, lr=1e-3, model=True) for dt in ('float32', 'bfloat16')}
+        r2 = {dt: evaluate(m, va)[0]['r2'][-1] for dt, (_, m) in res.items()}
+        (f32, _), (b16, _) = res['float32'], res['bfloat16']
+        print(f"5. training on the CPU, {steps5} steps   fp32: {f32:8.0f} samples/s (val R² {r2['float32']:.4f});  "
+              f"bf16 autocast: {b16:8.0f} samples/s (val R² {r2['bfloat16']:.4f})   ratio x{b16/f32:.2f}, ΔR² {r2['bfloat16'] - r2['float32']:+.4f}")
 
 if __name__ == '__main__': main()

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from .core import (Artifact, run_paths, write_parquet, atomic_path, progress, get_logger, record_step, pick_device, stop_point)
+from .core import (Artifact, run_paths, write_parquet, atomic_path, progress, get_logger, record_step, pick_device, stop_point,
+                       autocast)
 from .config import Config, load_config, dataset_label
 from .encoders import encoder_id
 from .embed import load_embeddings, embeddings_artifact
@@ -38,6 +39,7 @@ def compute_codes(
     batch_size:int=2048,   # rows per batch
     device:str='cpu',      # where to compute
     desc:str='',           # progress label ('' = no bar)
+    dtype:str='float32',   # precision of the encoder product (sail.core.PRECISIONS; the step passes sae.dtype)
 )->CSRArrays:
     "Full-dictionary inference codes of every row, as CSR arrays."
     sae = sae.to(device).eval()
@@ -45,7 +47,7 @@ def compute_codes(
     bar = progress(total=N, desc=desc, unit='row', disable=not desc)
     for s in range(0, N, batch_size):
         xb = F.normalize(torch.as_tensor(np.asarray(X[s:s + batch_size]), device=device).float(), dim=-1)
-        c = encode(sae, xb)[0]
+        with autocast(device, dtype): c = encode(sae, xb)[0]
         counts.append(torch.bincount(c.rows, minlength=len(xb)).cpu()); idx.append(c.cols.int().cpu()); vals.append(c.vals.float().cpu())
         bar.update(len(xb))
     bar.close()
@@ -142,7 +144,7 @@ def write_codes(
         sae = load_sae(ref.folder, emb.shape[1]); D = sae.sizes[-1]
         for s in todo:
             rows = np.flatnonzero(split == s)
-            indptr, indices, values = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device))
+            indptr, indices, values = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device), dtype=cfg.sae.dtype)
             with atomic_path(arts[s].path(f'{s}.parquet')) as tmp: pq.write_table(codes_table(slices.slice_id.to_numpy()[rows], indptr, indices, values), tmp)
             m = sp.csr_matrix((values, indices, indptr), shape=(len(rows), D))
             write_parquet(arts[s].path(f'{s}.stats.parquet'), feature_stats(m))

@@ -12,7 +12,7 @@ __all__ = ['PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'SPLIT_NAMES', 'CHOICES', 'Conf
 import types, typing, dataclasses
 from pathlib import Path
 import yaml
-from .core import project_root, resolve, digest
+from .core import project_root, resolve, digest, PRECISIONS
 
 # %% ../nbs/00a_config.ipynb #c27bffd7
 class ConfigError(ValueError):
@@ -102,6 +102,8 @@ class SAEConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     models_per_batch: int = 0  # configs of a family trained as one batched model; 0 = auto (the whole family on a GPU, 1 on a CPU)
     codes_batch_size: int = 2048 # rows per inference batch when computing codes (larger is slower on CPU: cache)
+    dtype: str = 'auto'        # training and codes: auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16 (see benchmarks/sae_benchmarks.py)
+    batch_order: str = 'epoch' # 'epoch': a new seeded permutation every epoch; 'fixed': one permutation for all epochs, as the original (spec §5.9)
 
 # %% ../nbs/00a_config.ipynb #f447b83c
 @dataclasses.dataclass
@@ -264,7 +266,8 @@ CHOICES = {  # keys whose value is one of a few names
     'retrieval.split': SPLIT_NAMES, 'retrieval.figure_split': SPLIT_NAMES, 'language.split': SPLIT_NAMES,
     'autointerp.backend': ('metadata', 'transformers'), 'autointerp.judge_backend': ('', 'metadata', 'transformers'),
     'autointerp.selection': ('monosemanticity', 'combined'), 'autointerp.distractors': ('random', 'matched'),
-    'language.matchers': ('embedding', 'llm', 'random'), 'eval.probe_solver': ('newton', 'saga')}
+    'language.matchers': ('embedding', 'llm', 'random'), 'eval.probe_solver': ('newton', 'saga'),
+    'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed')}
 
 def load_config(
     config:'str|Path|dict|Config'='demo', # YAML path or name in configs/; or a configuration already read (a `Config`, or `to_dict` output with its `source`), as `sail run` passes it

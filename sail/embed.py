@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, record_step, pick_device,
-                       stop_point)
+                       stop_point, autocast)
 from .config import Config, EncoderConfig, load_config, dataset_label
 from .totalseg import _toy_scan
 from .slices import load_slices, slice_dataset, slices_artifact
@@ -99,15 +99,13 @@ def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, sh
                      enc.prepared_dtype)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=_batches(todo, batch_size), num_workers=workers,
                                      pin_memory=device.startswith('cuda'))
-    use_bf16 = device.startswith('cuda') and dtype in ('auto', 'bfloat16') or dtype == 'bfloat16'
     enc = enc.to(device)
     ends = {e: (k, s) for k, (s, e) in todo}
     rows, embs, errs = [], [], []
     bar = progress(total=sum(e - s for _, (s, e) in todo), desc=f"embedding {enc.description.get('encoder', '')}", unit='img')
     with torch.inference_mode():
         for idx, x, err in dl:
-            with torch.autocast(device.split(':')[0], dtype=torch.bfloat16, enabled=use_bf16):
-                e = enc(x.to(device, non_blocking=True)).float()
+            with autocast(device, dtype): e = enc(x.to(device, non_blocking=True)).float()
             keep = torch.tensor([not m for m in err])
             bad = torch.nonzero(~torch.isfinite(e).all(1) & keep.to(e.device)).flatten().tolist()
             if bad: raise FloatingPointError(f"non-finite embedding for slice {slices.slice_id.iat[int(idx[bad[0]])]} ({enc.description.get('encoder')})")

@@ -18,7 +18,7 @@ from safetensors.torch import save_file, load_file
 from safetensors import safe_open
 import typing
 from .core import (Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
-                       pick_device, seed_everything, stop_point)
+                       pick_device, seed_everything, stop_point, autocast)
 from .config import Config, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
 from .embed import load_embeddings, embeddings_artifact
@@ -164,17 +164,16 @@ def train_family(
         load_state(state_dir, sae, opt)
         sched.last_epoch = start * steps_per_epoch          # LambdaLR's whole state is the step number
         for g in opt.param_groups: g['lr'] = scfg.lr * lr_factor(sched.last_epoch, total, w, scfg.lr, scfg.lr_min)
-    amp = device.type == 'cuda'
     bar = progress(total=total, initial=start * steps_per_epoch, desc=desc, unit='step')
     stop = scfg.epochs if max_epochs is None else min(scfg.epochs, start + max_epochs)
     for epoch in range(start, stop):
         sae.train()
-        perm = torch.randperm(N, generator=torch.Generator().manual_seed(scfg.seed * 100_003 + epoch)).to(device)
+        order_seed = scfg.seed * 100_003 + (epoch if scfg.batch_order == 'epoch' else 0)   # 'fixed': one order for every epoch
+        perm = torch.randperm(N, generator=torch.Generator().manual_seed(order_seed)).to(device)
         mse_sum = torch.zeros(sae.n_models, len(sae.sizes), device=device)
         for s in range(0, N, B):
             xb = X_train[perm[s:s + B]]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = train_forward(sae, xb)
+            with autocast(device, scfg.dtype): out = train_forward(sae, xb)
             out['loss'].backward()
             project_decoder_grad(sae)
             clip_per_model_(sae, scfg.grad_clip)
@@ -227,6 +226,7 @@ def load_sae(
         sae.W[0], sae.b_enc[0], sae.b_dec[0] = t['W'], t['b_enc'], t['b_dec']
         if not cfg['tied']: sae.W_dec[0] = t['W_dec']
         sae.theta[:], sae.theta_sum[:], sae.theta_count[:] = t['theta'], t['theta_sum'], t['theta_count']
+    sae.theta_loaded = True   # the original recomputes θ on loading and infers with it (spec §5.5)
     return sae.to(device).eval()
 
 # %% ../nbs/08_train.ipynb #06ad2218

@@ -81,9 +81,15 @@ language: {{slices_per_scan: 3}}
 explorer: {{max_features: 40, page_features: 12, page_references: 4}}
 """
 
-def sail(*args, timeout=1500):
-    "Run the `sail` command in the project root."
-    return subprocess.run(SAIL + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+SMOKE_CELL_TIMEOUT_S = 300   # a smoke cell takes < 60 s; a hung kernel fails its step with the step and cell named
+
+def sail(*args, timeout=900):
+    """Run the `sail` command in the project root. Past `timeout` seconds the command is killed and what it printed so far
+    comes back with return code -9, so a test's assertion shows where it stopped instead of a bare TimeoutExpired."""
+    try: return subprocess.run(SAIL + [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        text = lambda b: (b.decode(errors='replace') if isinstance(b, bytes) else b) or ''
+        return subprocess.CompletedProcess(e.cmd, -9, text(e.stdout) + f"\n[killed after {timeout} s]\n", text(e.stderr))
 
 @pytest.fixture(scope='session')
 def smoke_run(tmp_path_factory):
@@ -102,7 +108,7 @@ def smoke_run(tmp_path_factory):
             tmp.mkdir(exist_ok=True)
             cfg = tmp/'smoke.yaml'
             cfg.write_text(SMOKE_YAML.format(name=name, tmp=tmp))
-            r = sail('run', cfg)
+            r = sail('run', cfg, '--cell-timeout', SMOKE_CELL_TIMEOUT_S)
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
             done.write_text(json.dumps(dict(stdout=r.stdout)))
     return SimpleNamespace(config=tmp/'smoke.yaml', name=name, run=ROOT/'runs'/name, data=tmp/'data', tmp=tmp,

@@ -150,3 +150,28 @@ def test_docs_execution_runs_every_cell_with_the_notebooks_name(tmp_path):
     done = execute_for_docs(nb, 'demo')
     assert len(done.cells) == 4 and done.cells[1].outputs[0].text == 'demo 04_page 1\n'    # source untouched, outputs fresh
     assert done.cells[2].outputs == [] and done.cells[3].outputs[0]['data']['text/plain'] == '42'
+
+def test_unanswered_kernel_info_is_asked_again(tmp_path, monkeypatch):
+    """A kernel_info request that is never answered (seen in CI: the smoke run hung 1500 s in nbclient's unlimited wait)
+    is sent again. Our first request is dropped on purpose: its id is returned but nothing is sent."""
+    import sail.pipeline as pl
+    calls, real_ask = [], pl._Client._async_kernel_info
+    async def ask(self, wait, tries):
+        real = self.kc.kernel_info
+        def dropping():
+            calls.append(len(calls))
+            return 'lost-request' if len(calls) == 1 else real()
+        self.kc.kernel_info = dropping
+        return await real_ask(self, 2.0, tries)
+    monkeypatch.setattr(pl._Client, '_async_kernel_info', ask)
+    ex = execute_notebook(write_nb(tmp_path/'t.ipynb', "#| run\nx = 6 * 7", "#| run\nx"), step='t')
+    assert ex.notebook.cells[-1].outputs[0]['data']['text/plain'] == '42'
+    assert calls == [0, 1]                      # the dropped request, then the one that was answered
+
+def test_cell_past_its_timeout_fails_the_step_and_stops_the_kernel(tmp_path):
+    "A cell that never returns (here: waiting on an event nobody sets) fails its step at `timeout`, named, with no kernel left."
+    tok = secrets.token_hex(6)
+    nb = write_nb(tmp_path/'07_hangs.ipynb', '#| run\nimport threading', '#| run\nthreading.Event().wait()', '#| run\nprint("never")')
+    with pytest.raises(StepFailed) as e: execute_notebook(nb, env={TOKEN: tok}, timeout=3)
+    assert e.value.cell == 1 and e.value.error.startswith('CellTimeoutError') and '`threading.Event().wait()`' in str(e.value)
+    assert none_left(tok) == []
