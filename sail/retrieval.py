@@ -115,13 +115,14 @@ def similarity(
     sq:torch.Tensor,                    # (B, N) Σ a_j² over the fingerprint features (candidate values squared)
     vals:np.ndarray,                    # (B, k) the fingerprints' values (0 padded)
     k_eff:np.ndarray,                   # (B,) features in each fingerprint
+    k1_distance:bool=True,              # one-feature fingerprints by 1/(1+|Δ|), spec §11's sparse rule; False: cosine (the dense-fingerprint rule)
 )->torch.Tensor:  # (B, N) similarity; -inf for a reference without a fingerprint
-    "Fingerprint similarity: cosine, or 1/(1+|Δ|) for one-feature fingerprints (spec §11)."
+    "Fingerprint similarity: cosine, or 1/(1+|Δ|) for one-feature fingerprints of sparse codes (spec §11)."
     v = torch.as_tensor(np.asarray(vals, np.float32), device=num.device); ke = torch.as_tensor(np.asarray(k_eff), device=num.device)
     sim = torch.sqrt(sq).mul_(v.pow(2).sum(1, keepdim=True).sqrt())
     torch.div(num, sim, out=sim).nan_to_num_(nan=0.0, posinf=0.0)      # 0/0: the candidate has none of the features
     one = ke == 1
-    if one.any():
+    if k1_distance and one.any():
         a = v[one, :1]
         sim[one] = 1 / (1 + (a - num[one] / a).abs())
     sim[ke == 0] = -math.inf
@@ -134,6 +135,7 @@ def sweep_similarity(
     idx:np.ndarray,      # (B, K) fingerprints at the largest k, strongest first (-1 padded)
     vals:np.ndarray,     # (B, K) their values
     k_values:list,       # fingerprint sizes, the largest ≤ K
+    k1_distance:bool=True, # one-feature fingerprints by 1/(1+|Δ|) (sparse codes); False: cosine (dense fingerprints)
 ):  # yields (k, k_eff (B,), similarity (B, N))
     "Similarity of every candidate for each fingerprint size, adding only the features between two sizes."
     num = sq = None
@@ -141,7 +143,7 @@ def sweep_similarity(
         x, y = bank.products(*bank.queries(idx[:, a:k], vals[:, a:k]))
         num, sq = (x, y) if num is None else (num + x, sq + y)
         k_eff = (idx[:, :k] >= 0).sum(1)
-        yield k, k_eff, similarity(num, sq, vals[:, :k], k_eff)
+        yield k, k_eff, similarity(num, sq, vals[:, :k], k_eff, k1_distance)
 
 # %% ../nbs/13_retrieval.ipynb #1371a79a
 SIM_DECIMALS = 6   # similarities are compared at float32 resolution: values equal in exact arithmetic tie
@@ -204,6 +206,7 @@ def sweep_retrieve(
     scan:np.ndarray,     # (N,) scan index of every candidate
     n:int,               # retrievals per reference
     exclude:np.ndarray|None=None, # (B,) each reference's own scan
+    k1_distance:bool=True, # one-feature fingerprints by 1/(1+|Δ|) (sparse codes); False: cosine (dense fingerprints, spec §11)
 )->list:  # [(k, k_eff (B,), rows (B, n), sims (B, n))]
     "The best n candidates (one per scan) for every fingerprint size, streaming over the bank's blocks."
     scan = torch.as_tensor(scan).long().to(bank.device); B = len(idx); S = int(scan.max()) + 1 if bank.n else 1
@@ -215,7 +218,7 @@ def sweep_retrieve(
         for (a, k), (Q, M) in zip(segs, qs):
             x, y = bank.products(Q, M, blk)
             num, sq = (x, y) if num is None else (num.add_(x), sq.add_(y))
-            _scan_best(best[k], _keys(similarity(num, sq, vals[:, :k], k_eff[k]), s0), scan[s0:s1])
+            _scan_best(best[k], _keys(similarity(num, sq, vals[:, :k], k_eff[k], k1_distance), s0), scan[s0:s1])
     return [(k, k_eff[k], *_select(best[k], n, exclude)) for _, k in segs]
 
 def dense_retrieve(
@@ -296,7 +299,7 @@ def k_sweep(
             for k, ke, rows, sims in sweep_retrieve(sparse_bank, fi, fv, k_values, scan_t, top_n, own): _batch_rows('sparse', k, b, ke, rows, sims, Xn, out, hits)
         if 'dense_fingerprint' in methods:
             fi, fv, _ = dense_fingerprints(np.asarray(X[b]), K)
-            for k, ke, rows, sims in sweep_retrieve(dense_bank, fi, fv, k_values, scan_t, top_n, own): _batch_rows('dense_fingerprint', k, b, ke, rows, sims, Xn, out, hits)
+            for k, ke, rows, sims in sweep_retrieve(dense_bank, fi, fv, k_values, scan_t, top_n, own, k1_distance=False): _batch_rows('dense_fingerprint', k, b, ke, rows, sims, Xn, out, hits)
         if 'dense' in methods:
             rows, sims = dense_retrieve(Xd, b, scan_t, top_n, own)
             _batch_rows('dense', 0, b, np.full(len(b), Xn.shape[1]), rows, sims, Xn, out, hits)

@@ -9,11 +9,8 @@ from sail.train import train_family, evaluate
 from sail.codes import compute_codes
 from sail.retrieval import Bank, fingerprints, sweep_retrieve
 
-R2_TOL = 0.01          # bf16 vs fp32: validation R² after the same steps
-LOSS_RTOL = 0.05       # ... final training loss, relative
-SUPPORT_JACCARD = 0.95 # ... codes: |support ∩| / |support ∪| over all rows
-RETRIEVAL_OVERLAP = 0.9  # ... mean share of the top-5 retrieved rows in common
-EMBED_COSINE = 0.99    # ... every embedding's cosine to its fp32 twin
+from sail.core import BF16_PARITY
+R2_TOL, LOSS_RTOL, SUPPORT_JACCARD, RETRIEVAL_OVERLAP, EMBED_COSINE = BF16_PARITY   # bf16 vs fp32 after the same steps
 
 def _structured(n=3000, d=64, D=256, k=6, seed=0):
     "Sparse combinations of a hidden unit-norm dictionary plus noise, L2-normalised: something for an SAE to find."

@@ -74,6 +74,28 @@ def test_k_sweep_matches_the_definition():
             np.testing.assert_allclose(ours.similarity.to_numpy(), _brute_force(codes, scan, r, k, 4), atol=2e-6)
             assert len(set(scan[ours.row])) == len(ours) and scan[r] not in set(scan[ours.row])
 
+def test_dense_fingerprint_baseline_is_cosine_at_every_k():
+    """Spec §11's dense-fingerprint baseline: the reference's k dimensions of largest |value|, cosine over them, at k = 1 too
+    (there ±1 by sign agreement, ties in candidate order) -- never the 1/(1+|Δ|) rule of sparse one-feature fingerprints."""
+    g = np.random.default_rng(8)
+    X = g.normal(size=(300, 12)).astype(np.float32); X[::7, :] = 0.0
+    scan, refs = np.arange(300) // 5, np.array([3, 150, 299])
+    codes = sp.csr_matrix(np.abs(X))
+    _, hits = k_sweep(codes, X, scan, refs, [1, 4], top_n=4, methods=('dense_fingerprint',))
+    for k in (1, 4):
+        for r in refs:
+            dims = np.argsort(-np.abs(X[r]), kind='stable')[:k]
+            sub, q = X[:, dims].astype(np.float64), X[r, dims].astype(np.float64)
+            den = np.linalg.norm(sub, axis=1) * np.linalg.norm(q)
+            sim = np.round(np.divide(sub @ q, den, out=np.zeros(len(sub)), where=den > 0), SIM_DECIMALS)
+            seen, want = {scan[r]}, []
+            for j in np.argsort(-sim, kind='stable'):
+                if scan[j] not in seen: seen.add(scan[j]); want.append(j)
+                if len(want) == 4: break
+            ours = hits[(hits.k == k) & (hits.reference == r)].sort_values('rank')
+            assert ours.row.tolist() == want, (k, r)
+            if k == 1: assert set(ours.similarity.round(6)) <= {-1.0, 0.0, 1.0}
+
 def test_streamed_search_equals_full_matrix():
     g = np.random.default_rng(1)
     codes = sp.csr_matrix(np.where(g.random((900, 50)) < 0.15, g.random((900, 50)), 0).astype(np.float32))

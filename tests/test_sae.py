@@ -98,7 +98,7 @@ def test_saelens_export_loads_and_matches(tmp_path, variant):
     save_sae(sae, 0, tmp_path/'m', dict(encoder='toy'))
     out = export_saelens(tmp_path/'m', tmp_path/'lens')
     loaded = sae_lens.SAE.load_from_disk(str(out), device='cpu')
-    ours = encode(sae, X)[0].dense(64)
+    ours = encode(load_sae(tmp_path/'m'), X)[0].dense(64)     # the saved model: θ on loading, as the original (spec §5.5)
     theirs = loaded.encode(X)
     torch.testing.assert_close(theirs.float(), ours, rtol=1e-5, atol=1e-6)
 
