@@ -1,0 +1,148 @@
+"""The paper-scale rehearsal (issue 14): every step after embedding, on the synthetic dataset of `scale_data.py`, at a
+share of the paper's rows and at all of them, on this machine -- with time and peak memory per step and how each grows.
+
+For every fraction it writes the data (unless already there for the same fraction and seed), runs
+`sail run configs/scale.yaml --force` (name and data folder adjusted; forced, so every step computes) on the steps
+from split on, and reads the
+run's manifest: seconds, peak RSS of the step's kernel and of the processes it started, and the sampled peak of the
+whole process tree (kernels and joblib workers together). The table goes to
+`benchmarks/results/scale_rehearsal.{json,md}` and, with --readme, between the README's scale-rehearsal markers.
+Goals (issue 14): every step finishes, peak RSS <= 16 GB, the whole rehearsal <= 60 min on 2 cores.
+
+    python benchmarks/scale_rehearsal.py [--fractions 0.1 1.0] [--steps split train ...] [--readme]
+"""
+import argparse, json, os, subprocess, sys, time
+from pathlib import Path
+import yaml
+sys.path.insert(0, str(Path(__file__).parent))
+import scale_data
+from sail.core import project_root, write_json
+from sail.slices import slices_artifact
+from sail.docs import replace_block
+
+ROOT = project_root()
+STEPS = ['split', 'train', 'codes', 'probes', 'monosemanticity', 'ranking', 'retrieval', 'autointerp', 'language', 'figures', 'explorer']
+PEAK_RSS_GOAL_MB, TOTAL_MINUTES_GOAL = 16 * 1024, 60
+README_MARKERS = ('<!-- scale-rehearsal:start (written by benchmarks/scale_rehearsal.py --readme; do not edit) -->', '<!-- scale-rehearsal:end -->')
+RESULTS = ROOT/'benchmarks'/'results'
+
+def label(fraction:float)->str: return 'scale' if fraction == 1 else f'scale-{fraction * 100:g}pct'
+
+def config_for(fraction:float, seed:int)->Path:
+    "configs/scale.yaml with the name and data folder of this fraction, written into that folder."
+    raw = yaml.safe_load((ROOT/'configs'/'scale.yaml').read_text())
+    name = label(fraction); data = f'data/{name}'
+    raw |= dict(name=name, data=dict(raw['data'], dir=data, totalseg_root=f'{data}/TotalSegmentator'))
+    (ROOT/data).mkdir(parents=True, exist_ok=True)
+    p = ROOT/data/'scale.yaml'; p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return p
+
+def ensure_data(fraction:float, seed:int, template:Path)->dict:
+    "The synthetic data of this fraction: reused when its record says it was made with the same fraction and seed."
+    data = ROOT/'data'/label(fraction)
+    rec = slices_artifact(data).record()
+    want = dict(generator=scale_data.GENERATOR, version=scale_data.VERSION, fraction=fraction, seed=seed)
+    if rec and {k: rec['inputs'].get('synthetic', {}).get(k) for k in want} == want and all((data/'embeddings'/f'{e}.json').exists() for e in scale_data.SCALE_ENCODERS.values()):
+        return dict(seconds=0.0, reused=True, n_slices=rec['summary']['n_slices'], n_scans=rec['summary']['n_scans'])
+    r = scale_data.build(data, template, fraction, tuple(scale_data.SCALE_ENCODERS), seed)
+    return dict(seconds=r.seconds, reused=False, n_slices=r.n_slices, n_scans=r.n_scans)
+
+def _tree_rss_mb(root:int)->float:
+    "Resident memory of a process and all its descendants now (Linux /proc), in MB."
+    parent, rss = {}, {}
+    for p in os.listdir('/proc'):
+        if not p.isdigit(): continue
+        try:
+            parent[int(p)] = int(Path(f'/proc/{p}/stat').read_text().rsplit(')', 1)[1].split()[1])
+            rss[int(p)] = int(Path(f'/proc/{p}/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+        except (OSError, ValueError, IndexError): pass
+    tree, todo = {root}, [root]
+    while todo:
+        q = todo.pop(); kids = [p for p, pp in parent.items() if pp == q and p not in tree]; tree |= set(kids); todo += kids
+    return sum(rss.get(p, 0.0) for p in tree)
+
+def _sample_tree(proc:subprocess.Popen, manifest:Path, peaks:dict, every:float=0.5):
+    """Peak resident memory of `sail run` and everything it started (kernels, joblib workers), per running step:
+    sampled, because the manifest's child peak only counts processes that have exited."""
+    while proc.poll() is None:
+        try: step = next((s for s, v in json.loads(manifest.read_text())['steps'].items() if v['status'] == 'running'), None)
+        except (OSError, ValueError, KeyError): step = None
+        if step: peaks[step] = max(peaks.get(step, 0.0), _tree_rss_mb(proc.pid))
+        time.sleep(every)
+
+def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
+    "Data, then `sail run` on the steps; the manifest's per-step numbers and the sampled peak of the process tree."
+    import threading
+    made = ensure_data(fraction, seed, template)
+    cfg = config_for(fraction, seed); t0 = time.time(); peaks = {}
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *steps],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler = threading.Thread(target=_sample_tree, args=(proc, ROOT/'runs'/label(fraction)/'manifest.json', peaks), daemon=True); sampler.start()
+    out, err = proc.communicate(); sampler.join()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    wall = time.time() - t0
+    manifest = json.loads((ROOT/'runs'/label(fraction)/'manifest.json').read_text())
+    per_step = {s: dict(status=v.get('status'), seconds=v.get('duration_s'), peak_rss_mb=v.get('peak_rss_mb'),
+                        child_peak_rss_mb=v.get('child_peak_rss_mb'), tree_peak_rss_mb=round(peaks[s], 1) if s in peaks else None,
+                        error=(v.get('error') or '')[:500])
+                for s, v in manifest['steps'].items() if s.split('_', 1)[-1] in steps}
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return dict(fraction=fraction, data=made, returncode=r.returncode, wall_s=round(wall, 1), steps=per_step, when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0)), commit=commit,
+                tail=(r.stdout[-2000:] + r.stderr[-2000:]) if r.returncode else '')
+
+def _peak(v:dict)->float|None:
+    "A step's peak RSS: the largest of its kernel's, of an exited process it started, and of the sampled process tree."
+    got = [x for x in (v['peak_rss_mb'], v['child_peak_rss_mb'], v.get('tree_peak_rss_mb')) if x is not None]
+    return max(got) if got else None
+
+def _mb(v): return '' if v is None else f'{v / 1024:.1f} GB' if v >= 1024 else f'{v:.0f} MB'
+
+def table(runs:list)->str:
+    "One row per step: seconds and peak memory at every fraction, and the growth from the smallest to the largest."
+    runs = sorted(runs, key=lambda r: r['fraction']); lo, hi = runs[0], runs[-1]
+    head = ['step'] + [f"{r['fraction']:.0%}: time, peak RSS" for r in runs] + (['time x', 'memory x'] if len(runs) > 1 else [])
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    names = list(dict.fromkeys(s for r in runs for s in r['steps']))
+    for s in names:
+        cells = []
+        for r in runs:
+            v = r['steps'].get(s)
+            peak = _peak(v) if v else None
+            cells.append('not run' if v is None else f"{v['status']}" if v['status'] != 'done' else f"{v['seconds']:.0f} s, {_mb(peak)}")
+        if len(runs) > 1:
+            a, b = lo['steps'].get(s), hi['steps'].get(s)
+            ok = a and b and a['status'] == b['status'] == 'done' and a['seconds']
+            cells += [f"{b['seconds'] / a['seconds']:.1f}" if ok else '', f"{(_peak(b) or 0) / (_peak(a) or 1):.1f}" if ok else '']
+        lines.append('| ' + ' | '.join([s] + cells) + ' |')
+    for r in runs:
+        total = sum(v['seconds'] or 0 for v in r['steps'].values())
+        peak = max([_peak(v) or 0 for v in r['steps'].values()] or [0])
+        lines.append(f"\n{r['fraction']:.0%} of the paper's rows ({r['data']['n_slices']:,} slices, {r['data']['n_scans']:,} scans): steps {total / 60:.1f} min "
+                     f"(goal <= {TOTAL_MINUTES_GOAL} min at 100 %), largest peak RSS {_mb(peak)} (goal <= {_mb(PEAK_RSS_GOAL_MB)}), "
+                     f"data generated in {r['data']['seconds']:.0f} s{' (reused)' if r['data']['reused'] else ''}; `sail run` exit status {r['returncode']}"
+                     f" (run of {r.get('when', 'an earlier session')}{', commit ' + r['commit'] if r.get('commit') else ''}).")
+    return '\n'.join(lines)
+
+def main(argv=None)->int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--fractions', type=float, nargs='+', default=[0.1, 1.0])
+    ap.add_argument('--steps', nargs='+', default=STEPS); ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--template', default='data/demo'); ap.add_argument('--readme', action='store_true')
+    a = ap.parse_args(argv)
+    machine = f"{os.cpu_count()} CPU cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    kept = json.loads((RESULTS/'scale_rehearsal.json').read_text())['runs'] if (RESULTS/'scale_rehearsal.json').exists() else []
+    runs = [r for r in kept if r['fraction'] not in a.fractions and r['steps']]   # earlier runs at other fractions stay in the table
+    for f in a.fractions:
+        print(f"rehearsal at {f:.0%} of the paper's rows ...", flush=True)
+        runs.append(rehearse(f, a.steps, a.seed, ROOT/a.template))
+        print(table(runs), flush=True)
+        if runs[-1]['returncode']: print(runs[-1]['tail'], file=sys.stderr)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS/'scale_rehearsal.json', dict(machine=machine, steps=a.steps, runs=runs))
+    md = f"Machine: {machine}; steps {', '.join(a.steps)}.\n\n" + table(runs)
+    (RESULTS/'scale_rehearsal.md').write_text(md + '\n')
+    if a.readme:
+        readme = ROOT/'README.md'; readme.write_text(replace_block(readme.read_text(), md, README_MARKERS, 'README.md'))
+    return max(r['returncode'] for r in runs)
+
+if __name__ == '__main__': sys.exit(main())
