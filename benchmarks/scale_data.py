@@ -142,14 +142,18 @@ def build(
                       dtype='float32', device='cpu', synthetic=GENERATOR)
         made[enc_id] = d
         if out.fresh(inputs): continue                                  # made earlier from the same slice table and seed
-        schema = pa.schema([('slice_id', pa.string()), ('embedding', pa.list_(pa.float32(), d))])
-        with atomic_path(p) as tmp, pq.ParquetWriter(tmp, schema, compression='none') as w:
-            s = 0
-            for X in embeddings(flags, codes, d, seed + d):
-                flat = pa.array(X.reshape(-1), pa.float32())
-                w.write_table(pa.table({'slice_id': ids[s:s + len(X)], 'embedding': pa.FixedSizeListArray.from_arrays(flat, d)}, schema=schema))
-                s += len(X)
-        _ipc_copy(p)
+        scratch = p.parent/f'.{enc_id}.f32'          # the matrix, built block by block in a file-backed map: never all in anonymous memory
+        X_all = np.memmap(scratch, np.float32, 'w+', shape=(len(df), d)); s = 0
+        for X in embeddings(flags, codes, d, seed + d): X_all[s:s + len(X)] = X; s += len(X)
+        X_all.flush()
+        flat = pa.Array.from_buffers(pa.float32(), X_all.size, [None, pa.py_buffer(X_all)])     # zero-copy views of the map
+        table = pa.table({'slice_id': ids, 'embedding': pa.FixedSizeListArray.from_arrays(flat, d)})
+        with atomic_path(p) as tmp: pq.write_table(table, tmp, compression='none', row_group_size=65_536)
+        ipc = p.with_name(f'.{p.stem}.arrow')          # the memory-mappable copy `load_embeddings` reads, in one chunk, from the map
+        with atomic_path(ipc) as tmp:
+            with pa.OSFile(str(tmp), 'wb') as f, pa.ipc.new_file(f, table.schema) as w: w.write_table(table, max_chunksize=len(df))
+        del table, flat, X_all; scratch.unlink()
+        _ipc_copy(p)                                   # newer than the parquet: kept as written
         out.commit(inputs, dict(encoder=enc_id, description=description, dtype='float32', dim=d, n_rows=len(df), n_slices=len(df),
                                 slices_digest=slice_ids_digest(df), failures=[], seconds=None))
     return ScaleData(data, len(per_scan), len(df), made, round(time.time() - t0, 1))
