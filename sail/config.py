@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'SPLIT_NAMES', 'CHOICES', 'ConfigError', 'DataConfig', 'DemoConfig',
            'SlicesConfig', 'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig', 'EvalConfig', 'InterpretConfig',
-           'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig', 'ExplorerConfig', 'Config', 'from_dict',
-           'config_path', 'load_config', 'to_dict', 'dataset_label']
+           'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig', 'ExplorerConfig', 'StageResources',
+           'ExecutorConfig', 'Config', 'from_dict', 'config_path', 'load_config', 'to_dict', 'dataset_label']
 
 # %% ../nbs/00a_config.ipynb #713c82f3
 import types, typing, dataclasses
@@ -190,6 +190,26 @@ class ExplorerConfig:
     page_references: int = 12   # references in the standalone retrieval page
     page_k: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10]) # fingerprint sizes offered there
 
+# %% ../nbs/00a_config.ipynb #15b0df68
+@dataclasses.dataclass
+class StageResources:
+    "What one task of a stage asks the Ray scheduler for."
+    num_cpus: float = 1.0          # CPUs per task (fractions allowed)
+    num_gpus: float|None = None    # GPUs per task, fractions allowed (0.5: two per GPU); None = 1 per embedding shard and 0.5 per SAE family when the cluster has GPUs, else 0
+    max_retries: int = 3           # retries of a task whose worker process died; a data error (an exception) is recorded, never retried
+
+@dataclasses.dataclass
+class ExecutorConfig:
+    "Where the work items of slicing, embedding and training run (`sail.executor`)."
+    kind: str = 'local'            # local: this process (or a process pool of `workers`) | ray: one Ray task per item
+    address: str|None = None       # ray: None starts Ray on this machine for the step; 'auto' joins the cluster of `ray start --head`; or 'ray://host:10001'
+    num_cpus: int|None = None      # a Ray started here: CPUs it offers (default: every core)
+    num_gpus: int|None = None      # a Ray started here: GPUs it offers, logical ones allowed (default: those it finds)
+    object_store_mb: int = 512     # a Ray started here: its shared-memory object store (SAIL passes only small values through it)
+    slices: StageResources = dataclasses.field(default_factory=lambda: StageResources(num_cpus=1.0, num_gpus=0.0))  # one task per scan
+    embed: StageResources = dataclasses.field(default_factory=StageResources)   # one task per shard of `embed.shard_rows` slices
+    train: StageResources = dataclasses.field(default_factory=StageResources)   # one task per SAE family (`sae.models_per_batch` members)
+
 # %% ../nbs/00a_config.ipynb #c27a78d7
 @dataclasses.dataclass
 class Config:
@@ -210,6 +230,7 @@ class Config:
     autointerp: AutointerpConfig = dataclasses.field(default_factory=AutointerpConfig)
     language: LanguageConfig = dataclasses.field(default_factory=LanguageConfig)
     explorer: ExplorerConfig = dataclasses.field(default_factory=ExplorerConfig)
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     source: str = ''           # the file this configuration was read from (set by `load_config`)
 
 # %% ../nbs/00a_config.ipynb #8632590d
@@ -267,7 +288,7 @@ CHOICES = {  # keys whose value is one of a few names
     'autointerp.backend': ('metadata', 'transformers'), 'autointerp.judge_backend': ('', 'metadata', 'transformers'),
     'autointerp.selection': ('monosemanticity', 'combined'), 'autointerp.distractors': ('random', 'matched'),
     'language.matchers': ('embedding', 'llm', 'random'), 'eval.probe_solver': ('newton', 'saga'),
-    'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed')}
+    'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed'), 'executor.kind': ('local', 'ray')}
 
 def load_config(
     config:'str|Path|dict|Config'='demo', # YAML path or name in configs/; or a configuration already read (a `Config`, or `to_dict` output with its `source`), as `sail run` passes it

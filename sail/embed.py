@@ -22,6 +22,7 @@ from .config import Config, EncoderConfig, load_config, dataset_label
 from .totalseg import _toy_scan
 from .slices import load_slices, slice_dataset, slices_artifact
 from .encoders import Encoder, EncoderUnavailable, build_encoder, encoder_id
+from .executor import Task, run_stage, worker_cache, task_device, stage_device, crash_point
 
 # %% ../nbs/06_embed.ipynb #78c77f5c
 class SliceImages(torch.utils.data.Dataset):
@@ -93,7 +94,7 @@ def _batches(todo:list, batch_size:int)->list:
     return [list(range(s, min(s + batch_size, e))) for _, (s, e) in todo for s in range(s, e, batch_size)]
 
 def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, shard_dir:Path, batch_size:int,
-                  device:str, dtype:str, workers:int, failures:Failures):
+                  device:str, dtype:str, workers:int, failures:Failures, stop_event:str|None='embed:shard'):
     "Embed the rows of the shards in `todo` [(k, (start, stop))], writing each shard when it is complete."
     ds = SliceImages(data_dir, slices.image_path.tolist(), enc.preparer, enc.image_size, slice_windows(slices) if enc.uses_window else None,
                      enc.prepared_dtype)
@@ -116,7 +117,7 @@ def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, sh
             if last in ends:
                 k, start = ends[last]
                 _write_shard(shard_dir, k, slices, rows, embs, errs, enc.dim)
-                stop_point('embed:shard')
+                if stop_event: stop_point(stop_event)
                 for i, m in errs: failures.add(slices.slice_id.iat[i], f"{slices.image_path.iat[i]}: {m}", 'read')
                 rows, embs, errs = [], [], []
     bar.close()
@@ -126,6 +127,18 @@ def _write_shard(shard_dir:Path, k:int, slices:pd.DataFrame, rows:list, embs:lis
     write_json(shard_dir/f"{k:05d}.failures.json", [dict(slice_id=slices.slice_id.iat[i], image_path=slices.image_path.iat[i], reason=m) for i, m in errs])
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     with atomic_path(_shard_file(shard_dir, k)) as tmp: pq.write_table(_embedding_table(slices.slice_id.iloc[rows], emb), tmp)
+
+def _embed_shard_task(cfg:Config, ec:EncoderConfig, k:int, rows:tuple)->int:
+    "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; the number of unreadable images."
+    data = run_paths(cfg).data
+    enc = worker_cache(('encoder', digest(dataclasses.asdict(ec))), lambda: build_encoder(ec))
+    cols = ['slice_id', 'image_path'] + (WINDOW_COLUMNS if enc.uses_window else [])
+    slices = worker_cache(('slices', str(data), slices_artifact(data).digest, tuple(cols)), lambda: load_slices(data, cols))
+    unreadable = Failures()
+    _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(cfg, ec), cfg.embed.batch_size, task_device(cfg.device), cfg.embed.dtype, 0,
+                  unreadable, stop_event=None)
+    crash_point('embed:shard-written')                   # test hook: a worker dying after writing its shard
+    return len(unreadable)
 
 # %% ../nbs/06_embed.ipynb #7be18da6
 def slice_ids_digest(
@@ -153,7 +166,7 @@ def embed_inputs(
 )->dict:
     "What one encoder's embeddings are made from: the slice table, the encoder and how it computes."
     return dict(slices=slices_artifact(run_paths(cfg).data).digest, encoder=dataclasses.asdict(ec), description=enc.description,
-                dtype=cfg.embed.dtype, device=pick_device(cfg.device).split(':')[0])
+                dtype=cfg.embed.dtype, device=stage_device(cfg.executor, 'embed', cfg.device))
 
 def embed_encoder(
     cfg:Config,             # run configuration
@@ -182,9 +195,17 @@ def embed_encoder(
     device = pick_device(cfg.device)
     failures, t0 = Failures(), time.time()
     if todo:
-        log.info(f"{encoder_id(ec)}: {len(todo)} of {len(ranges)} shard(s) to embed on {device}")
-        _embed_shards(enc, slices, data, todo, shard_dir, cfg.embed.batch_size, device, cfg.embed.dtype,
-                      min(cfg.workers or os.cpu_count() or 1, 8), failures)
+        where = device if cfg.executor.kind == "local" else f"Ray workers ({stage_device(cfg.executor, 'embed', cfg.device)})"
+        log.info(f"{encoder_id(ec)}: {len(todo)} of {len(ranges)} shard(s) to embed on {where}")
+        if cfg.executor.kind == 'local':
+            _embed_shards(enc, slices, data, todo, shard_dir, cfg.embed.batch_size, device, cfg.embed.dtype,
+                          min(cfg.workers or os.cpu_count() or 1, 8), failures)
+        else:                                   # one task per shard; a shard that raises stops the step, as it does locally
+            run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (cfg, ec, k, r)) for k, r in todo], 'embed', cfg.executor,
+                      Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
+            for k, _ in todo:
+                for f in json.loads((shard_dir/f"{k:05d}.failures.json").read_text()):
+                    failures.add(f['slice_id'], f"{f['image_path']}: {f['reason']}", 'read')
     seconds = time.time() - t0
     if failures: failures.report('images')
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]

@@ -8,7 +8,7 @@ __all__ = ['KEY_COLUMNS', 'IMAGE_COLUMNS', 'SCAN_COLUMNS', 'SLICE_COLUMNS', 'PAR
            'image_data_uri']
 
 # %% ../nbs/03_slices.ipynb #637f4e89
-import os, io, json, base64, shutil, dataclasses, concurrent.futures as cf
+import os, io, json, base64, shutil, dataclasses
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -17,6 +17,7 @@ from PIL import Image
 from .core import (Failures, Artifact, run_paths, write_parquet, write_csv, progress, get_logger, record_step, file_stamp,
                        stop_point)
 from .config import Config, dataset_label, load_config
+from .executor import Task, run_stage, crash_point
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
                            read_meta, slice_scan, age_bin, _toy_scan)
 
@@ -111,6 +112,7 @@ def _slice_to_part(scan_dir:str, modality:str, study_type, settings:ScanSettings
     shutil.rmtree(data_dir/'images'/modality/image_id, ignore_errors=True)        # no PNG of an earlier slicing survives
     rows, info = slice_scan(scan_dir, modality, data_dir, study_type, settings)
     write_parquet(part.path(part.files[0]), rows)
+    crash_point('slices:rows-written')                                          # test hook: a worker dying mid-scan
     dataclasses.replace(part, files=(part.files[0], *rows.image_path)).commit(inputs, info)
     return info
 
@@ -138,26 +140,14 @@ def slices_artifact(
     "The slice table of a processed-data folder: slices.parquet, scans.parquet, slice_failures.csv, recorded in slices.json."
     return Artifact('slices', Path(data_dir), ('slices.parquet', 'scans.parquet', 'slice_failures.csv'), 'slices.json', step='03_slices')
 
-def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, workers:int, failures:Failures):
-    "Slice the `todo` scans (names 'modality/image_id') with `workers` processes, recording failures."
+def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, cfg:Config, failures:Failures):
+    "Slice the `todo` scans (names 'modality/image_id') through the configured executor, recording failures."
     by_name = {f"{r.modality}/{r.image_id}": r for r in scans.itertuples()}
-    args = {n: (by_name[n].scan_dir, by_name[n].modality, by_name[n].study_type, settings, str(data_dir), inputs[n]) for n in todo}
-    bar = progress(total=len(args), desc='slicing scans', unit='scan')
-    if workers <= 1:
-        for name, a in args.items():
-            try: _slice_to_part(*a)
-            except Exception as e: failures.add(name, e, 'slice')
-            bar.update(); stop_point('slices:scan')
-    else:
-        with cf.ProcessPoolExecutor(workers) as ex:
-            futs = {ex.submit(_slice_to_part, *a): n for n, a in args.items()}
-            for fut in cf.as_completed(futs):
-                try: fut.result()
-                except Exception as e:
-                    if failures.strict: ex.shutdown(cancel_futures=True)
-                    failures.add(futs[fut], e, 'slice')
-                bar.update(); stop_point('slices:scan')
-    bar.close()
+    tasks = [Task(n, 'sail.slices:_slice_to_part', (by_name[n].scan_dir, by_name[n].modality, by_name[n].study_type, settings, str(data_dir), inputs[n]))
+             for n in todo]
+    workers = cfg.workers or os.cpu_count() or 1
+    return run_stage(tasks, 'slices', cfg.executor, failures, workers=workers, desc='slicing scans', unit='scan', after_each='slices:scan', label='slice')
+
 
 # %% ../nbs/03_slices.ipynb #c1736385
 def slice_dataset(
@@ -178,10 +168,9 @@ def slice_dataset(
     log.info(f"{len(scans)} scans: {len(scans) - len(todo)} up to date, {len(todo)} to slice"
              + (f"; removed {len(vanished)} no longer in the dataset" if vanished else ''))
     run = todo if max_scans is None else todo[:max_scans]
-    workers = cfg.workers or os.cpu_count() or 1
-    _run_scans(run, scans, inputs, settings, data, min(workers, max(len(run), 1)), failures)
+    stage = _run_scans(run, scans, inputs, settings, data, cfg, failures)
     if len(run) < len(todo): return dict(stopped_early=True, n_sliced=len(run))
-    return _finish(cfg, scans, parts, failures, settings) | dict(sliced_now=run, removed=vanished)
+    return _finish(cfg, scans, parts, failures, settings) | dict(sliced_now=run, removed=vanished, executor=stage.executor)
 
 # %% ../nbs/03_slices.ipynb #6ec391bf
 def _finish(cfg:Config, scans:pd.DataFrame, parts:dict, failures:Failures, settings:ScanSettings)->dict:

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['SAE_SCHEMA_VERSION', 'lr_factor', 'warmup_steps', 'clip_per_model_', 'evaluate', 'save_state', 'state_info',
            'load_state', 'resumable_epoch', 'train_family', 'save_sae', 'load_sae', 'export_saelens', 'training_data',
-           'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'member_inputs', 'trained_saes', 'train_grid']
+           'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'member_inputs', 'trained_saes', 'FamilyJob', 'family_jobs',
+           'train_job', 'GridResult', 'train_grids', 'train_grid']
 
 # %% ../nbs/08_train.ipynb #169ec6a4
 import os, json, math, time, shutil
@@ -17,10 +18,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from safetensors import safe_open
 import typing
-from .core import (Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
+from typing import NamedTuple
+from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
                        pick_device, seed_everything, stop_point, autocast)
 from .config import Config, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
+from .executor import Task, StageResult, run_stage, worker_cache, task_device, stage_device, crash_point
 from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
@@ -74,12 +77,14 @@ def evaluate(
     Wd = sae.decoder()
     for s in range(0, X.shape[0], batch_size):
         xb = X[s:s + batch_size].float()
-        tot_ref = ((xb - xb.mean())**2).sum().double()
+        xd = xb.double()                                 # sums over rows, then over columns: the same bits for any thread count
+        tot_ref = ((xd - xd.sum(0).sum() / xd.numel())**2).sum(0).sum()
         for l in range(L):
             for m, codes in enumerate(encode(sae, xb, l)):
                 err = ((codes.decode(Wd[m].float()) + sae.b_dec[m].float() - xb)**2).double()
-                sse[m, l] += err.sum(0)
-                r2_ref_sum[m, l] += (1 - err.sum() / tot_ref) * len(xb)
+                col = err.sum(0)
+                sse[m, l] += col
+                r2_ref_sum[m, l] += (1 - col.sum() / tot_ref) * len(xb)
                 l0[m, l] += len(codes.vals)
                 if l == L - 1: fired[m, codes.cols] = True
     Xd = X.double()
@@ -187,6 +192,7 @@ def train_family(
         if state_dir is not None and ((epoch + 1) % scfg.checkpoint_every == 0 or epoch + 1 == scfg.epochs):
             save_state(state_dir, sae, opt, dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, digest=settings_digest, saved=now()))
             stop_point('train:epoch')
+            crash_point('train:checkpoint')                      # test hook: a worker dying after a checkpoint
     bar.close()
     return sae.eval()
 
@@ -259,12 +265,17 @@ def training_data(
     data = run_paths(cfg).data
     emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
     s = split_of(slices, data)
-    X = torch.empty(emb.shape, dtype=torch.float32)
-    for i in range(0, len(X), 65536): X[i:i + 65536] = F.normalize(torch.tensor(emb[i:i + 65536]), dim=-1)  # one copy, in chunks
-    tr, va = torch.tensor(s == 'train'), torch.tensor(s == 'val')
-    fp = dict(encoder=enc_id, embeddings=embeddings_artifact(data, enc_id).digest, dim=int(X.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
+    tr, va = np.asarray(s == 'train'), np.asarray(s == 'val')
+    out = {}
+    for name, rows in (('train', tr), ('val', va)):            # straight from the memory map into each split: no whole-table copy
+        X = out[name] = torch.empty((int(rows.sum()), emb.shape[1]), dtype=torch.float32)
+        at = 0
+        for i in range(0, len(emb), 65536):
+            pick = np.flatnonzero(rows[i:i + 65536])
+            if len(pick): X[at:at + len(pick)] = F.normalize(torch.from_numpy(np.ascontiguousarray(emb[i + pick], np.float32)), dim=-1); at += len(pick)
+    fp = dict(encoder=enc_id, embeddings=embeddings_artifact(data, enc_id).digest, dim=int(emb.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
               split=split_artifact(data).digest)
-    return X[tr].to(device), X[va].to(device), fp
+    return out['train'].to(device), out['val'].to(device), fp
 
 def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
     "The digest a family's resumable checkpoint must match (the members trained together in one batched model)."
@@ -329,6 +340,95 @@ def _write_metrics(folder:Path, rows:list, start:int):
     old = [l for l in p.read_text().splitlines() if json.loads(l)['epoch'] <= start] if p.exists() else []
     with atomic_path(p) as tmp: tmp.write_text(''.join(l + '\n' for l in old + [json.dumps(r) for r in rows]))
 
+class FamilyJob(NamedTuple):
+    "One family of SAEs trained together as one batched model: the unit of work of the training step."
+    encoder: str      # encoder id
+    variant: str      # 'paper' or 'released'
+    sizes: tuple      # nested dictionary sizes
+    patterns: list    # k per level, one list per member
+    seeds: list       # seed of each member
+    @property
+    def name(self)->str: return f"{self.encoder}/{self.variant} D={'_'.join(map(str, self.sizes))} k={self.patterns[0][-1]}..{self.patterns[-1][-1]}"
+
+def family_jobs(
+    cfg:Config,       # run configuration (section sae)
+    enc_ids:list,     # encoders to train on
+    variants:list,    # variants to train
+)->list:  # [FamilyJob] in a fixed order: encoder, variant, family, k patterns
+    "The families of the grid: `sae.models_per_batch` members each (default: every k pattern on CUDA, one on a CPU)."
+    scfg = cfg.sae
+    cuda = stage_device(cfg.executor, 'train', cfg.device) == 'cuda'
+    per_batch = scfg.models_per_batch or (len(scfg.k_patterns) if cuda else 1)
+    return [FamilyJob(e, v, tuple(sizes), patterns[i:i + per_batch], [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
+            for e in enc_ids for v in variants
+            for sizes, patterns in grid(scfg.families, scfg.k_patterns).items() for i in range(0, len(patterns), per_batch)]
+
+def train_job(
+    cfg:Config,         # run configuration (section sae)
+    job:FamilyJob,      # the family
+    data:tuple,         # `training_data` of its encoder: (X_train, X_val, fingerprint)
+    device:str,         # where `data` is and the family trains
+    force:bool=False,   # retrain even if finished
+    max_epochs:int|None=None, # stop after this many epochs of this call (to test resuming)
+)->list|None:  # final metrics of each member, or None when stopped early
+    "Train one family (or find it up to date), commit each member's artifact, and return their final metrics."
+    scfg, log = cfg.sae, get_logger('sail.train')
+    X_train, X_val, fp = data
+    enc_id, variant, sizes, patterns, seeds = job
+    base = sae_dir(cfg, enc_id, variant)
+    fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
+    names = [config_name(sizes, k) for k in patterns]
+    arts = [sae_artifact(sae_ref(cfg, enc_id, variant, n)) for n in names]
+    inputs = [member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(patterns, seeds)]
+    if not force and all(a.fresh(i) for a, i in zip(arts, inputs)):
+        log.info(f"{job.name}: up to date"); return [a.record()['summary'] for a in arts]
+    for a in arts: a.discard()
+    state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
+    if force: shutil.rmtree(state, ignore_errors=True)
+    sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef, scfg.aux_dead_samples).to(device)
+    history = {n: [] for n in names}
+    def on_epoch(epoch, train_mse, val, lr):
+        for n, tm, v in zip(names, train_mse, val): history[n].append(dict(epoch=epoch, lr=lr, train_mse=tm, val=v))
+        if epoch % scfg.checkpoint_every == 0 or epoch == scfg.epochs:
+            for n in names: _write_metrics(base/n, history[n], epoch - len(history[n])); history[n].clear()
+    train_family(sae, X_train, X_val, scfg, state, fd, on_epoch, max_epochs, desc=f"{enc_id}/{variant} D={sizes[-1]} x{len(names)}")
+    if resumable_epoch(state, fd) < scfg.epochs: return None                     # stopped early on request
+    rows = []
+    for m, n in enumerate(names):
+        last = json.loads((base/n/'metrics.jsonl').read_text().splitlines()[-1])
+        final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1], train_mse=last['train_mse'][-1],
+                     **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in last['val'].items()})
+        save_sae(sae, m, base/n, dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
+        arts[m].commit(inputs[m], final)
+        rows.append(final)
+    shutil.rmtree(state, ignore_errors=True)
+    return rows
+
+def _train_job_task(cfg:Config, job:FamilyJob, force:bool, max_epochs:int|None)->list|None:
+    "An executor task: train one family on its encoder's embeddings (loaded once per process and encoder)."
+    device, data = task_device(cfg.device), run_paths(cfg).data
+    seed_everything(cfg.sae.seed)
+    key = ('training-data', str(data), job.encoder, embeddings_artifact(data, job.encoder).digest, split_artifact(data).digest, device)
+    return train_job(cfg, job, worker_cache(key, lambda: training_data(cfg, job.encoder, device), keep_one=True), device, force, max_epochs)
+
+class GridResult(NamedTuple):
+    "The trained grid: final metrics per configuration, and how the families ran."
+    table: pd.DataFrame   # one row per configuration: final validation metrics
+    stage: StageResult    # where each family ran (executor, placement) and how long the stage took
+
+def train_grids(
+    cfg:Config,           # run configuration (sections sae and executor)
+    enc_ids:list,         # encoders whose embeddings to train on
+    variants:list,        # 'paper' and/or 'released'
+    force:bool=False,     # retrain finished families
+    max_epochs:int|None=None, # stop each family after this many epochs of this call (to test resuming)
+)->GridResult:
+    "Train every configuration of the grid for each encoder and variant: one executor task per family."
+    jobs = family_jobs(cfg, enc_ids, variants)
+    stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (cfg, j, force, max_epochs)) for j in jobs], 'train', cfg.executor,
+                      Failures(strict=True), desc='training SAE families', unit='family')   # a family that raises stops the step
+    return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
+
 def train_grid(
     cfg:Config,           # run configuration (section sae)
     enc_id:str,           # encoder whose embeddings to train on
@@ -337,40 +437,4 @@ def train_grid(
     max_epochs:int|None=None, # stop each family after this many epochs of this call (to test resuming)
 )->pd.DataFrame:  # one row per configuration: final validation metrics
     "Train every configuration of the grid on one encoder's embeddings, family by family."
-    scfg, log = cfg.sae, get_logger('sail.train')
-    device = pick_device(cfg.device)
-    seed_everything(scfg.seed)
-    X_train, X_val, fp = training_data(cfg, enc_id, device)
-    base = sae_dir(cfg, enc_id, variant)
-    rows = []
-    per_batch = scfg.models_per_batch or (len(scfg.k_patterns) if device.startswith('cuda') else 1)
-    chunks = [(sizes, patterns[i:i + per_batch], [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
-              for sizes, patterns in grid(scfg.families, scfg.k_patterns).items() for i in range(0, len(patterns), per_batch)]
-    for sizes, patterns, seeds in chunks:
-        fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
-        names = [config_name(sizes, k) for k in patterns]
-        arts = [sae_artifact(sae_ref(cfg, enc_id, variant, n)) for n in names]
-        inputs = [member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(patterns, seeds)]
-        if not force and all(a.fresh(i) for a, i in zip(arts, inputs)):
-            log.info(f"{enc_id}/{variant}: family {list(sizes)} up to date"); rows += [a.record()['summary'] for a in arts]; continue
-        for a in arts: a.discard()
-        state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
-        if force: shutil.rmtree(state, ignore_errors=True)
-        start = resumable_epoch(state, fd)
-        sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef, scfg.aux_dead_samples).to(device)
-        history = {n: [] for n in names}
-        def on_epoch(epoch, train_mse, val, lr):
-            for n, tm, v in zip(names, train_mse, val): history[n].append(dict(epoch=epoch, lr=lr, train_mse=tm, val=v))
-            if epoch % scfg.checkpoint_every == 0 or epoch == scfg.epochs:
-                for n in names: _write_metrics(base/n, history[n], epoch - len(history[n])); history[n].clear()
-        train_family(sae, X_train, X_val, scfg, state, fd, on_epoch, max_epochs, desc=f"{enc_id}/{variant} D={sizes[-1]} x{len(names)}")
-        if resumable_epoch(state, fd) < scfg.epochs: return pd.DataFrame(rows)     # stopped early on request
-        for m, n in enumerate(names):
-            last = json.loads((base/n/'metrics.jsonl').read_text().splitlines()[-1])
-            final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1], train_mse=last['train_mse'][-1],
-                         **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in last['val'].items()})
-            save_sae(sae, m, base/n, dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
-            arts[m].commit(inputs[m], final)
-            rows.append(final)
-        shutil.rmtree(state, ignore_errors=True)
-    return pd.DataFrame(rows)
+    return train_grids(cfg, [enc_id], [variant], force, max_epochs).table
