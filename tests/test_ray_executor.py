@@ -170,3 +170,11 @@ def test_sail_run_sends_its_steps_tasks_to_a_running_cluster(cluster, demo_data,
         a, b = outputs(serial['cfg']), outputs(load_config(config))
         assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == [], _first_difference(a, b)
     finally: shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+def test_choosing_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    "Where the extra is not installed (simulated: the import system finds no `ray`), the error names the install command."
+    import importlib.util, sail.executor
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sail.executor.importlib.util, 'find_spec', lambda name, *a: None if name == 'ray' else real(name, *a))
+    with pytest.raises(ExecutorError, match=r"executor.kind is 'ray' but Ray is not installed; install it with: pip install 'sail\[ray\]'"):
+        run_stage([Task('x', 'os.path:join', ('a',))], 'slices', ExecutorConfig(kind='ray'), Failures())
