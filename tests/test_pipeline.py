@@ -24,7 +24,7 @@ def test_sail_run_end_to_end_and_resume(smoke_run):
     assert [r.split(' | ')[0][2:] for r in table[2:2 + len(steps)]] == steps and table[2 + len(steps)].startswith('| total |')
     emb, rows = load_embeddings(data, 'pixels')
     assert emb.shape == (m['steps']['03_slices']['summary']['n_slices'], 1024)
-    assert m['steps']['08_train']['summary'] == {'configs': 4, 'encoders': ['pixels'], 'variants': ['paper', 'released']}
+    assert m['steps']['08_train']['summary'] == {'configs': 4, 'encoders': ['pixels'], 'variants': ['paper', 'released'], 'executor': 'local (serial)'}
     for v in ['paper', 'released']:
         for c in ['D_8_32_K_2_4', 'D_8_32_K_4_8']:
             assert (run/'sae'/'pixels'/v/c/'model.safetensors').exists()
