@@ -63,10 +63,10 @@ def main():
     res = dict(machine=f"{os.cpu_count()} CPU cores", when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                commit=subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
                startup_s=startup_seconds(), variants=[run_variant('local', {'kind': 'local'}), run_variant('ray', {'kind': 'ray'})])
-    subprocess.run(['ray', 'start', '--head', '--num-cpus', str(os.cpu_count()), '--include-dashboard', 'false'], check=True,
-                   capture_output=True, env=os.environ | {'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    ray_cli = str(Path(sys.executable).parent/'ray')            # the `ray` command of this environment
+    subprocess.run([ray_cli, 'start', '--head', '--num-cpus', str(os.cpu_count()), '--include-dashboard', 'false'], check=True, capture_output=True)
     try: res['variants'].append(run_variant('ray-cluster', {'kind': 'ray', 'address': 'auto'}))
-    finally: subprocess.run(['ray', 'stop'], capture_output=True, env=os.environ | {'PATH': f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    finally: subprocess.run([ray_cli, 'stop'], capture_output=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS/'ray_executor.json', res)
     md = table(res); (RESULTS/'ray_executor.md').write_text(md + '\n'); print(md)

@@ -128,8 +128,8 @@ def _write_shard(shard_dir:Path, k:int, slices:pd.DataFrame, rows:list, embs:lis
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     with atomic_path(_shard_file(shard_dir, k)) as tmp: pq.write_table(_embedding_table(slices.slice_id.iloc[rows], emb), tmp)
 
-def _embed_shard_task(cfg:Config, ec:EncoderConfig, k:int, rows:tuple)->int:
-    "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; the number of unreadable images."
+def _embed_shard_task(cfg:Config, ec:EncoderConfig, k:int, rows:tuple)->list:
+    "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; its unreadable images (`Failures` rows)."
     data = run_paths(cfg).data
     enc = worker_cache(('encoder', digest(dataclasses.asdict(ec))), lambda: build_encoder(ec))
     cols = ['slice_id', 'image_path'] + (WINDOW_COLUMNS if enc.uses_window else [])
@@ -138,7 +138,7 @@ def _embed_shard_task(cfg:Config, ec:EncoderConfig, k:int, rows:tuple)->int:
     _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(cfg, ec), cfg.embed.batch_size, task_device(cfg.device), cfg.embed.dtype, 0,
                   unreadable, stop_event=None)
     crash_point('embed:shard-written')                   # test hook: a worker dying after writing its shard
-    return len(unreadable)
+    return unreadable.rows
 
 # %% ../nbs/06_embed.ipynb #7be18da6
 def slice_ids_digest(
@@ -195,17 +195,16 @@ def embed_encoder(
     device = pick_device(cfg.device)
     failures, t0 = Failures(), time.time()
     if todo:
-        where = device if cfg.executor.kind == "local" else f"Ray workers ({stage_device(cfg.executor, 'embed', cfg.device)})"
+        where = device if cfg.executor.kind == "local" else f"Ray workers ({inputs['device']})"
         log.info(f"{encoder_id(ec)}: {len(todo)} of {len(ranges)} shard(s) to embed on {where}")
         if cfg.executor.kind == 'local':
             _embed_shards(enc, slices, data, todo, shard_dir, cfg.embed.batch_size, device, cfg.embed.dtype,
                           min(cfg.workers or os.cpu_count() or 1, 8), failures)
         else:                                   # one task per shard; a shard that raises stops the step, as it does locally
-            run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (cfg, ec, k, r)) for k, r in todo], 'embed', cfg.executor,
-                      Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
+            stage = run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (cfg, ec, k, r)) for k, r in todo], 'embed',
+                              cfg.executor, Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
             for k, _ in todo:
-                for f in json.loads((shard_dir/f"{k:05d}.failures.json").read_text()):
-                    failures.add(f['slice_id'], f"{f['image_path']}: {f['reason']}", 'read')
+                for f in stage.values[f"{encoder_id(ec)} shard {k}"]: failures.add(f['item'], f['reason'], f['stage'])
     seconds = time.time() - t0
     if failures: failures.report('images')
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]

@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['WORKER_CACHE_SIZE', 'DEFAULT_TASK_GPUS', 'Task', 'StageResult', 'task_placement', 'in_ray_task', 'task_device',
-           'task_function', 'worker_cache', 'crash_point', 'ExecutorError', 'ray_session', 'stage_resources',
-           'stage_device', 'run_stage']
+           'task_function', 'worker_cache', 'drop_cached', 'crash_point', 'ExecutorError', 'ray_session',
+           'stage_resources', 'stage_device', 'run_stage']
 
 # %% ../nbs/00b_executor.ipynb #10979604
-import os, sys, time, collections, importlib.util, concurrent.futures as cf
-from typing import Any, Callable, NamedTuple
+import os, time, collections, importlib.util, concurrent.futures as cf
+from typing import Callable, NamedTuple
 from .core import Failures, progress, get_logger, stop_point
 from .config import ExecutorConfig, StageResources, ConfigError
 
@@ -80,11 +80,16 @@ def worker_cache(
 ):
     "The value of `key` in this process: built by `build()` the first time, then reused."
     if key in _WORKER_CACHE: _WORKER_CACHE.move_to_end(key); return _WORKER_CACHE[key]
-    if keep_one:
-        for k in [k for k in _WORKER_CACHE if k[0] == key[0]]: del _WORKER_CACHE[k]
+    if keep_one: drop_cached(key[0])
     value = _WORKER_CACHE[key] = build()
     while len(_WORKER_CACHE) > WORKER_CACHE_SIZE: _WORKER_CACHE.popitem(last=False)
     return value
+
+def drop_cached(
+    kind:str,   # the first element of the keys to drop, e.g. 'training-data'
+):
+    "Free this process's cached values of one kind (a step that ran its tasks here and no longer needs them)."
+    for k in [k for k in _WORKER_CACHE if k[0] == kind]: del _WORKER_CACHE[k]
 
 # %% ../nbs/00b_executor.ipynb #ba8bde6d
 def crash_point(
@@ -100,36 +105,41 @@ def crash_point(
     os._exit(17)
 
 # %% ../nbs/00b_executor.ipynb #9c21e163
-def _collect(tasks:list, outcome:dict, failures:Failures, stage:str)->dict:
-    "Add the failures of `outcome` (name -> exception or message) to `failures`, in the order of `tasks`."
-    for t in tasks:
-        if t.name in outcome: failures.add(t.name, outcome[t.name], stage)
-
-def _run_local(tasks:list, workers:int, bar, stage:str, failures:Failures, after_each:str|None):
-    values, placement, errors = {}, {}, {}
-    def finished(name, result=None, error=None):
-        if error is None: values[name], placement[name] = result
+class _Outcomes:
+    "What the tasks of a stage gave, as they finish: values, placements, errors; the bar and the stop point after each."
+    def __init__(self, bar, failures:Failures, label:str, after_each:str|None):
+        self.bar, self.failures, self.label, self.after_each = bar, failures, label, after_each
+        self.values, self.placement, self.errors = {}, {}, {}
+    def finished(self, name:str, result:tuple|None=None, error:Exception|None=None):
+        "Record one finished task: its (value, placement), or its error (raised at once in strict mode)."
+        if error is None: self.values[name], self.placement[name] = result
         else:
-            errors[name] = error
-            if failures.strict: failures.add(name, error, stage)
-        bar.update(); bar.set_postfix(failed=len(errors), refresh=False)
-        if after_each: stop_point(after_each)
+            self.errors[name] = error
+            if self.failures.strict: self.failures.add(name, error, self.label)
+        self.bar.update(); self.bar.set_postfix(failed=len(self.errors), refresh=False)
+        if self.after_each: stop_point(self.after_each)
+    def result(self, tasks:list)->tuple:
+        "Add the errors to the failures in the order of `tasks`; (values, placement)."
+        for t in tasks:
+            if t.name in self.errors: self.failures.add(t.name, self.errors[t.name], self.label)
+        return self.values, self.placement
+
+def _run_local(tasks:list, workers:int, out:_Outcomes)->tuple:
     if workers <= 1:
         for t in tasks:
             try: r = _call(t.fn, t.args)
-            except Exception as e: finished(t.name, error=e)
-            else: finished(t.name, r)
+            except Exception as e: out.finished(t.name, error=e)
+            else: out.finished(t.name, r)
     else:
         with cf.ProcessPoolExecutor(workers) as ex:
             futs = {ex.submit(_call, t.fn, t.args): t.name for t in tasks}
             try:
                 for fut in cf.as_completed(futs):
                     try: r = fut.result()
-                    except Exception as e: finished(futs[fut], error=e)
-                    else: finished(futs[fut], r)
+                    except Exception as e: out.finished(futs[fut], error=e)
+                    else: out.finished(futs[fut], r)
             except BaseException: ex.shutdown(cancel_futures=True); raise
-    _collect(tasks, errors, failures, stage)
-    return values, placement
+    return out.result(tasks)
 
 # %% ../nbs/00b_executor.ipynb #f31c846b
 class ExecutorError(RuntimeError):
@@ -168,29 +178,25 @@ def stage_resources(
     if res.max_retries < 0: raise ConfigError(f"executor.{stage}.max_retries = {res.max_retries}: must be >= 0")
     return dict(num_cpus=res.num_cpus, num_gpus=gpus, max_retries=res.max_retries)
 
-def _run_ray(tasks:list, ex:ExecutorConfig, stage:str, bar, failures:Failures, after_each:str|None, label:str):
+def _run_ray(tasks:list, ex:ExecutorConfig, stage:str, out:_Outcomes)->tuple:
     ray = ray_session(ex)
     opts = stage_resources(ex, stage)
     remote = ray.remote(_call_on_ray).options(**opts, retry_exceptions=False)
     pending = {remote.remote(t.fn, t.args): t.name for t in tasks}
-    values, placement, errors = {}, {}, {}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 name = pending.pop(ref)
-                try: values[name], placement[name] = ray.get(ref)
-                except ray.exceptions.RayTaskError as e: errors[name] = e.cause if isinstance(e.cause, Exception) else RuntimeError(str(e))
+                try: r = ray.get(ref)
+                except ray.exceptions.RayTaskError as e: out.finished(name, error=e.cause if isinstance(e.cause, Exception) else RuntimeError(str(e)))
                 except ray.exceptions.RayError as e:                     # the worker died max_retries + 1 times, or the node
-                    errors[name] = RuntimeError(f"its worker died {opts['max_retries'] + 1} times ({type(e).__name__})")
-                if name in errors and failures.strict: failures.add(name, errors[name], label)
-                bar.update(); bar.set_postfix(failed=len(errors), refresh=False)
-                if after_each: stop_point(after_each)
+                    out.finished(name, error=RuntimeError(f"its worker died {opts['max_retries'] + 1} times ({type(e).__name__})"))
+                else: out.finished(name, r)
     except BaseException:
         for ref in pending: ray.cancel(ref, force=True)
         raise
-    _collect(tasks, errors, failures, label)
-    return values, placement
+    return out.result(tasks)
 
 # %% ../nbs/00b_executor.ipynb #d702d01e
 def stage_device(
@@ -222,14 +228,15 @@ def run_stage(
     t0 = time.time()
     if executor.kind not in ('local', 'ray'): raise ConfigError(f"executor.kind must be 'local' or 'ray', got {executor.kind!r}")
     bar = progress(total=len(tasks), desc=desc or stage, unit=unit)
+    out = _Outcomes(bar, failures, label or stage, after_each)
     try:
         if executor.kind == 'ray':
-            values, placement = _run_ray(tasks, executor, stage, bar, failures, after_each, label or stage)
-            import ray; total = ray.cluster_resources()
+            values, placement = _run_ray(tasks, executor, stage, out)
+            total = ray_session(executor).cluster_resources()
             where = f"ray ({executor.address or 'local'}, {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs)"
         else:
             workers = max(1, min(workers, len(tasks)))
-            values, placement = _run_local(tasks, workers, bar, label or stage, failures, after_each)
+            values, placement = _run_local(tasks, workers, out)
             where = 'local (serial)' if workers == 1 else f'local ({workers} processes)'
     finally: bar.close()
     return StageResult(values, placement, where, time.time() - t0)

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from .core import (Failures, Artifact, run_paths, write_parquet, write_csv, progress, get_logger, record_step, file_stamp,
-                       stop_point)
+from .core import Failures, Artifact, run_paths, write_parquet, write_csv, get_logger, record_step, file_stamp
 from .config import Config, dataset_label, load_config
 from .executor import Task, run_stage, crash_point
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,

@@ -20,10 +20,10 @@ from safetensors import safe_open
 import typing
 from typing import NamedTuple
 from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
-                       pick_device, seed_everything, stop_point, autocast)
+                       seed_everything, stop_point, autocast)
 from .config import Config, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
-from .executor import Task, StageResult, run_stage, worker_cache, task_device, stage_device, crash_point
+from .executor import Task, StageResult, run_stage, worker_cache, drop_cached, task_device, stage_device, crash_point
 from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
@@ -425,8 +425,9 @@ def train_grids(
 )->GridResult:
     "Train every configuration of the grid for each encoder and variant: one executor task per family."
     jobs = family_jobs(cfg, enc_ids, variants)
-    stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (cfg, j, force, max_epochs)) for j in jobs], 'train', cfg.executor,
-                      Failures(strict=True), desc='training SAE families', unit='family')   # a family that raises stops the step
+    try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (cfg, j, force, max_epochs)) for j in jobs], 'train', cfg.executor,
+                           Failures(strict=True), desc='training SAE families', unit='family')   # a family that raises stops the step
+    finally: drop_cached('training-data')          # a local run loaded them into this process: free them, as before
     return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
 
 def train_grid(

@@ -11,7 +11,7 @@ import pandas as pd
 
 ray = pytest.importorskip('ray')
 import ray.cloudpickle
-from sail.config import ExecutorConfig, StageResources, DemoConfig
+from sail.config import ExecutorConfig, StageResources, DemoConfig, load_config
 from sail.core import Failures, run_paths
 from sail.demo import build_demo
 from sail.executor import Task, run_stage, ray_session, stage_resources, ExecutorError
@@ -20,7 +20,6 @@ from sail.split import split_dataset
 from sail.embed import embed_encoder
 from sail.train import train_grids
 from sail.encoders import encoder_id
-from sail.config import load_config
 from conftest import ROOT, write_config, sail
 
 pytestmark = pytest.mark.xdist_group('ray')     # one Ray cluster per module: every test of it on one xdist worker
