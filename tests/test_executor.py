@@ -45,8 +45,11 @@ def none_left(token:str, within:float=10.0)->list:
 
 def test_process_scan_finds_a_process_by_its_token():
     tok = secrets.token_hex(6)
-    p = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'], stdin=subprocess.PIPE, env=os.environ | {TOKEN: tok})
-    try: assert processes_with(tok) == [p.pid]
+    p = subprocess.Popen([sys.executable, '-c', 'import sys; print("ready", flush=True); sys.stdin.read()'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=os.environ | {TOKEN: tok})
+    # Popen returns once the child called execve (vfork), which can be before the kernel has set up the new program's
+    # environment block (/proc/PID/environ reads empty then): wait for the child to say it runs.
+    try: assert p.stdout.readline() == 'ready\n' and processes_with(tok) == [p.pid]
     finally: p.stdin.close(); p.wait(30)
     assert none_left(tok) == []
 
