@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'SliceImages', 'slice_windows', 'shard_ranges', 'Shard', 'parse_shard', 'slice_ids_digest',
-           'embeddings_artifact', 'embed_inputs', 'embed_encoder', 'merge_embeddings', 'Embeddings', 'load_embeddings']
+           'embeddings_artifact', 'embed_inputs', 'embed_encoder', 'merge_embeddings', 'Embeddings', 'load_embeddings',
+           'embed_images']
 
 # %% ../nbs/06_embed.ipynb #32938a53
 import os, json, time, shutil, hashlib, dataclasses
@@ -93,6 +94,10 @@ def _batches(todo:list, batch_size:int)->list:
     "Row-index batches that stay inside shards."
     return [list(range(s, min(s + batch_size, e))) for _, (s, e) in todo for s in range(s, e, batch_size)]
 
+def _forward(enc:Encoder, x:torch.Tensor, device:str, dtype:str)->torch.Tensor:
+    "One prepared batch through the encoder on `device` at the step's precision: (B, dim) float32."
+    with autocast(device, dtype): return enc(x.to(device, non_blocking=True)).float()
+
 def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, shard_dir:Path, batch_size:int,
                   device:str, dtype:str, workers:int, failures:Failures, stop_event:str|None='embed:shard'):
     "Embed the rows of the shards in `todo` [(k, (start, stop))], writing each shard when it is complete."
@@ -106,7 +111,7 @@ def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, sh
     bar = progress(total=sum(e - s for _, (s, e) in todo), desc=f"embedding {enc.description.get('encoder', '')}", unit='img')
     with torch.inference_mode():
         for idx, x, err in dl:
-            with autocast(device, dtype): e = enc(x.to(device, non_blocking=True)).float()
+            e = _forward(enc, x, device, dtype)
             keep = torch.tensor([not m for m in err])
             bad = torch.nonzero(~torch.isfinite(e).all(1) & keep.to(e.device)).flatten().tolist()
             if bad: raise FloatingPointError(f"non-finite embedding for slice {slices.slice_id.iat[int(idx[bad[0]])]} ({enc.description.get('encoder')})")
@@ -283,3 +288,26 @@ def load_embeddings(
         raise ValueError(f"{p}: {len(ids)} embeddings do not match the {len(slices)} slices of {data_dir/'slices.parquet'} "
                          f"(count, ids or order differ from row {pos}); re-run the embed step")
     return Embeddings(arr, slices)
+
+# %% ../nbs/06_embed.ipynb #6d15f368
+def embed_images(
+    enc:Encoder,             # a built encoder (`build_encoder`)
+    images:list,             # (H, W) uint8 slices, as the slices step stores them
+    windows:list|None=None,  # per image: the CT (low, high) HU window it was stored with, None for MR (read by `Encoder.uses_window` encoders)
+    device:str='cpu',        # where to run the encoder
+    dtype:str='float32',     # precision (`embed.dtype`: auto, float32, bfloat16)
+    batch_size:int=32,       # images per forward pass
+)->np.ndarray:               # (N, enc.dim) float32
+    "Embeddings of in-memory slices through the embedding step's preparation and forward pass."
+    windows = list(windows) if windows is not None else [None] * len(images)
+    if len(windows) != len(images): raise ValueError(f"{len(windows)} windows for {len(images)} images")
+    enc, out = enc.to(device), []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            x = torch.stack([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
+                             for im, w in zip(images[s:s + batch_size], windows[s:s + batch_size])])
+            e = _forward(enc, x, device, dtype)
+            bad = torch.nonzero(~torch.isfinite(e).all(1)).flatten().tolist()
+            if bad: raise FloatingPointError(f"non-finite embedding of image {s + bad[0]} ({enc.description.get('encoder')})")
+            out.append(e.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, enc.dim), np.float32)

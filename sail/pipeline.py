@@ -23,12 +23,12 @@ from .config import Config, ConfigError, load_config, to_dict, dataset_label
 def find_steps(
     nbs:str|Path|None=None, # notebook folder; default `<root>/nbs`
 )->list:  # [(name, path)] in execution order
-    "The step notebooks: numbered notebooks with a `parameters` cell."
+    "The step notebooks: numbered notebooks with a `parameters` cell not also tagged `not-a-step` (the query notebook)."
     nbs = Path(nbs or project_root()/'nbs')
     steps = []
     for p in sorted(nbs.glob('[0-9][0-9]*_*.ipynb')):
-        nb = nbformat.read(p, as_version=4)
-        if any('parameters' in c.metadata.get('tags', []) for c in nb.cells): steps.append((p.stem, p))
+        tags = [c.metadata.get('tags', []) for c in nbformat.read(p, as_version=4).cells]
+        if any('parameters' in t and 'not-a-step' not in t for t in tags): steps.append((p.stem, p))
     return steps
 
 def select_steps(
@@ -387,6 +387,18 @@ def _parser()->argparse.ArgumentParser:
     e.add_argument('--shard', help="i/n: this process does every n-th shard starting at i (0-based); the last to finish merges")
     e.add_argument('--merge', action='store_true', help="only merge finished shards (checks every slice is present once)")
     e.add_argument('--force', action='store_true', help="recompute even if up to date")
+    q = sub.add_parser('query', help="a new scan through a finished run: its slices' features, similar slices and scans, an HTML report")
+    q.add_argument('run', help="the run: configuration name, YAML path or runs/<name> folder")
+    q.add_argument('path', help="a NIfTI file (.nii, .nii.gz), a DICOM series folder or a PNG slice")
+    q.add_argument('--plane', choices=['axial', 'coronal', 'sagittal'], help="plane to slice (default axial where the run has it)")
+    q.add_argument('--slice', type=int, metavar='N', help="slice index along the plane to describe (default the middle one)")
+    q.add_argument('--sae', metavar='ENC/VARIANT/CONFIG', help="which SAE (default the ranking's selection for the first encoder)")
+    q.add_argument('--modality', choices=['ct', 'mri'], help="when the file does not say (NIfTI files not named ct.nii.gz / mri.nii.gz, PNGs)")
+    q.add_argument('--study-type', help="CT study type choosing the window (spec §2.2), e.g. 'ct abdomen'; default the run's default window")
+    q.add_argument('--window', type=float, nargs=2, metavar=('CENTRE', 'WIDTH'), help="CT window in HU instead of the study type's")
+    q.add_argument('--series', help="DICOM SeriesInstanceUID, when the folder holds several series")
+    q.add_argument('--exclude-own', action='store_true', help="leave the scan itself out of the retrievals (a TotalSegmentator scan of the index)")
+    q.add_argument('--out', help="report folder (default sail-query/<scan>/ here); never inside the run")
     sub.add_parser('steps', help='list the pipeline steps')
     d = sub.add_parser('docs', help='the documentation site: refresh the notebooks on the demo run, or build the offline preview')
     d.add_argument('action', choices=['refresh', 'preview'], help="refresh: re-execute nbs/ on a finished run and store slim outputs; preview: build _preview/ without Quarto")
@@ -420,6 +432,10 @@ def main(
             if args.action == 'refresh': refresh(args.config, args.notebooks)
             else: print('\n'.join(str(p) for p in preview()))
         elif args.command == 'embed': _embed_command(args)
+        elif args.command == 'query':
+            from sail.query import query_command
+            query_command(args.run, args.path, args.plane, args.slice, args.sae, args.modality, args.study_type,
+                          tuple(args.window) if args.window else None, args.out, args.exclude_own, args.series)
         else: run_pipeline(args.config, args.steps, args.force, args.strict, cell_timeout=args.cell_timeout)
     except Interrupted as e:
         print(f"sail: stopped by {e.name}", file=sys.stderr); return e.code

@@ -6,12 +6,14 @@
 __all__ = ['CT_CLASSES', 'MRI_CLASSES', 'CLASSES', 'ORGANS', 'REGIONS', 'BODY_PARTS', 'DATASET_DIRS', 'IMAGE_FILES',
            'META_COLUMNS', 'METADATA_FIELDS', 'AGE_BIN_EDGES', 'AGE_BIN_LABELS', 'CT_WINDOWS', 'MRI_PERCENTILES',
            'PLANES', 'OBLIQUE_TOL_DEG', 'AFFINE_TOL_MM', 'regions_of', 'parts_of', 'DataFormatError', 'read_meta',
-           'age_bin', 'ct_window', 'window_to_uint8', 'mri_to_uint8', 'load_canonical', 'obliquity', 'read_image',
-           'display_slice', 'organ_presence', 'read_mask', 'ScanSettings', 'ScanError', 'slice_id', 'slice_scan']
+           'age_bin', 'ct_window', 'window_to_uint8', 'mri_to_uint8', 'load_canonical', 'obliquity', 'canonical_volume',
+           'read_image', 'display_slice', 'organ_presence', 'read_mask', 'ScanSettings', 'ScanError', 'slice_id',
+           'Intensities', 'scan_intensities', 'plane_image', 'slice_scan']
 
 # %% ../nbs/01_totalseg.ipynb #40409bab
 import re, zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -254,12 +256,14 @@ def obliquity(
     cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     return float(np.degrees(np.arccos(np.clip(np.abs(cols).max(0), 0, 1))).max())
 
-def read_image(
-    path:str|Path, # a scan's ct.nii.gz or mri.nii.gz
-)->tuple:          # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
-    "Read a scan's image in canonical RAS, rejecting an oblique grid and non-finite voxels."
-    path = Path(path)
-    arr, aff = _read(path)
+def canonical_volume(
+    arr:np.ndarray,    # a 3-D image as stored
+    aff:np.ndarray,    # its 4×4 voxel-to-RAS affine (mm)
+    source:str|Path,   # the file or folder it came from, for messages
+)->tuple:              # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
+    "An image in canonical RAS, rejecting an oblique grid and non-finite voxels (NIfTI files and DICOM series alike)."
+    path, arr = source, np.asarray(arr, np.float32)
+    if arr.ndim != 3: raise DataFormatError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
     angle = obliquity(aff)
     if not angle <= OBLIQUE_TOL_DEG:
         raise DataFormatError(f"{path}: oblique image: a voxel axis is {angle:.1f}° off the nearest patient axis (tolerance "
@@ -272,14 +276,20 @@ def read_image(
     ras, zooms, codes, ornt = _canonical(arr, aff)
     return ras, zooms, codes, _ras_affine(aff, ornt, arr.shape)
 
+def read_image(
+    path:str|Path, # a scan's ct.nii.gz or mri.nii.gz
+)->tuple:          # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
+    "Read a scan's image in canonical RAS, rejecting an oblique grid and non-finite voxels."
+    return canonical_volume(*_read(Path(path)), Path(path))
+
 # %% ../nbs/01_totalseg.ipynb #38c4c05f
 def display_slice(
     volume:np.ndarray, # 3-D array in RAS order
     axis:int,          # 0 sagittal, 1 coronal, 2 axial
     index:int,         # slice index along `axis`
 )->np.ndarray:         # 2-D array (rows, cols) in display orientation
-    "One slice of a RAS volume, oriented for display."
-    s = np.take(volume, index, axis=axis)
+    "One slice of a RAS volume, oriented for display (a view: no copy)."
+    s = volume[(slice(None),) * axis + (int(index),)]          # basic indexing: np.take copies through a strided gather
     return s[::-1, ::-1].T
 
 # %% ../nbs/01_totalseg.ipynb #5b130dec
@@ -382,6 +392,40 @@ def _inplane_resample(img2d:np.ndarray, sp_rows:float, sp_cols:float, tol:float=
     out = ndimage.zoom(img2d.astype(np.float32), (sp_rows/fine, sp_cols/fine), order=1, mode='nearest')
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8), fine
 
+class Intensities(NamedTuple):
+    "A volume mapped to the 8-bit intensities SAIL stores, with the window that made them."
+    u8: np.ndarray      # uint8 volume, same shape
+    centre: float|None  # CT window centre (HU); None for MR
+    width: float|None   # CT window width (HU); None for MR
+    source: str         # 'study_type', 'default' or 'given' (CT), 'percentile' (MR)
+    low: float          # intensity mapped to 0 (HU for CT)
+    high: float         # intensity mapped to 255
+
+def scan_intensities(
+    vol:np.ndarray,           # image in RAS order (HU for CT)
+    modality:str,             # 'ct' or 'mri'
+    study_type:str|None=None, # CT study type (chooses the window, spec §2.2)
+    default_window:tuple=(-100., 1400.), # CT (centre, width) for study types not in the table
+    window:tuple|None=None,   # a CT (centre, width) to use instead of the study type's
+)->Intensities:
+    "8-bit intensities of a scan: CT windowed by study type (or `window`), MR percentile-clipped (spec §2.2–2.3)."
+    if modality == 'ct':
+        centre, width, source = (float(window[0]), float(window[1]), 'given') if window is not None else ct_window(study_type, default_window)
+        return Intensities(window_to_uint8(vol, centre, width), centre, width, source, centre - width/2, centre + width/2)
+    if modality != 'mri': raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}")
+    u8, lo, hi = mri_to_uint8(vol)
+    return Intensities(u8, None, None, 'percentile', lo, hi)
+
+def plane_image(
+    u8:np.ndarray,  # 8-bit volume in RAS order
+    zooms:tuple,    # its voxel sizes in RAS order (mm)
+    axis:int,       # 0 sagittal, 1 coronal, 2 axial
+    index:int,      # slice index along `axis`
+)->tuple:           # (uint8 (rows, cols) image in display orientation with square pixels, pixel size in mm)
+    "One stored slice: the display slice, resampled in-plane to square pixels of the finer spacing."
+    rest = [i for i in range(3) if i != axis]               # display rows run along rest[1], columns along rest[0]
+    return _inplane_resample(display_slice(u8, axis, index), zooms[rest[1]], zooms[rest[0]])
+
 def slice_scan(
     scan_dir:str|Path,    # folder of one scan (holds ct.nii.gz or mri.nii.gz and segmentations/)
     modality:str,         # 'ct' or 'mri'
@@ -395,11 +439,7 @@ def slice_scan(
     image_id = scan_dir.name
     vol, zooms, codes, ras_affine = read_image(scan_dir/IMAGE_FILES[modality])
     axes = _planes_for(modality, vol.shape, zooms, settings)
-    if modality == 'ct':
-        centre, width, wsource = ct_window(study_type, settings.default_window)
-        u8 = window_to_uint8(vol, centre, width); lo, hi = centre - width/2, centre + width/2
-    else:
-        u8, lo, hi = mri_to_uint8(vol); centre = width = None; wsource = 'percentile'
+    u8, centre, width, wsource, lo, hi = scan_intensities(vol, modality, study_type, settings.default_window)
     seg = scan_dir/'segmentations'
     if not seg.is_dir(): raise ScanError(f"{seg}: segmentations folder missing")
     files = sorted(seg.glob('*.nii.gz'))
@@ -419,9 +459,8 @@ def slice_scan(
     rows = []
     for a in axes:
         plane = PLANES[a]
-        rest = [i for i in range(3) if i != a]               # display rows run along rest[1], columns along rest[0]
         for idx in _keep_range(present[a], settings.trim_empty):
-            img, px = _inplane_resample(display_slice(u8, a, idx), zooms[rest[1]], zooms[rest[0]])
+            img, px = plane_image(u8, zooms, a, idx)
             rel = f"images/{modality}/{image_id}/{plane}_{idx:04d}.png"
             if write_images:
                 (out_dir/rel).parent.mkdir(parents=True, exist_ok=True)

@@ -426,7 +426,7 @@ def train_grids(
     "Train every configuration of the grid for each encoder and variant: one executor task per family."
     jobs = family_jobs(cfg, enc_ids, variants)
     try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (cfg, j, force, max_epochs)) for j in jobs], 'train', cfg.executor,
-                           Failures(strict=True), desc='training SAE families', unit='family')   # a family that raises stops the step
+                           Failures(strict=True), desc='training SAE families', unit='family', after_each='train:family')   # a family that raises stops the step
     finally: drop_cached('training-data')          # a local run loaded them into this process: free them, as before
     return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
 

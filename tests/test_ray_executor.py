@@ -20,7 +20,7 @@ from sail.split import split_dataset
 from sail.embed import embed_encoder
 from sail.train import train_grids
 from sail.encoders import encoder_id
-from conftest import ROOT, write_config, sail
+from conftest import ROOT, write_config, sail, kill_at
 
 pytestmark = pytest.mark.xdist_group('ray')     # one Ray cluster per module: every test of it on one xdist worker
 
@@ -177,3 +177,33 @@ def test_choosing_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(sail.executor.importlib.util, 'find_spec', lambda name, *a: None if name == 'ray' else real(name, *a))
     with pytest.raises(ExecutorError, match=r"executor.kind is 'ray' but Ray is not installed; install it with: pip install 'sail\[ray\]'"):
         run_stage([Task('x', 'os.path:join', ('a',))], 'slices', ExecutorConfig(kind='ray'), Failures())
+
+def _cluster_idle(within:float=120.0):
+    "Wait until every CPU of the cluster is free again (a dead driver's tasks are cancelled by Ray asynchronously)."
+    import time
+    deadline = time.monotonic() + within
+    while ray.available_resources().get('CPU', 0) < ray.cluster_resources().get('CPU', 0):
+        if time.monotonic() > deadline: pytest.fail(f"the cluster stayed busy: {ray.available_resources()} of {ray.cluster_resources()}")
+        time.sleep(0.2)
+
+def test_a_killed_driver_resumes_from_finished_artifacts(cluster, demo_data, serial, tmp_path):
+    """The driver process itself is SIGKILLed at deterministic points -- after the 3rd scan and after the 2nd SAE family
+    it got back from Ray -- and each rerun goes on from what was finished: the final outputs equal the serial run's."""
+    root, broken = demo_data
+    name = f'_pytest_ray_killed_{tmp_path.name}'
+    config = write_run_config(tmp_path, root, tmp_path/'data', name, {'kind': 'ray', 'address': ray.get_runtime_context().gcs_address})
+    driver = f"import sys; sys.path.insert(0, {str(ROOT/'tests')!r}); from test_ray_executor import pipeline; pipeline({str(config)!r})"
+    cfg = load_config(config)
+    try:
+        kill_at(driver, 'slices:scan', 3)
+        _cluster_idle()
+        parts = list((run_paths(cfg).data/'.slices-parts').glob('*.json'))
+        assert 2 <= len(parts) < 12 and not (run_paths(cfg).data/'slices.json').exists()     # killed mid-stage (3 done, one may be the broken scan)
+        kill_at(driver, 'train:family', 2)
+        _cluster_idle()
+        assert len(list((run_paths(cfg).run/'sae').glob('*/*/*/artifact.json'))) >= 2        # at least the two families it got back
+        resumed = pipeline(config)
+        assert resumed['sliced']['sliced_now'] == [broken]        # the second driver finished slicing; a failed scan is always tried again
+        a, b = outputs(serial['cfg']), outputs(resumed['cfg'])
+        assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == [], _first_difference(a, b)
+    finally: shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
