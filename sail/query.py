@@ -11,17 +11,16 @@ __all__ = ['NIFTI_MODALITY', 'DICOM_MODALITIES', 'DICOM_SPACING_TOL', 'DICOM_ORI
            'write_report', 'query_text', 'slice_position', 'query_command', 'QueryExplorer']
 
 # %% ../nbs/17a_query.ipynb #e2a15690
-import io, json, html, math, shutil, dataclasses, tempfile
+import json, html, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 import nibabel as nib
 from PIL import Image
-from .core import run_paths, get_logger, pick_device, show_plotly, atomic_path, write_json, now, project_root
+from .core import run_paths, pick_device, show_plotly, atomic_path, now, project_root
 from .config import Config, load_config
 from .totalseg import (DataFormatError, PLANES, DATASET_DIRS, IMAGE_FILES, ScanSettings, canonical_volume, read_image, scan_intensities, plane_image,
                        _planes_for, _some, _toy_scan)
@@ -29,7 +28,7 @@ from .slices import scan_settings, slice_image, thumbnail, image_data_uri
 from .encoders import Encoder, EncoderUnavailable, build_encoder, encoder_id
 from .embed import embed_images, embeddings_artifact
 from .sae import MatryoshkaSAE
-from .train import SAERef, sae_ref, sae_artifact, load_sae
+from .train import sae_ref, sae_artifact, load_sae
 from .codes import compute_codes, load_codes, feature_stats
 from .split import scan_index, load_split, SPLITS
 from .monosemanticity import mono_artifact
@@ -157,7 +156,6 @@ def write_dicom_series(
     intercept:float=-1024.0, # RescaleIntercept: stored = value - intercept, rounded to int16
 )->list:               # the files written, in slice order
     "Write a NIfTI volume as a DICOM series of single-frame files (LPS patient coordinates)."
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     img = nib.load(str(nifti)); arr = np.asarray(img.dataobj, np.float32); aff = _LPS_TO_RAS @ img.affine   # voxel -> LPS
@@ -238,7 +236,7 @@ def slice_query(
     if plane not in PLANES: raise QueryError(f"plane {plane!r}: expected one of {list(PLANES)}")
     if plane not in allowed:
         raise QueryError(f"{vol.source}: plane {plane!r} is not one the run sliced for {modality.upper()} ({allowed}"
-                         + (f"; for MR the native plane, the one with the fewest slices" if modality == 'mri' and settings.mri_planes == 'native' else '')
+                         + ("; for MR the native plane, the one with the fewest slices" if modality == 'mri' and settings.mri_planes == 'native' else '')
                          + "); its SAE has seen no other")
     inten = scan_intensities(vol.array, modality, study_type, tuple(settings.default_window), window)
     axis = PLANES.index(plane)

@@ -1,7 +1,7 @@
 """Explorers and the documentation site in a real browser: Debian's Chromium driven by Playwright (never a downloaded browser).
 
 Screenshots are written to runs/test-screenshots/."""
-import os, re, json, time, shutil, socket, secrets, subprocess, sys
+import os, json, time, socket, secrets, subprocess, sys, contextlib
 from pathlib import Path
 import numpy as np, pytest, nbformat
 from PIL import Image
@@ -77,14 +77,16 @@ def test_explorer_pages_work_offline(smoke_run, browser):
 def _free_port()->int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-@pytest.mark.xdist_group('smoke')
-def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_path, request):
-    nb = nbformat.read(ROOT/'nbs'/'17_explorer.ipynb', as_version=4)
-    nb = inject_parameters(nb, {'config': str(smoke_run.config)})             # as the executor gives a step its parameters
+@contextlib.contextmanager
+def notebook_in_jupyterlab(browser, notebook:Path, parameters:dict, tmp_path:Path, request, shot:str):
+    """A step notebook run top to bottom in a real JupyterLab (its parameters injected as the executor injects them,
+    no stored outputs): yields the browser page once every cell has started; on failure saves `<shot>_FAILED.png` and
+    prints the server's log; always stops the server."""
+    nb = inject_parameters(nbformat.read(notebook, as_version=4), parameters)
     for c in nb.cells:                                                           # a clean start: no stored outputs
         if c.cell_type == 'code': c.outputs, c.execution_count = [], None
     nb.metadata.pop('widgets', None)
-    nbformat.write(nb, tmp_path/'explorer.ipynb')
+    nbformat.write(nb, tmp_path/notebook.name)
     port, token = _free_port(), secrets.token_hex(8)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path/'cfg'), JUPYTER_RUNTIME_DIR=str(tmp_path/'rt'), SAIL_ROOT=str(ROOT))
     lab = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1', f'--IdentityProvider.token={token}',
@@ -98,7 +100,7 @@ def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_
         else: pytest.fail('jupyter lab did not start:\n' + (tmp_path/'lab.log').read_text()[-2000:])
         page = browser.new_page(viewport=dict(width=1400, height=1000))
         request.node.lab_page = page                                            # for the screenshot on failure
-        page.goto(f'http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}')
+        page.goto(f'http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}')
         page.wait_for_selector('.jp-Notebook', timeout=60_000)
         page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Toolbar-kernelStatus', timeout=60_000)
         page.wait_for_timeout(1500)
@@ -108,28 +110,36 @@ def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_
             try: page.wait_for_function(started, timeout=30_000); break
             except Exception:
                 if attempt == 2: raise
-        page.wait_for_function("() => [...document.querySelectorAll('.sail-feature h3')].some(h => h.innerText.startsWith('pixels/'))",
-                               timeout=240_000)                          # the run's explorer (the last widget) has rendered
-        info = page.locator('.sail-feature h3').last
-        before = info.inner_text()
-        slider = page.locator('.widget-slider').last
-        slider.scroll_into_view_if_needed()
-        page.locator('.widget-slider .noUi-handle').last.focus()
-        page.keyboard.press('ArrowRight')
-        page.wait_for_function("() => { const hs = document.querySelectorAll('.sail-feature h3'); const h = hs[hs.length - 1]; "
-                               f"return h && h.innerText !== {json.dumps(before)}; }}", timeout=30_000)
-        after = info.inner_text()
-        SHOTS.mkdir(parents=True, exist_ok=True); page.screenshot(path=str(SHOTS/'jupyterlab_explorer.png'))
-        assert 'rank 1)' in before and 'rank 2)' in after, (before, after)
+        yield page
+        SHOTS.mkdir(parents=True, exist_ok=True); page.screenshot(path=str(SHOTS/f'{shot}.png'))
     except Exception:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        if getattr(request.node, 'lab_page', None): request.node.lab_page.screenshot(path=str(SHOTS/'jupyterlab_explorer_FAILED.png'), full_page=True)
+        if getattr(request.node, 'lab_page', None): request.node.lab_page.screenshot(path=str(SHOTS/f'{shot}_FAILED.png'), full_page=True)
         print((tmp_path/'lab.log').read_text()[-3000:])
         raise
     finally:
         lab.terminate()
         try: lab.wait(20)
         except subprocess.TimeoutExpired: lab.kill()
+
+def last_changes(page, selector:str, before:str, timeout:int=30_000):
+    "Wait until the last element matching `selector` shows other text than `before`."
+    page.wait_for_function(f"() => {{ const hs = document.querySelectorAll({json.dumps(selector)}); const h = hs[hs.length - 1]; "
+                           f"return h && h.innerText !== {json.dumps(before)}; }}", timeout=timeout)
+
+@pytest.mark.xdist_group('smoke')
+def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_path, request):
+    with notebook_in_jupyterlab(browser, ROOT/'nbs'/'17_explorer.ipynb', {'config': str(smoke_run.config)}, tmp_path, request, 'jupyterlab_explorer') as page:
+        page.wait_for_function("() => [...document.querySelectorAll('.sail-feature h3')].some(h => h.innerText.startsWith('pixels/'))",
+                               timeout=240_000)                          # the run's explorer (the last widget) has rendered
+        info = page.locator('.sail-feature h3').last
+        before = info.inner_text()
+        page.locator('.widget-slider').last.scroll_into_view_if_needed()
+        page.locator('.widget-slider .noUi-handle').last.focus()
+        page.keyboard.press('ArrowRight')
+        last_changes(page, '.sail-feature h3', before)
+        after = info.inner_text()
+        assert 'rank 1)' in before and 'rank 2)' in after, (before, after)
 
 # ---------------------------------------------------------------- the offline preview of the documentation site
 

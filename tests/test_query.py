@@ -1,15 +1,14 @@
 """A new scan through a finished run (`sail.query`): DICOM and NIfTI agree, an indexed scan finds itself, bad input is
 named, the run is never written to, the CLI's report works in Chromium and the widget in a real JupyterLab."""
-import os, json, shutil, secrets, subprocess, sys, time
+import json, shutil
 from pathlib import Path
-import numpy as np, pandas as pd, pytest, nbformat, pydicom
+import numpy as np, pandas as pd, pytest, pydicom
 from conftest import ROOT, sail
-from test_browser import browser, open_local, not_blank, _free_port, SHOTS   # noqa: F401 (browser is a fixture)
+from test_browser import browser, open_local, not_blank, notebook_in_jupyterlab, last_changes, SHOTS   # noqa: F401 (browser is a fixture)
 from sail.config import load_config, EncoderConfig
 from sail.totalseg import DATASET_DIRS, IMAGE_FILES, DataFormatError
-from sail.query import (load_run, query_scan, read_dicom_series, read_nifti, write_dicom_series, read_query_input, write_report,
+from sail.query import (load_run, query_scan, read_dicom_series, read_nifti, write_dicom_series, read_query_input,
                         slice_features, QueryError)
-from sail.pipeline import inject_parameters
 
 pytestmark = pytest.mark.xdist_group('smoke')
 
@@ -127,50 +126,14 @@ def test_cli_report_opens_offline_and_never_writes_into_the_run(smoke_run, brows
     assert not_blank(SHOTS/'query_report.png')
 
 def test_query_widget_in_jupyterlab(smoke_run, browser, tmp_path, request):
-    nb = nbformat.read(ROOT/'nbs'/'17a_query.ipynb', as_version=4)
-    nb = inject_parameters(nb, {'config': str(smoke_run.config)})
-    for c in nb.cells:
-        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
-    nbformat.write(nb, tmp_path/'query.ipynb')
-    port, token = _free_port(), secrets.token_hex(8)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path/'cfg'), JUPYTER_RUNTIME_DIR=str(tmp_path/'rt'), SAIL_ROOT=str(ROOT))
-    lab = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1', f'--IdentityProvider.token={token}',
-                            f'--ServerApp.root_dir={tmp_path}', '--ServerApp.allow_root=True', '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
-                           cwd=tmp_path, env=env, stdout=open(tmp_path/'lab.log', 'w'), stderr=subprocess.STDOUT)
-    try:
-        import urllib.request
-        for _ in range(120):
-            try: urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2); break
-            except Exception: time.sleep(0.5)
-        else: pytest.fail('jupyter lab did not start:\n' + (tmp_path/'lab.log').read_text()[-2000:])
-        page = browser.new_page(viewport=dict(width=1400, height=1000)); request.node.lab_page = page
-        page.goto(f'http://127.0.0.1:{port}/lab/tree/query.ipynb?token={token}')
-        page.wait_for_selector('.jp-Notebook', timeout=60_000)
-        page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Toolbar-kernelStatus', timeout=60_000)
-        page.wait_for_timeout(1500)
-        started = "() => [...document.querySelectorAll('.jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
-        for attempt in range(3):
-            page.click('li.lm-MenuBar-item:has-text("Run")'); page.click('li.lm-Menu-item:has-text("Run All Cells")')
-            try: page.wait_for_function(started, timeout=30_000); break
-            except Exception:
-                if attempt == 2: raise
-        page.wait_for_function("() => document.querySelectorAll('.widget-html .sail-query-slice h3').length > 0", timeout=240_000)
-        head = page.locator('.widget-html .sail-query-slice h3').last       # the run section's widget, not a lesson's HTML
+    with notebook_in_jupyterlab(browser, ROOT/'nbs'/'17a_query.ipynb', {'config': str(smoke_run.config)}, tmp_path, request, 'jupyterlab_query') as page:
+        head_css = '.widget-html .sail-query-slice h3'                      # the run section's widget, not a lesson's HTML
+        page.wait_for_function(f"() => document.querySelectorAll({json.dumps(head_css)}).length > 0", timeout=240_000)
+        head = page.locator(head_css).last
         before = head.inner_text()
         page.locator('.widget-slider .noUi-handle').last.focus(); page.keyboard.press('ArrowRight')
-        page.wait_for_function("() => { const hs = document.querySelectorAll('.widget-html .sail-query-slice h3'); const h = hs[hs.length - 1]; "
-                               f"return h && h.innerText !== {json.dumps(before)}; }}", timeout=30_000)
+        last_changes(page, head_css, before)
         after = head.inner_text()
-        SHOTS.mkdir(parents=True, exist_ok=True); page.screenshot(path=str(SHOTS/'jupyterlab_query.png'))
         n0, n1 = int(before.split(' slice ')[1].split()[0]), int(after.split(' slice ')[1].split()[0])
         assert n1 == n0 + 1, (before, after)
-        assert page.locator('.sail-query-slice .hit img').count() > 0
-    except Exception:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        if getattr(request.node, 'lab_page', None): request.node.lab_page.screenshot(path=str(SHOTS/'jupyterlab_query_FAILED.png'), full_page=True)
-        print((tmp_path/'lab.log').read_text()[-3000:])
-        raise
-    finally:
-        lab.terminate()
-        try: lab.wait(20)
-        except subprocess.TimeoutExpired: lab.kill()
+        assert page.locator('.widget-html .sail-query-slice .hit img').count() > 0
