@@ -603,7 +603,8 @@ def write_report(
     start = n // 2 if start is None else start
     if not 0 <= start < n: raise QueryError(f"slice position {start}: the query has {n} slice(s)")
     sections = ''.join(slice_html(run, result, i) for i in range(n))
-    data = dict(thumbs=hit_uris(run, result.hits.slice_id), heatmap=json.loads(scan_heatmap(run, result).to_json()),
+    heatmap = scan_heatmap(run, result)                                  # drawn once: its data and its height
+    data = dict(thumbs=hit_uris(run, result.hits.slice_id), heatmap=json.loads(heatmap.to_json()),
                 indices=[int(i) for i in qs.indices], start=start)
     sh = result.scan_hits
     scans = ''.join(f"<tr><td>{r['rank']}</td><td>{r['similarity']:.3f}</td><td>{_esc(str(r.get('modality', '')).upper())} {_esc(r.get('image_id'))}</td>"
@@ -614,7 +615,7 @@ def write_report(
     body = (f"<h1>SAIL query · {_esc(Path(qs.source).name)}</h1>"
             f"<p class='meta'>run <b>{_esc(result.run)}</b> · SAE {_esc(result.sae)} · {qs.modality.upper()} {_esc(qs.plane)} · {n} slice(s) · "
             f"volume {'×'.join(map(str, qs.shape))} · {win} · made {now()}</p>"
-            f"<div id='heatmap' style='height:{scan_heatmap(run, result).layout.height}px'></div>"
+            f"<div id='heatmap' style='height:{heatmap.layout.height}px'></div>"
             f"<div id='ctl'>slice <input type='range' id='slice' min='0' max='{n - 1}' value='{start}'> <span id='sliceLabel'></span></div>{sections}"
             f"<h2>Most similar scans (mean code of the {qs.plane} slices)</h2><table><tr><th>rank</th><th>similarity</th><th>scan</th><th>split</th>"
             f"<th>slices</th><th>age</th><th>sex</th><th>institute</th><th>study type</th></tr>{scans}</table>")
