@@ -70,10 +70,22 @@ def _sample_tree(proc:subprocess.Popen, manifest:Path, peaks:dict, every:float=0
         if step: peaks[step] = max(peaks.get(step, 0.0), _tree_rss_mb(proc.pid))
         time.sleep(every)
 
+def gemm_ms(repeats:int=5)->float:
+    """The machine's speed when a rehearsal starts: milliseconds of one fp32 2048 x 1536 x 8192 matrix product (the
+    training step's largest), best of `repeats`. Rows measured on different days compare through it (a shared VM's
+    speed drifts)."""
+    import torch
+    a, b = torch.randn(2048, 1536), torch.randn(1536, 8192); a @ b
+    best = float('inf')
+    for _ in range(repeats):
+        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 1)
+
 def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
     "Data, then `sail run` on the steps; the manifest's per-step numbers and the sampled peak of the process tree."
     import threading
     made = ensure_data(fraction, seed, template)
+    speed = gemm_ms()
     cfg = config_for(fraction, seed); t0 = time.time(); peaks = {}
     proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *steps],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -87,7 +99,9 @@ def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
                         error=(v.get('error') or '')[:500])
                 for s, v in manifest['steps'].items() if s.split('_', 1)[-1] in steps}
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    pages = {p.name: p.stat().st_size for p in sorted((ROOT/'runs'/label(fraction)/'explorers').glob('*')) if p.is_file()}
     return dict(fraction=fraction, data=made, returncode=r.returncode, wall_s=round(wall, 1), steps=per_step, when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0)), commit=commit,
+                pages=pages, gemm_ms=speed,
                 tail=(r.stdout[-2000:] + r.stderr[-2000:]) if r.returncode else '')
 
 def _peak(v:dict)->float|None:
@@ -96,6 +110,8 @@ def _peak(v:dict)->float|None:
     return max(got) if got else None
 
 def _mb(v): return '' if v is None else f'{v / 1024:.1f} GB' if v >= 1024 else f'{v:.0f} MB'
+
+def _size(b:int)->str: return f'{b / 2**20:.1f} MB' if b >= 2**20 else f'{b / 2**10:.0f} KB'
 
 def table(runs:list)->str:
     "One row per step: seconds and peak memory at every fraction, and the growth from the smallest to the largest."
@@ -117,10 +133,18 @@ def table(runs:list)->str:
     for r in runs:
         total = sum(v['seconds'] or 0 for v in r['steps'].values())
         peak = max([_peak(v) or 0 for v in r['steps'].values()] or [0])
+        speed = f"; fp32 GEMM 2048x1536x8192 {r['gemm_ms']:.0f} ms at its start" if r.get('gemm_ms') else ''
         lines.append(f"\n{r['fraction']:.0%} of the paper's rows ({r['data']['n_slices']:,} slices, {r['data']['n_scans']:,} scans): steps {total / 60:.1f} min "
                      f"(goal <= {TOTAL_MINUTES_GOAL} min at 100 %), largest peak RSS {_mb(peak)} (goal <= {_mb(PEAK_RSS_GOAL_MB)}), "
                      f"data generated in {r['data']['seconds']:.0f} s{' (reused)' if r['data']['reused'] else ''}; `sail run` exit status {r['returncode']}"
-                     f" (run of {r.get('when', 'an earlier session')}{', commit ' + r['commit'] if r.get('commit') else ''}).")
+                     f" (run of {r.get('when', 'an earlier session')}{', commit ' + r['commit'] if r.get('commit') else ''}"
+                     f"{speed}).")
+        if r.get('pages'):   # what a browser has to open: each page embeds its data (bounded by the explorer settings, not by rows)
+            lines.append(f"Explorer pages at {r['fraction']:.0%}: " + ', '.join(f"`{n}` {_size(b)}" for n, b in r['pages'].items())
+                         + f" ({_size(sum(r['pages'].values()))} in all; `plotly.min.js` is the library, shared by the pages).")
+    if len(runs) > 1 and (len({r.get('gemm_ms') for r in runs}) > 1 or any(r.get('gemm_ms') is None for r in runs)):
+        lines.append("\nThe rows were measured in different runs of this shared machine, whose speed drifts from day to day: a growth "
+                     "ratio mixes both days' speeds (compare the GEMM times where both are recorded).")
     return '\n'.join(lines)
 
 def main(argv=None)->int:

@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import get_logger
-from .config import EncoderConfig
+from .config import EncoderConfig, SLAB_ENCODERS, MAX_SLAB
 from .backbones import (WeightsUnavailable, file_sha256, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE, effnet_weights_path, load_efficientnet_lite0,
-                        effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, load_astra, collapse_to_2d, astra_preprocess)
+                        effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, ASTRA_DEPTH_STRIDE, load_astra, collapse_to_2d,
+                        astra_preprocess, slab_features)
 
 # %% ../nbs/05_encoders.ipynb #df367945
 def letterbox(
@@ -67,6 +68,7 @@ class Encoder(nn.Module):
     dim: int = 0
     image_size: int = 0
     uses_window: bool = False        # True: `prepare` needs each CT slice's display window to recover Hounsfield units
+    slab: int = 0                    # neighbouring slices on each side `forward` sees with each slice (2.5-D); 0: the slice alone
     prepared_dtype = torch.uint8     # dtype of what `prepare` returns
     def __init__(self, description:dict): super().__init__(); self.description = description # what made the embeddings
     def prepare(
@@ -249,28 +251,36 @@ def _astra_prepare(image, window=None, *, size:int, hu_range:tuple)->torch.Tenso
     return letterbox(x, size)
 
 class AstraEncoder(Encoder):
-    "Astra's CT ResNet-152 collapsed to 2-D: stored slice → HU → Astra's window → letterbox; global average of layer4 (2048-d)."
+    """Astra's CT ResNet-152 on slices: stored slice → HU → Astra's window → letterbox; global average of layer4 (2048-d).
+    2-D (`slab` 0): the depth-summed collapse on the slice. 2.5-D (`slab` r): the 3-D network on the slice and its r
+    neighbours on each side (`slab_features`: edge-replicated to the network's 33-slice depth field, output at the middle)."""
     uses_window = True
     prepared_dtype = torch.float32
     def __init__(
         self,
-        net:nn.Module,         # a `ResNet2d` (from `collapse_to_2d`)
+        net:nn.Module,         # a `ResNet2d` (from `collapse_to_2d`) when `slab` is 0, else the `ResNet3d` itself
         description:dict,      # provenance
         image_size:int=224,    # input side (Astra trains on 224 × 224 planes)
         hu_range:tuple=ASTRA_HU_RANGE, # Astra's input window in HU
+        slab:int=0,            # neighbouring slices on each side (0...MAX_SLAB); 0 = the 2-D collapse
     ):
         super().__init__(description)
-        self.net, self.image_size, self.dim, self.hu_range = net.eval(), image_size, 2048, tuple(hu_range)
-        self.description |= dict(image_size=image_size, dim=self.dim, hu_range=list(self.hu_range),
+        if not 0 <= slab <= MAX_SLAB: raise ValueError(f"slab must be 0...{MAX_SLAB} slices on each side, got {slab}")
+        self.net, self.image_size, self.dim, self.hu_range, self.slab = net.eval(), image_size, 2048, tuple(hu_range), slab
+        feature = ('global average of layer4 of the depth-summed 2-D collapse' if not slab else
+                   f'3-D network on {2 * slab + 1} neighbouring slices (edge-replicated to {2 * ASTRA_DEPTH_STRIDE + 1}, depth padding replicated), '
+                   'global in-plane average of layer4 at the middle output depth')
+        self.description |= dict(image_size=image_size, dim=self.dim, hu_range=list(self.hu_range), slab=slab,
                                  preprocessing=f'stored uint8 -> HU by the slice window -> clip((HU - {hu_range[0]}) / {hu_range[1] - hu_range[0]}, 0, 1) '
                                                '(MRI: /255) -> letterbox with 0 (air), bilinear antialiased resize',
-                                 feature='global average of layer4 of the depth-summed 2-D collapse')
+                                 feature=feature)
     @property
     def preparer(self): return functools.partial(_astra_prepare, size=self.image_size, hu_range=self.hu_range)
     def forward(
         self,
-        batch:torch.Tensor,  # (B, S, S) float32 in 0..1 (from `prepare`)
+        batch:torch.Tensor,  # (B, S, S) float32 in 0..1 (from `prepare`); with a slab (B, 2·slab + 1, S, S), the first slice the lowest index
     )->torch.Tensor:         # (B, 2048) float32
+        if self.slab: return slab_features(self.net, batch[:, None].float()).float()
         return self.net.features(batch[:, None].float()).float()
 
 # %% ../nbs/05_encoders.ipynb #cbe45715
@@ -310,11 +320,12 @@ def _effnet(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Enco
                                ec.image_size or EFFNET_LITE_PARAMS['lite0'].resolution)
 
 def _astra(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
-    try: net = collapse_to_2d(load_astra(pretrained, ec.seed), 'sum')
+    try: net3d = load_astra(pretrained, ec.seed)
     except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
     weights = f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained else f"random (torchvision ResNet initialisation with zero-initialised residual branches, seed {ec.seed})"
-    return AstraEncoder(net, dict(encoder=encoder_id(ec), name=ec.name, model='Astra I3D ResNet-152, depth-summed to 2-D', revision=None,
-                                  weights=weights), ec.image_size or 224)
+    model = f'Astra I3D ResNet-152 on slabs of {2 * ec.slab + 1} slices' if ec.slab else 'Astra I3D ResNet-152, depth-summed to 2-D'
+    return AstraEncoder(net3d if ec.slab else collapse_to_2d(net3d, 'sum'), dict(encoder=encoder_id(ec), name=ec.name, model=model, revision=None,
+                                  weights=weights), ec.image_size or 224, slab=ec.slab)
 
 ENCODERS = {  # name -> builder(EncoderConfig, local_files_only) -> Encoder
     'pixels': lambda ec, lfo: PixelsEncoder(ec.image_size or 32),
@@ -334,4 +345,5 @@ def build_encoder(
     "The encoder an `EncoderConfig` describes, in eval mode on the CPU."
     if isinstance(ec, str): ec = EncoderConfig(ec)
     if ec.name not in ENCODERS: raise KeyError(f"unknown encoder {ec.name!r}; known: {sorted(ENCODERS)}")
+    if ec.slab and ec.name not in SLAB_ENCODERS: raise ValueError(f"encoder {ec.name!r} embeds single slices: slab = {ec.slab} needs one of {list(SLAB_ENCODERS)}")
     return ENCODERS[ec.name](ec, local_files_only).eval()

@@ -3,6 +3,11 @@ import os, sys, shutil, subprocess
 from pathlib import Path
 import pytest
 import yaml
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # Several xdist workers share the machine's cores: more than one intra-op thread per process oversubscribes them,
+    # and OpenMP's barriers then crawl (a tiny SAE trains 3-5x slower). Set before torch is imported; the kernels,
+    # Ray workers and other subprocesses the tests start inherit it.
+    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(var, '1')
 from sail.core import project_root
 from sail.config import load_config
 

@@ -155,6 +155,16 @@ def test_cli_shards_and_token_never_written(mini, tmp_path):
         assert fake not in texts
     finally: shutil.rmtree(ROOT/'runs'/f'_pytest_token_{tmp_path.name}', ignore_errors=True)
 
+def astra_input(d:Path, row, size:int)->torch.Tensor:
+    "Independent arithmetic for one stored slice: PNG -> HU by its window (CT) or v/255 (MRI) -> Astra's 0..1 -> air bars -> (size, size)."
+    v = np.asarray(Image.open(d/row.image_path), np.float64)
+    if row.modality == 'ct':
+        lo = row.window_centre - row.window_width / 2
+        x = np.clip((lo + v / 255 * row.window_width + 1000) / 1200, 0, 1)
+    else: x = v / 255
+    h, w = x.shape; side = max(h, w); sq = np.zeros((side, side)); sq[(side - h)//2:(side - h)//2 + h, (side - w)//2:(side - w)//2 + w] = x
+    return torch.nn.functional.interpolate(torch.tensor(sq, dtype=torch.float32)[None, None], size=(size, size), mode='bilinear', antialias=True)[0, 0]
+
 def test_hu_encoder_gets_each_ct_slice_window_through_the_loader(sliced):
     "astra-ct's twin: every CT row is embedded from HU recomputed with its own window, every MRI row from v/255."
     cfg = sliced(encoders=[{'name': 'random:astra-ct', 'image_size': 32}])
@@ -165,20 +175,47 @@ def test_hu_encoder_gets_each_ct_slice_window_through_the_loader(sliced):
     emb, rows = load_embeddings(d, 'random-astra-ct', ['modality', 'window_centre', 'window_width', 'image_path'])
     assert set(rows.modality) == {'ct', 'mri'} and rows[rows.modality == 'ct'].window_width.notna().all()
     pick = [rows.index[rows.modality == 'ct'][3], rows.index[rows.modality == 'mri'][3]]
-    expected = []
-    for i in pick:                                   # independent arithmetic: PNG -> HU -> Astra's 0..1 -> air bars
-        v = np.asarray(Image.open(d/rows.image_path[i]), np.float64)
-        if rows.modality[i] == 'ct':
-            lo = rows.window_centre[i] - rows.window_width[i] / 2
-            x = np.clip((lo + v / 255 * rows.window_width[i] + 1000) / 1200, 0, 1)
-        else: x = v / 255
-        h, w = x.shape; side = max(h, w); sq = np.zeros((side, side)); sq[(side - h)//2:(side - h)//2 + h, (side - w)//2:(side - w)//2 + w] = x
-        t = torch.nn.functional.interpolate(torch.tensor(sq, dtype=torch.float32)[None, None], size=(32, 32), mode='bilinear', antialias=True)
-        expected.append(t[0, 0])
+    expected = [astra_input(d, rows.loc[i], 32) for i in pick]
     with torch.inference_mode(): want = enc(torch.stack(expected)).numpy()
     assert np.abs(emb[pick] - want).max() < 1e-5 * np.abs(want).max()        # float32 through 152 layers, other batch sizes
     ct_as_mri = enc(torch.stack([torch.as_tensor(enc.prepare(np.asarray(Image.open(d/rows.image_path[pick[0]]))))]))
     assert np.abs(ct_as_mri.numpy()[0] - emb[pick[0]]).max() > 1e-2 * np.abs(want).max()  # the window changed what it saw
+
+def test_slab_encoder_embeds_each_slice_with_its_neighbours(sliced):
+    """2.5-D (`slab: 1`): the embedding step feeds the 3-D network each slice with the slices before and after it in its
+    scan's plane (the edge slice repeated at a plane's ends), computed here from the PNGs by independent arithmetic."""
+    from sail.backbones import load_astra, slab_features
+    from sail.embed import _shard_dir, _shard_file
+    ec = {'name': 'random:astra-ct', 'image_size': 32, 'slab': 1}
+    cfg = sliced(encoders=[ec])
+    enc = build_encoder(cfg.embed.encoders[0])
+    assert enc.slab == 1 and enc.description['slab'] == 1 and 'slabs of 3 slices' in enc.description['model']
+    d = Path(cfg.data.dir)
+    rows = pd.read_parquet(d/'slices.parquet', columns=['slice_id', 'modality', 'image_id', 'plane', 'slice_index', 'image_path',
+                                                        'window_centre', 'window_width'])
+    first = rows.groupby(['modality', 'image_id', 'plane']).slice_index.transform('min')
+    edge, middle = rows.index[rows.slice_index == first][0], rows.index[(rows.slice_index > first + 1)][0]
+    for i in (middle - 1, middle + 1):      # neighbours unlike the middle slice (adjacent real slices differ too little for the random twin)
+        f = d/rows.image_path[i]; Image.fromarray(255 - np.asarray(Image.open(f))).save(f)
+    embed_encoder(cfg, cfg.embed.encoders[0], encoder=enc, max_shards=1)         # the step's own path, first shard (64 rows)
+    got = pq.read_table(_shard_file(_shard_dir(cfg, cfg.embed.encoders[0]), 0)).to_pandas()
+    assert middle < len(got) and rows.slice_index[middle - 1] + 1 == rows.slice_index[middle] == rows.slice_index[middle + 1] - 1
+    def slab_of(i):                                       # the slice and its neighbours by slice_index, edge repeated
+        r = rows.loc[i]; same = rows[(rows.modality == r.modality) & (rows.image_id == r.image_id) & (rows.plane == r.plane)].set_index('slice_index')
+        ks = [min(max(r.slice_index + j, same.index.min()), same.index.max()) for j in (-1, 0, 1)]
+        return torch.stack([astra_input(d, same.loc[k], 32) for k in ks])
+    net3d = load_astra(False, 42)
+    with torch.inference_mode(): want = slab_features(net3d, torch.stack([slab_of(edge), slab_of(middle)])[:, None]).numpy()
+    emb = np.stack(got.set_index('slice_id').embedding.loc[rows.slice_id[[edge, middle]]].to_numpy())
+    assert np.abs(emb - want).max() < 1e-5 * np.abs(want).max()
+    from sail.embed import embed_images, slice_windows                          # a query's stack: each slice's slab from it
+    three = rows.loc[middle - 1:middle + 1]
+    mine = embed_images(enc, [np.asarray(Image.open(d/q)) for q in three.image_path], slice_windows(three))
+    assert np.abs(mine[1] - emb[1]).max() < 1e-5 * np.abs(emb[1]).max()
+    flat = build_encoder(EncoderConfig('random:astra-ct', image_size=32))       # the 2-D collapse on the slice alone differs:
+    with torch.inference_mode(): alone = flat(astra_input(d, rows.loc[middle], 32)[None]).numpy()[0]
+    assert np.abs(alone - emb[1]).max() > 0.1 * np.abs(alone).max()             # the neighbours are seen
+    with pytest.raises(ValueError, match="'pixels' embeds single slices"): build_encoder(EncoderConfig('pixels', slab=1))
 
 def test_learned_encoders_registered_with_provenance():
     for name, dim in [('efficientnet-lite0', 1280), ('random:efficientnet-lite0', 1280)]:

@@ -16,7 +16,7 @@ if [ "$before" != "$after" ]; then
 fi
 
 echo "== notebook lessons (nbdev_test)"
-nbdev_test --n_workers 2 --timing
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --n_workers 2 --timing    # two notebooks at once on two cores: one thread each
 
 echo "== docs pre-processing without Quarto"
 python -c "from nbdev.serve import proc_nbs; proc_nbs()"
