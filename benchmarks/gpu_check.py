@@ -21,7 +21,7 @@ Reduced numbers say nothing about a GPU, so only parity is judged there; exit st
 import argparse, json, os, sys, tempfile, time
 os.environ.setdefault('TQDM_DISABLE', '1')        # one table, no progress bars (read when tqdm is imported)
 from pathlib import Path
-import numpy as np, scipy.sparse as sp, torch, torch.nn.functional as F
+import numpy as np, torch, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from sae_benchmarks import structured_embeddings
 from sail.core import autocast, pick_device, library_versions, BF16_PARITY
@@ -96,7 +96,7 @@ def codes_and_sweep(s, device, dtype, models, rows, tmp:Path)->None:
     compute_codes(one, X[:4096], device=device, dtype=dtype)                                          # warm-up
     sync(device); t = time.perf_counter(); c = compute_codes(one, X, device=device, dtype=dtype); sync(device)
     rate = len(X) / (time.perf_counter() - t)
-    codes = sp.csr_matrix((c.values, c.indices, c.indptr), shape=(len(X), one.sizes[-1]))
+    codes = c.matrix(one.sizes[-1])
     rows.append(dict(check=f'codes d {d}, D {one.sizes[-1]}, k {ks[m]}', measured=f'{rate:,.0f} rows/s',
                      baseline=f'{codes.nnz / len(X):.0f} active per row', ratio=None, goal='', ok=None))
     scan = np.arange(len(X)) // s['slices_per_scan']
@@ -138,7 +138,7 @@ def parity(s, device, rows, tmp:Path)->None:
                            on_epoch=lambda e, tm, v, lr: losses.append(float(np.mean(tm))))
         one = member(sae, 0, tmp/dtype, device)
         c = compute_codes(one, Xva.cpu(), device=device, dtype=dtype)
-        codes = sp.csr_matrix((c.values, c.indices, c.indptr), shape=(len(Xva), fam[-1]))
+        codes = c.matrix(fam[-1])
         scan = np.arange(len(Xva)) // 4; refs = np.arange(0, len(Xva), max(1, len(Xva) // 64))
         _, hits = k_sweep(codes, Xva.cpu().numpy(), scan, refs, [5], methods=('sparse',), device=device)
         got[dtype] = dict(r2=[m['r2'][-1] for m in evaluate(sae, Xva)], loss=losses[-1], support=codes.astype(bool),

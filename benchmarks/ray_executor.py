@@ -51,6 +51,13 @@ def run_variant(config:str, label:str)->dict:
     return dict(config=config, label=label, executor=EXECUTORS[label], wall_s=round(time.time() - t0, 1),
                 steps={s: steps[s]['duration_s'] for s in EXECUTOR_STEPS})
 
+def ensure_dataset(config:str):
+    "The configuration's TotalSegmentator-layout demo data, made by its demo step if missing (not timed: every variant slices it)."
+    raw = yaml.safe_load((ROOT/'configs'/f'{config}.yaml').read_text())
+    if not (ROOT/raw['data']['totalseg_root']).is_dir():
+        r = subprocess.run(SAIL + ['run', config, '--steps', 'demo'], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode: raise SystemExit(f"{config}: could not build its demo data\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+
 def gemm_ms(repeats:int=5)->float:
     "The machine's speed at the start: best milliseconds of an fp32 2048 x 1536 x 8192 product (as the scale rehearsal records)."
     import torch
@@ -87,6 +94,7 @@ def main():
                gemm_ms=gemm_ms(), startup_s=startup_seconds(), variants=[])
     ray_cli = str(Path(sys.executable).parent/'ray')            # the `ray` command of this environment
     for config in a.configs:
+        ensure_dataset(config)
         for label in PLAN[config]:
             if label == 'ray-cluster':
                 subprocess.run([ray_cli, 'start', '--head', '--num-cpus', str(os.cpu_count()), '--include-dashboard', 'false'], check=True, capture_output=True)

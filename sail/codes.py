@@ -31,6 +31,12 @@ class CSRArrays(typing.NamedTuple):
     indptr: np.ndarray   # (N+1,) int64 row offsets into `indices` and `values`
     indices: np.ndarray  # (nnz,) int32 feature ids of the active entries, row by row
     values: np.ndarray   # (nnz,) float32 their activations
+    def matrix(
+        self,
+        n_features:int,  # D, the SAE's dictionary size (the arrays do not say it: a row may leave high features unused)
+    )->sp.csr_matrix:    # (N, D) codes
+        "The codes as a SciPy CSR matrix (sharing the arrays)."
+        return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(len(self.indptr) - 1, n_features))
 
 @torch.no_grad()
 def compute_codes(
@@ -144,9 +150,9 @@ def write_codes(
         sae = load_sae(ref.folder, emb.shape[1]); D = sae.sizes[-1]
         for s in todo:
             rows = np.flatnonzero(split == s)
-            indptr, indices, values = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device), dtype=cfg.sae.dtype)
-            with atomic_path(arts[s].path(f'{s}.parquet')) as tmp: pq.write_table(codes_table(slices.slice_id.to_numpy()[rows], indptr, indices, values), tmp)
-            m = sp.csr_matrix((values, indices, indptr), shape=(len(rows), D))
+            c = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device), dtype=cfg.sae.dtype)
+            with atomic_path(arts[s].path(f'{s}.parquet')) as tmp: pq.write_table(codes_table(slices.slice_id.to_numpy()[rows], *c), tmp)
+            m = c.matrix(D)
             write_parquet(arts[s].path(f'{s}.stats.parquet'), feature_stats(m))
             n = len(rows); size = arts[s].path(f'{s}.parquet').stat().st_size
             arts[s].commit(base | dict(rows=s), dict(rows=n, l0=float(m.nnz / max(n, 1)), bytes_per_row=size / n if n else None, dense_bytes_per_row=4 * D, n_features=D))

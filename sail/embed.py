@@ -75,13 +75,17 @@ def slab_positions(
     group:np.ndarray,  # (N,) which stack each row belongs to (a scan's plane)
     order:np.ndarray,  # (N,) its position along the stack's normal (slice_index): consecutive integers within a stack
     radius:int,        # neighbours on each side
+    names:np.ndarray|None=None, # (N,) what to call each row in an error (slice ids); default 'row i'
 )->np.ndarray:         # (N, 2·radius + 1) row numbers, lowest index first; past a stack's first or last slice its edge slice repeats
     "Each row's slab: the rows of its stack at the `radius` positions before and after it."
     group, order = np.asarray(group), np.asarray(order)
     o = np.lexsort((order, group)); g, k = group[o], order[o]
     same = g[1:] == g[:-1]
     bad = np.flatnonzero(same & (k[1:] - k[:-1] != 1))
-    if len(bad): raise ValueError(f"row {o[bad[0] + 1]}: slice {k[bad[0] + 1]} follows slice {k[bad[0]]} of its stack (a slab needs consecutive slices)")
+    if len(bad):
+        r = o[bad[0] + 1]
+        raise ValueError(f"{f'slice {names[r]}' if names is not None else f'row {r}'}: slice {k[bad[0] + 1]} follows slice {k[bad[0]]} "
+                         "of its stack (a slab needs consecutive slices)")
     start, end = np.searchsorted(g, g, 'left'), np.searchsorted(g, g, 'right')
     at = np.clip(np.arange(len(o))[:, None] + np.arange(-radius, radius + 1), start[:, None], end[:, None] - 1)
     out = np.empty((len(o), 2 * radius + 1), np.int64); out[o] = o[at]
@@ -95,10 +99,7 @@ def slab_rows(
     missing = [c for c in SLAB_COLUMNS if c not in slices]
     if missing: raise KeyError(f"slice table lacks {missing}, which a slab encoder needs")
     group = slices.groupby(SLAB_COLUMNS[:3], sort=False).ngroup().to_numpy()
-    try: return slab_positions(group, slices.slice_index.to_numpy(), radius)
-    except ValueError as e:
-        row = int(str(e).split(':')[0].split()[1])
-        raise ValueError(f"slice {slices.slice_id.iat[row]}: {str(e).split(': ', 1)[1]}") from None
+    return slab_positions(group, slices.slice_index.to_numpy(), radius, slices.slice_id.to_numpy())
 
 def slice_columns(
     enc:Encoder,  # a built encoder

@@ -316,6 +316,7 @@ class TrainedRun:
         self.bank = Bank(self.codes)                                # candidates laid out for fingerprint products
         st = feature_stats(self.codes)
         self.exclude = st.always_active.to_numpy()                  # features never used in a fingerprint (spec §11)
+        self.scan_banks = {}                                        # plane -> the indexed scans' mean codes (`search_scans`)
 
 # %% ../nbs/17a_query.ipynb #1c037b6e
 def run_config(
@@ -437,13 +438,15 @@ def search_scans(
 )->pd.DataFrame:
     "The indexed scans most similar to the query scan, by the fingerprint of its mean code against theirs."
     n, k = n or run.top_n, k or run.fingerprint_k
-    means, first = scan_codes(run, plane)
+    if plane not in run.scan_banks:                             # made once per plane and run: later queries reuse it
+        means, first = scan_codes(run, plane)
+        run.scan_banks[plane] = (Bank(means), first, pd.Series(run.scans[run.rows.plane.astype(str).to_numpy() == plane]).value_counts())
+    bank, first, per_scan = run.scan_banks[plane]
     if not len(first): return pd.DataFrame(columns=['rank', 'similarity', 'n_slices', 'modality', 'image_id'])
     q = sp.csr_matrix(np.asarray(codes.mean(0), np.float32))
-    rows, sims = _retrieve(Bank(means), q, k, run.exclude, np.arange(len(first)), n)
+    rows, sims = _retrieve(bank, q, k, run.exclude, np.arange(len(first)), n)
     ok = rows[0] >= 0
     found = _with_rows(run, first[rows[0][ok]]).drop(columns=['slice_id', 'plane', 'slice_index', 'image_path'], errors='ignore')
-    per_scan = pd.Series(run.scans[run.rows.plane.astype(str).to_numpy() == plane]).value_counts()
     return pd.concat([pd.DataFrame(dict(rank=np.arange(1, ok.sum() + 1), similarity=sims[0][ok],
                                         n_slices=per_scan[run.scans[first[rows[0][ok]]]].to_numpy())), found], axis=1)
 
@@ -475,7 +478,7 @@ def query_scan(
     X = embed_images(run.encoder, qs.images, [qs.window] * len(qs.images), run.device, run.embed_dtype)
     t['embed'] = time.perf_counter() - t1; t1 = time.perf_counter()
     c = compute_codes(run.sae, X, device=run.device, dtype=run.sae_dtype)
-    codes = sp.csr_matrix((c.values, c.indices, c.indptr), shape=(len(X), run.codes.shape[1]))
+    codes = c.matrix(run.codes.shape[1])
     t['encode'] = time.perf_counter() - t1; t1 = time.perf_counter()
     hits, scan_hits = search_slices(run, codes, exclude_scan=exclude_scan), search_scans(run, codes, qs.plane)
     t['retrieve'] = time.perf_counter() - t1

@@ -1,7 +1,6 @@
 """The code paths a GPU takes, run on the CPU through the same code: bf16 autocast in SAE training, codes and embedding,
 the torch retrieval engine, and their parity with fp32 within stated tolerances (issue 14)."""
 import numpy as np, pyarrow.parquet as pq, pytest, torch, torch.nn.functional as F
-import scipy.sparse as sp
 from pathlib import Path
 from sail.config import SAEConfig, EncoderConfig
 from sail.sae import MatryoshkaSAE, train_forward
@@ -51,7 +50,7 @@ def test_bf16_training_on_cpu_matches_fp32(trained):
     assert abs(bf['loss'] - fp['loss']) <= LOSS_RTOL * fp['loss'], (bf['loss'], fp['loss'])
     assert not torch.equal(bf['sae'].W, fp['sae'].W)                              # bf16 really changed the arithmetic
 
-def _csr(c, n, D): return sp.csr_matrix((c.values, c.indices, c.indptr), shape=(n, D))
+def _csr(c, n, D): return c.matrix(D)
 
 def test_bf16_codes_and_torch_retrieval_match_fp32(trained):
     Xva, out = trained
