@@ -449,7 +449,7 @@ def draw_distractors(
 )->list:
     "Seeded distractors for `target`: matched ones first when `profile` is given, filled up uniformly."
     g = rng(seed, 'distractors', int(target))
-    pool = np.asarray([e for e in eligible if e != target])
+    pool = np.asarray([e for e in eligible if e != target], np.int64)
     if profile is None: return [int(x) for x in g.choice(pool, min(n, len(pool)), replace=False)]
     same = pool[profile[pool] == profile[target]] if profile[target] else pool[:0]
     pick = list(g.choice(same, min(n, len(same)), replace=False)) if len(same) else []
@@ -602,6 +602,8 @@ def interpret_config(
         try:
             c = concept(f)
             dis = distractors[f]
+            if len(dis) < ac.n_distractors:   # fewer options would make the judge's rank look better than chance allows
+                raise ValueError(f"only {len(dis)} other feature(s) fire on >= {ac.min_active} training slices; the judge needs {ac.n_distractors} distractors")
             dc = [concept(d) for d in dis]
             opts, truth = judge_order(c, dc, ac.seed, f)
             r = div_v[f][div_v[f] >= 0]

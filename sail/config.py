@@ -45,6 +45,7 @@ class SlicesConfig:
     ct_planes: list[str] = dataclasses.field(default_factory=lambda: ['axial', 'coronal', 'sagittal']) # CT planes exported
     mri_planes: str = 'native'   # 'native' = the plane with the fewest slices (spec §2.3), or 'all'
     trim_empty: bool = True      # drop leading/trailing organ-free slices per view (spec §4.1)
+    every: int = 1               # keep every n-th slice of each plane, counted from the first kept one (1 = all, the paper; a budget knob)
     default_window: list[float] = dataclasses.field(default_factory=lambda: [-100.0, 1400.0]) # CT centre/width (HU) for an unknown study type
     strict: bool = False         # a failing scan stops the step instead of being recorded
 
@@ -324,6 +325,7 @@ def load_config(
         if ec.slab and ec.name not in SLAB_ENCODERS:
             raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' = {ec.slab}, but {ec.name!r} embeds single slices; only {list(SLAB_ENCODERS)} take a slab")
         if not 0 <= ec.slab <= MAX_SLAB: raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' must be 0...{MAX_SLAB} slices on each side, got {ec.slab}")
+    if cfg.slices.every < 1: raise ConfigError(f"{p}: 'slices.every' must be 1 (every slice) or more, got {cfg.slices.every}")
     if check_paths and cfg.demo is None and not resolve(cfg.data.totalseg_root).is_dir():
         raise ConfigError(f"{p}: 'data.totalseg_root' = {cfg.data.totalseg_root!r} does not exist ({resolve(cfg.data.totalseg_root)})")
     return cfg

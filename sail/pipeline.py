@@ -54,7 +54,7 @@ def read_manifest(
 
 def _update(cfg:Config, manifest:dict, step:str, **entry)->dict:
     manifest.update(run=cfg.name, dataset=dataset_label(cfg), config=cfg.source, config_digest=digest(cfg), updated=now(),
-                    versions=library_versions())
+                    cpus=os.cpu_count(), versions=library_versions())
     manifest['steps'][step] = manifest['steps'].get(step, {}) | entry
     write_json(run_paths(cfg).manifest, manifest)
     return manifest

@@ -83,7 +83,7 @@ def scan_settings(
 )->ScanSettings:
     "The slicing settings of a configuration."
     s = cfg.slices
-    return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, default_window=tuple(s.default_window))
+    return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, every=s.every, default_window=tuple(s.default_window))
 
 def scan_inputs(
     scan,                   # a `list_scans` row (from `itertuples`)

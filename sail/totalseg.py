@@ -349,6 +349,7 @@ class ScanSettings:
     ct_planes: list = field(default_factory=lambda: ['axial', 'coronal', 'sagittal']) # CT planes to export
     mri_planes: str = 'native'  # 'native' (fewest slices) or 'all'
     trim_empty: bool = True     # drop organ-free slices before the first and after the last organ slice
+    every: int = 1              # keep every n-th slice of each plane, from the first kept one (1 = all, the paper)
     default_window: tuple = (-100.0, 1400.0) # CT window for unknown study types
     isotropy_tol_mm: float = 1e-3  # largest CT voxel-size difference accepted as isotropic
 
@@ -459,7 +460,7 @@ def slice_scan(
     rows = []
     for a in axes:
         plane = PLANES[a]
-        for idx in _keep_range(present[a], settings.trim_empty):
+        for idx in _keep_range(present[a], settings.trim_empty)[::settings.every]:
             img, px = plane_image(u8, zooms, a, idx)
             rel = f"images/{modality}/{image_id}/{plane}_{idx:04d}.png"
             if write_images:

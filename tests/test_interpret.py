@@ -191,6 +191,15 @@ def test_transformers_autointerp_reports_parse_failures(run_copy, tmp_path):
     assert again['cache_misses'] == 0 and again['cache_hits'] == m['cache_hits'] + m['cache_misses']
 
 @pytest.mark.xdist_group('smoke')
+def test_a_feature_without_enough_distractors_is_a_recorded_failure_not_a_judged_one(run_copy):
+    cfg = run_copy(autointerp=dict(backend='metadata', n_features=4, min_active=10**9))   # no feature is an eligible distractor
+    enc, var, conf = selected_configs(cfg)[0]
+    m = interpret_config(cfg, enc, var, conf, force=True)
+    assert m['n_evaluated'] == m['n_features'] == 0 and m['n_failed'] == 4                     # every chosen feature failed, and says why
+    assert all('the judge needs 4 distractors' in f['reason'] for f in m['failures'])
+    assert len(pd.read_parquet(autointerp_dir(cfg)/enc/var/conf/'descriptions.parquet')) == 0   # nothing judged against fewer options
+
+@pytest.mark.xdist_group('smoke')
 def test_llm_matcher_failures_are_recorded(run_copy, tmp_path):
     llm = tiny_gemma3(tmp_path/'llm', vision=False)
     cfg = run_copy(language=dict(matchers=['llm'], llm_model=str(llm), retries=2, max_new_tokens=10, slices_per_scan=3))

@@ -1,9 +1,11 @@
 "The README's results table is the demo run's, rendered: never typed, and equal to the run's files."
+import json
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from sail.core import project_root
 from sail.config import load_config
-from sail.docs import readme_block, results_copy
+from sail.docs import readme_block, results_copy, steps_copy, steps_markdown, STEPS_MARKERS
+from sail.pipeline import read_manifest
 from sail.figures import results_markdown, results_table, results_table_csv, RESULT_COLUMNS, encoder_weights
 
 ROOT = project_root()
@@ -40,3 +42,16 @@ def test_results_table_reads_each_number_from_its_step_file(smoke_run):
         assert np.isclose(r.dense_val_auc, rank.dense_val_auc.item()) and np.isclose(r.M_top10, rank.M_top10_mean.item())
         assert r.weights == encoder_weights(r.encoder)
     assert len(t) == len(head) >= 2                                        # one row per encoder and variant
+
+def test_readme_step_times_are_the_committed_run_records_rendered():
+    copy = steps_copy('demo')
+    assert copy.exists(), f"{copy} missing: run `sail run demo` and `sail docs refresh`"
+    record = json.loads(copy.read_text())
+    assert record['run'] == 'demo' and record['steps'] and all(e['status'] == 'done' for e in record['steps'].values())
+    assert readme_block((ROOT/'README.md').read_text(), STEPS_MARKERS) == steps_markdown(record)
+
+def test_committed_step_times_equal_the_demo_manifest_when_present():
+    m = read_manifest(load_config('demo'))
+    if not m['steps']: pytest.skip("no demo run here")
+    record = json.loads(steps_copy('demo').read_text())
+    assert record['updated'] == m['updated'] and {n: e['duration_s'] for n, e in record['steps'].items()} == {n: e.get('duration_s') for n, e in m['steps'].items()}
