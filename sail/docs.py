@@ -280,8 +280,13 @@ def preview(
     exp.require_js_url, exp.widget_renderer_url = 'widgets/require.js', 'widgets/embed-amd.js'
     if out.exists(): shutil.rmtree(out)
     (out/'widgets').mkdir(parents=True)
+    fonts = ('.woff', '.woff2', '.ttf', '.eot', '.svg')    # Font Awesome (button and upload icons): the manager's CSS asks for them
+    font_dirs = [out/'widgets', out/'@jupyter-widgets', out/'@jupyter-widgets'/'html-manager'/'dist']   # where its CSS resolves them
+    for d in font_dirs: d.mkdir(parents=True, exist_ok=True)
     for f in assets['dist'].iterdir():
-        if f.is_file() and (f.name == 'embed-amd.js' or f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg')): shutil.copyfile(f, out/'widgets'/f.name)
+        if f.is_file() and f.name == 'embed-amd.js': shutil.copyfile(f, out/'widgets'/f.name)
+        if f.is_file() and f.suffix in fonts:
+            for d in font_dirs: shutil.copyfile(f, d/f.name)
     shutil.copyfile(assets['require'], out/'widgets'/'require.js')
     for d in nbs.iterdir():                                                  # site resources: explorers/, images/
         if d.is_dir() and not d.name.startswith(('.', '_')): shutil.copytree(d, out/d.name)
