@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PLOTLY_MIME', 'README_MARKERS', 'STEPS_MARKERS', 'STEP_KEYS', 'NPM_DIR', 'CHROMIUM_ARGS', 'slim_outputs',
            'execute_for_docs', 'site_notebooks', 'copy_explorers', 'folder_size', 'refresh', 'replace_block',
-           'readme_block', 'results_copy', 'write_readme_results', 'steps_copy', 'steps_markdown', 'write_readme_steps',
-           'widget_assets', 'preview', 'screenshot']
+           'write_block', 'readme_block', 'results_copy', 'write_readme_results', 'steps_copy', 'steps_markdown',
+           'write_readme_steps', 'widget_assets', 'preview', 'screenshot']
 
 # %% ../nbs/18_docs.ipynb #d49be3dc
 import os, re, json, copy, time, shutil, tempfile
@@ -138,6 +138,14 @@ def replace_block(
         raise ValueError(f"{name}: expected the lines {start!r} and {end!r} once each, in that order")
     return text[:a + len(start)] + '\n' + block.strip('\n') + '\n' + text[b:]
 
+def write_block(
+    doc:Path,                # a document holding both markers (the README)
+    block:str,               # what goes between them
+    markers:tuple=README_MARKERS, # (start, end) marker lines
+):
+    "Replace what lies between the markers of a document file, in place."
+    doc.write_text(replace_block(doc.read_text(), block, markers, name=str(doc)))
+
 def readme_block(
     text:str,                # a document holding the markers
     markers:tuple=README_MARKERS, # (start, end) marker lines
@@ -162,7 +170,7 @@ def write_readme_results(
     src, dst, readme = results_table_csv(cfg), results_copy(cfg.name), Path(readme or project_root()/'README.md')
     if not src.exists(): raise FileNotFoundError(f"{src}: no results table (run the figures step: sail run {cfg.name} --steps figures)")
     dst.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, dst)
-    readme.write_text(replace_block(readme.read_text(), results_markdown(pd.read_csv(dst)), name=str(readme)))
+    write_block(readme, results_markdown(pd.read_csv(dst)))
     return dst
 
 # %% ../nbs/18_docs.ipynb #7afbfa67
@@ -174,7 +182,7 @@ def steps_copy(
     nbs:Path|None=None,  # notebook folder (default <root>/nbs)
 )->Path:                 # nbs/results/<name>-steps.json
     "The copy of a run's step records kept beside the notebooks (the README's step table)."
-    return Path(nbs or project_root()/'nbs')/'results'/f'{name}-steps.json'
+    return results_copy(name, nbs).with_name(f'{name}-steps.json')
 
 def steps_markdown(
     record:dict,  # a `steps_copy` record: run, updated, cpus and steps (step -> STEP_KEYS)
@@ -195,7 +203,7 @@ def write_readme_steps(
     if not m['steps'] or bad: raise ValueError(f"{run_paths(cfg).manifest}: steps {bad or 'none'} not done; the README shows a finished run (sail run {cfg.name})")
     record = dict(run=m['run'], updated=m.get('updated'), cpus=m.get('cpus'), steps={n: {k: e.get(k) for k in STEP_KEYS} for n, e in m['steps'].items()})
     write_json(dst, record)
-    readme.write_text(replace_block(readme.read_text(), steps_markdown(record), STEPS_MARKERS, name=str(readme)))
+    write_block(readme, steps_markdown(record), STEPS_MARKERS)
     return dst
 
 # %% ../nbs/18_docs.ipynb #2cad030b
@@ -280,13 +288,10 @@ def preview(
     exp.require_js_url, exp.widget_renderer_url = 'widgets/require.js', 'widgets/embed-amd.js'
     if out.exists(): shutil.rmtree(out)
     (out/'widgets').mkdir(parents=True)
-    fonts = ('.woff', '.woff2', '.ttf', '.eot', '.svg')    # Font Awesome (button and upload icons): the manager's CSS asks for them
-    font_dirs = [out/'widgets', out/'@jupyter-widgets', out/'@jupyter-widgets'/'html-manager'/'dist']   # where its CSS resolves them
-    for d in font_dirs: d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(assets['dist']/'embed-amd.js', out/'widgets'/'embed-amd.js')
+    fonts = out/'@jupyter-widgets'; fonts.mkdir()   # Font Awesome (button and upload icons): the manager's CSS loads them from here
     for f in assets['dist'].iterdir():
-        if f.is_file() and f.name == 'embed-amd.js': shutil.copyfile(f, out/'widgets'/f.name)
-        if f.is_file() and f.suffix in fonts:
-            for d in font_dirs: shutil.copyfile(f, d/f.name)
+        if f.is_file() and f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg'): shutil.copyfile(f, fonts/f.name)
     shutil.copyfile(assets['require'], out/'widgets'/'require.js')
     for d in nbs.iterdir():                                                  # site resources: explorers/, images/
         if d.is_dir() and not d.name.startswith(('.', '_')): shutil.copytree(d, out/d.name)
