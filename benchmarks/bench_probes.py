@@ -20,14 +20,14 @@ from sail.train import trained_saes
 import sail.probes as P
 
 def _inputs(cfg, enc, ref):
-    d = {k: split_data(cfg, enc, k, dense=True) for k in ('train', 'val', 'test')}
+    d = {k: split_data(cfg.paths, enc, k, dense=True) for k in ('train', 'val', 'test')}
     X, sl = {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
-    Xs = {k: split_data(cfg, enc, k, ref.variant, ref.config).codes for k in ('train', 'val', 'test')}
+    Xs = {k: split_data(cfg.paths, enc, k, ref.variant, ref.config).codes for k in ('train', 'val', 'test')}
     return X, sl, Xs
 
 def _recovery(cfg, Xs, sl, coefs, dense_metrics, groups, solver):
     cfg.eval.probe_solver = solver
-    return P.recover_config(cfg, Xs, sl, coefs, dense_metrics, groups)
+    return P.recover_config(cfg.eval, cfg.workers, Xs, sl, coefs, dense_metrics, groups)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -36,13 +36,13 @@ def main():
     ap.add_argument('--jobs', type=int, default=2)
     a = ap.parse_args()
     cfg = load_config(a.config); cfg.workers = a.jobs
-    refs = trained_saes(cfg)
+    refs = trained_saes(cfg.paths)
     enc = a.encoder or refs[0].encoder
     ref = next(r for r in refs if r.encoder == enc and (a.sae == 'first' or r.config == a.sae))
     X, sl, Xs = _inputs(cfg, enc, ref)
-    names = [t[0] for t in P.tasks(P.target_groups(cfg))]
+    names = [t[0] for t in P.tasks(P.target_groups(cfg.eval))]
     keep = names[:a.tasks] if a.tasks else names
-    groups = P.target_groups(cfg)
+    groups = P.target_groups(cfg.eval)
     groups = {g: s for g, s in groups.items() if any(n == g or n.startswith(g + ':') for n in keep)}
     print(f"{cfg.name}: {enc} ({X['train'].shape[1]}-d, {X['train'].shape[0]} train rows) and {ref.variant}/{ref.config} "
           f"({Xs['train'].shape[1]} features); {len(P.tasks(groups))} tasks; {a.jobs} workers")

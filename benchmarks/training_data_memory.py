@@ -16,7 +16,7 @@ from sail.split import split_of
 from sail.core import run_paths
 cfg, enc, how = load_config(sys.argv[1], check_paths=False), sys.argv[2], sys.argv[3]
 t = time.time()
-if how == 'split-by-split': X_train, X_val, _ = training_data(cfg, enc)
+if how == 'split-by-split': X_train, X_val, _ = training_data(cfg.paths.data, enc)
 else:                                            # the earlier code: one normalised copy of every row, then the splits out of it
     emb, slices = load_embeddings(run_paths(cfg).data, enc, ['modality', 'image_id'])
     s = split_of(slices, run_paths(cfg).data)

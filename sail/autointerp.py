@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Artifact, run_paths, digest, rng, write_json, write_parquet, write_csv, atomic_path, get_logger, now, record_step, progress,
+from .core import (Artifact, RunPaths, run_paths, digest, rng, write_json, write_parquet, write_csv, atomic_path, get_logger, now, record_step, progress,
                        pick_device, Failures, stop_point)
-from .config import Config, load_config, dataset_label
+from .config import Config, AutointerpConfig, EvalConfig, InterpretConfig, load_config, dataset_label
 from .totalseg import ORGANS, REGIONS, BODY_PARTS, regions_of, parts_of
 from .split import scan_index
 from .slices import slice_image, thumbnail, image_data_uri, slices_artifact
@@ -520,16 +520,16 @@ def activation_stats(
 
 # %% ../nbs/14_autointerp.ipynb #c83be097
 def autointerp_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/autointerp/
     "The folder holding a run's interpretation results."
-    return run_paths(cfg).run/'results'/'autointerp'
+    return paths.run/'results'/'autointerp'
 
 def table3_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/autointerp/table3.csv
     "Where `run_autointerp` writes the Table 3 equivalent."
-    return autointerp_dir(cfg)/'table3.csv'
+    return autointerp_dir(paths)/'table3.csv'
 
 def region_frequency(
     rows:pd.DataFrame,  # slice rows with organ columns
@@ -539,43 +539,45 @@ def region_frequency(
     reg = pd.Series(REGIONS)[ORGANS].to_numpy()
     return {r: float(present[:, reg == r].any(1).mean()) for r in dict.fromkeys(REGIONS.values())}
 
-def _backends(cfg:Config, freq:dict)->tuple:
-    ac = cfg.autointerp
-    desc = make_backend(ac.backend, ac.model, ac.revision, cfg.device, ac.local_files_only, freq)
+def _backends(ac:AutointerpConfig, device:str, freq:dict)->tuple:
+    desc = make_backend(ac.backend, ac.model, ac.revision, device, ac.local_files_only, freq)
     jk, jm = ac.judge_backend or ac.backend, ac.judge_model or ac.model
-    judge = desc if (jk, jm) == (ac.backend, ac.model) else make_backend(jk, jm, ac.revision, cfg.device, ac.local_files_only, freq)
+    judge = desc if (jk, jm) == (ac.backend, ac.model) else make_backend(jk, jm, ac.revision, device, ac.local_files_only, freq)
     return desc, judge
 
 def autointerp_artifact(
-    cfg:Config,  # run
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc:str,     # encoder
     var:str,     # variant
     conf:str,    # configuration
 )->Artifact:
     "One configuration's interpretation: descriptions, samples, selected features, statistics, metrics (recorded in artifact.json)."
-    return Artifact(f'autointerp/{enc}/{var}/{conf}', autointerp_dir(cfg)/enc/var/conf, ('descriptions.parquet', 'samples.parquet', 'selected_features.csv',
+    return Artifact(f'autointerp/{enc}/{var}/{conf}', autointerp_dir(paths)/enc/var/conf, ('descriptions.parquet', 'samples.parquet', 'selected_features.csv',
                     'activation_stats_val.parquet', 'metrics.json'), step='14_autointerp')
 
 def interpret_config(
-    cfg:Config,        # run
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    ac:AutointerpConfig,   # the `autointerp` section
+    evaluation:EvalConfig, # the `eval` section (its `slices_per_scan`, as the scores were computed)
+    device:str,            # `Config.device`, for a transformers describer or judge
     enc:str,           # encoder
     var:str,           # variant
     conf:str,          # configuration
     force:bool=False,  # recompute
 )->dict:
     "Describe and judge the selected features of one configuration; writes its files and returns its metrics."
-    ac, log = cfg.autointerp, get_logger('sail.autointerp')
-    art = autointerp_artifact(cfg, enc, var, conf); out = art.folder
-    inputs = dict(codes=codes_artifact(cfg, enc, var, conf).digest, scores=mono_artifact(cfg, enc, var, conf).digest, settings=ac,
-                  slices_per_scan=cfg.eval.slices_per_scan)
-    if ac.selection == 'combined': inputs['coefficients'] = probes_artifact(cfg, enc, var, conf).digest   # the reference code's selection reads them
+    log = get_logger('sail.autointerp')
+    art = autointerp_artifact(paths, enc, var, conf); out = art.folder
+    inputs = dict(codes=codes_artifact(paths, enc, var, conf).digest, scores=mono_artifact(paths, enc, var, conf).digest, settings=ac,
+                  slices_per_scan=evaluation.slices_per_scan)
+    if ac.selection == 'combined': inputs['coefficients'] = probes_artifact(paths, enc, var, conf).digest   # the reference code's selection reads them
     if not force and art.fresh(inputs): return json.loads(art.path('metrics.json').read_text())
-    data = run_paths(cfg).data
-    (mt, rt), (mv, rv) = load_codes(cfg, enc, var, conf, 'train'), load_codes(cfg, enc, var, conf, 'val')
+    data = paths.data
+    (mt, rt), (mv, rv) = load_codes(paths, enc, var, conf, 'train'), load_codes(paths, enc, var, conf, 'val')
     st_t, st_v = activation_stats(mt, rt), activation_stats(mv, rv)
     always = (st_v.n_active.to_numpy() == len(rv)) & (len(rv) > 0)       # fires on every validation slice
-    scores = pd.read_parquet(mono_artifact(cfg, enc, var, conf).path('feature_scores.parquet'))
-    coefs = pd.read_parquet(probes_artifact(cfg, enc, var, conf).path('coefficients.parquet')) if ac.selection == 'combined' else None
+    scores = pd.read_parquet(mono_artifact(paths, enc, var, conf).path('feature_scores.parquet'))
+    coefs = pd.read_parquet(probes_artifact(paths, enc, var, conf).path('coefficients.parquet')) if ac.selection == 'combined' else None
     describable = st_t.n_active.to_numpy() > 0
     chosen = select_features(scores, always, ac.n_features, ac.selection, coefs, describable)
     n_undescribable = int((~describable[scores.feature.to_numpy()] & ~always[scores.feature.to_numpy()]).sum())
@@ -586,8 +588,8 @@ def interpret_config(
     needed = np.array(sorted(set(distractors) | {d for ds in distractors.values() for d in ds}), np.int64)
     div_t = dict(zip(needed, diverse_samples(mt, cand_t[needed], ac.n_samples)))
     div_v = dict(zip(chosen.feature, diverse_samples(mv, cand_v[chosen.feature.to_numpy()], ac.n_samples)))
-    desc, judge = _backends(cfg, region_frequency(rt))
-    cache = GenerationCache(run_paths(cfg).run/'cache'/'generations', context=slices_artifact(data).digest)
+    desc, judge = _backends(ac, device, region_frequency(rt))
+    cache = GenerationCache(paths.run/'cache'/'generations', context=slices_artifact(data).digest)
     gen = dict(max_new_tokens=ac.max_new_tokens, temperature=ac.temperature, seed=ac.seed)
     failures, concepts = Failures(), {}
     def concept(f):
@@ -636,12 +638,16 @@ def interpret_config(
     return met
 
 def run_autointerp(
-    cfg:Config,        # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    ac:AutointerpConfig,       # the `autointerp` section
+    evaluation:EvalConfig,     # the `eval` section
+    interpret:InterpretConfig, # the `interpret` section: which configurations
+    device:str='auto',         # `Config.device`
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "Interpret every selected configuration; write and return the Table 3 equivalent."
-    mets = [interpret_config(cfg, *c, force=force) for c in selected_configs(cfg)]
+    mets = [interpret_config(paths, ac, evaluation, device, *c, force=force) for c in selected_configs(paths, interpret)]
     cols = ['encoder', 'variant', 'config', 'describer', 'judge', 'n_features', 'n_evaluated', 'mean_rank', 'median_rank', 'success_rate', 'rank1_rate', 'n_parse_failures', 'n_failed']
     t = pd.DataFrame([{k: m[k] for k in cols} | {f'rank_{r}': m['rank_histogram'][r] for r in m['rank_histogram']} for m in mets])
-    write_csv(table3_csv(cfg), t)
+    write_csv(table3_csv(paths), t)
     return t

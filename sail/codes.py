@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from .core import (Artifact, run_paths, write_parquet, atomic_path, progress, get_logger, record_step, pick_device, stop_point,
+from .core import (Artifact, RunPaths, run_paths, write_parquet, atomic_path, progress, get_logger, record_step, pick_device, stop_point,
                        autocast)
-from .config import Config, load_config, dataset_label
+from .config import Config, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
 from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact, SPLITS
@@ -111,28 +111,30 @@ def feature_stats(
 
 # %% ../nbs/09_codes.ipynb #72941eb5
 def codes_dir(
-    cfg:Config,   # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,   # encoder id
     variant:str,  # variant
     config:str,   # SAE config name
 )->Path:
     "runs/<name>/codes/<encoder>/<variant>/<config>/"
-    return run_paths(cfg).run/'codes'/enc_id/variant/config
+    return paths.run/'codes'/enc_id/variant/config
 
 def codes_artifact(
-    cfg:Config,    # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,    # encoder id
     variant:str,   # variant
     config:str,    # SAE configuration name
     split:str|None=None, # one split's codes, or (None) the configuration's record over all three
 )->Artifact:
     "The codes of one trained SAE: per split `<split>.parquet` + `<split>.stats.parquet` (`<split>.json`), and `codes.json` over them."
-    out = codes_dir(cfg, enc_id, variant, config)
+    out = codes_dir(paths, enc_id, variant, config)
     if split is None: return Artifact(f'codes/{enc_id}/{variant}/{config}', out, (), 'codes.json', step='09_codes')
     return Artifact(f'codes/{enc_id}/{variant}/{config}/{split}', out, (f'{split}.parquet', f'{split}.stats.parquet'), f'{split}.json', step='09_codes')
 
 def write_codes(
-    cfg:Config,          # run configuration
+    paths:RunPaths,      # the run's folders (`Config.paths`)
+    scfg:SAEConfig,      # the `sae` section: `codes_batch_size` and `dtype`
+    device:str,          # `Config.device`: auto | cpu | cuda | ...
     enc_id:str,          # encoder
     variant:str,         # variant
     config:str,          # SAE configuration name
@@ -140,9 +142,9 @@ def write_codes(
     splits:tuple=SPLITS, # which splits to write (all three by default)
 )->dict:  # the configuration's summary (after all three splits), else the splits written
     "Codes and feature statistics of one trained SAE for every split, each split an artifact."
-    ref, data = sae_ref(cfg, enc_id, variant, config), run_paths(cfg).data
+    ref, data = sae_ref(paths, enc_id, variant, config), paths.data
     base = dict(sae=sae_artifact(ref).digest, embeddings=embeddings_artifact(data, enc_id).digest, split=split_artifact(data).digest)
-    arts = {s: codes_artifact(cfg, enc_id, variant, config, s) for s in SPLITS}
+    arts = {s: codes_artifact(paths, enc_id, variant, config, s) for s in SPLITS}
     todo = [s for s in splits if force or not arts[s].fresh(base | dict(rows=s))]
     if todo:
         emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
@@ -150,7 +152,7 @@ def write_codes(
         sae = load_sae(ref.folder, emb.shape[1]); D = sae.sizes[-1]
         for s in todo:
             rows = np.flatnonzero(split == s)
-            c = compute_codes(sae, emb[rows], cfg.sae.codes_batch_size, pick_device(cfg.device), dtype=cfg.sae.dtype)
+            c = compute_codes(sae, emb[rows], scfg.codes_batch_size, pick_device(device), dtype=scfg.dtype)
             with atomic_path(arts[s].path(f'{s}.parquet')) as tmp: pq.write_table(codes_table(slices.slice_id.to_numpy()[rows], *c), tmp)
             m = c.matrix(D)
             write_parquet(arts[s].path(f'{s}.stats.parquet'), feature_stats(m))
@@ -158,7 +160,7 @@ def write_codes(
             arts[s].commit(base | dict(rows=s), dict(rows=n, l0=float(m.nnz / max(n, 1)), bytes_per_row=size / n if n else None, dense_bytes_per_row=4 * D, n_features=D))
             stop_point('codes:split')
     if set(splits) != set(SPLITS): return {s: arts[s].record()['summary'] for s in splits}
-    whole, recs = codes_artifact(cfg, enc_id, variant, config), {s: arts[s].record() for s in SPLITS}
+    whole, recs = codes_artifact(paths, enc_id, variant, config), {s: arts[s].record() for s in SPLITS}
     inputs = {s: r['digest'] for s, r in recs.items()}
     if not whole.fresh(inputs):
         whole.commit(inputs, dict(encoder=enc_id, variant=variant, config=config, n_features=recs['train']['summary']['n_features'],
@@ -171,7 +173,7 @@ class SplitCodes(typing.NamedTuple):
     rows: pd.DataFrame    # the N slice-table rows (slice_id and the requested columns), aligned with `codes`
 
 def load_codes(
-    cfg:Config,             # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,             # encoder
     variant:str,            # variant
     config:str,             # SAE configuration
@@ -180,9 +182,9 @@ def load_codes(
 )->SplitCodes:
     "The codes of one split as a SciPy CSR matrix with the matching slice-table rows."
     from sail.slices import load_slices
-    art = codes_artifact(cfg, enc_id, variant, config, split)
+    art = codes_artifact(paths, enc_id, variant, config, split)
     f = read_csr(art.path(f'{split}.parquet'), art.require()['summary']['n_features'])
-    sl = load_slices(run_paths(cfg).data, None if columns is None else list(dict.fromkeys(['slice_id'] + columns)))
+    sl = load_slices(paths.data, None if columns is None else list(dict.fromkeys(['slice_id'] + columns)))
     return SplitCodes(f.codes, sl.set_index('slice_id').loc[f.slice_ids].reset_index())
 
 # %% ../nbs/09_codes.ipynb #acf03bc4
@@ -193,7 +195,7 @@ class SplitData(typing.NamedTuple):
     dense: 'np.ndarray|None'          # (N, d) raw float32 embeddings, when asked for
 
 def split_data(
-    cfg:Config,             # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,             # encoder id
     split:str,              # 'train', 'val' or 'test'
     variant:str|None=None,  # with `config`: the SAE whose codes to load
@@ -202,14 +204,14 @@ def split_data(
     dense:bool=False,       # also load the dense embeddings of the rows
 )->SplitData:
     "The rows of one split with their codes and/or dense embeddings."
-    data = run_paths(cfg).data
+    data = paths.data
     if config is not None:
-        m, rows = load_codes(cfg, enc_id, variant, config, split, columns)
+        m, rows = load_codes(paths, enc_id, variant, config, split, columns)
         if not dense: return SplitData(rows, m, None)
         emb, sl = load_embeddings(data, enc_id, ['modality', 'image_id'])
         pos = pd.Series(np.arange(len(sl)), index=sl.slice_id.to_numpy())
         missing = ~rows.slice_id.isin(pos.index)
-        if missing.any(): raise ValueError(f"{codes_artifact(cfg, enc_id, variant, config, split).sidecar}: {int(missing.sum())} slices have no embedding "
+        if missing.any(): raise ValueError(f"{codes_artifact(paths, enc_id, variant, config, split).sidecar}: {int(missing.sum())} slices have no embedding "
                                            f"(e.g. {rows.slice_id[missing].iloc[0]}); re-run the codes step")
         return SplitData(rows, m, np.asarray(emb[pos[rows.slice_id].to_numpy()]))
     emb, sl = load_embeddings(data, enc_id, None if columns is None else list(dict.fromkeys(['modality', 'image_id'] + list(columns))))

@@ -6,14 +6,14 @@
 __all__ = ['SLAB_ENCODERS', 'MAX_SLAB', 'PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'SPLIT_NAMES', 'CHOICES', 'ConfigError',
            'DataConfig', 'DemoConfig', 'SlicesConfig', 'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig',
            'EvalConfig', 'InterpretConfig', 'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig', 'ExplorerConfig',
-           'StageResources', 'ExecutorConfig', 'Config', 'from_dict', 'config_path', 'load_config', 'to_dict',
-           'dataset_label']
+           'StageResources', 'ExecutorConfig', 'Compute', 'Config', 'from_dict', 'config_path', 'load_config',
+           'to_dict', 'dataset_label']
 
 # %% ../nbs/00a_config.ipynb #713c82f3
 import types, typing, dataclasses
 from pathlib import Path
 import yaml
-from .core import project_root, resolve, digest, PRECISIONS
+from .core import project_root, resolve, digest, run_paths, RunPaths, PRECISIONS
 
 # %% ../nbs/00a_config.ipynb #c27bffd7
 class ConfigError(ValueError):
@@ -217,6 +217,13 @@ class ExecutorConfig:
     train: StageResources = dataclasses.field(default_factory=StageResources)   # one task per SAE family (`sae.models_per_batch` members)
 
 # %% ../nbs/00a_config.ipynb #c27a78d7
+class Compute(typing.NamedTuple):
+    """The run-wide settings a computing step takes besides its own section: which device, how many worker processes,
+    and which executor runs its items. Steps take this, their section(s) and the run's `RunPaths`, never the whole `Config`."""
+    device: str = 'auto'     # auto | cpu | cuda | cuda:N | mps (`Config.device`)
+    workers: int = 0         # worker processes for parallel steps; 0 = one per CPU core (`Config.workers`)
+    executor: 'ExecutorConfig' = ExecutorConfig()  # where slicing, embedding and training items run (`Config.executor`)
+
 @dataclasses.dataclass
 class Config:
     "One SAIL run."
@@ -238,6 +245,10 @@ class Config:
     explorer: ExplorerConfig = dataclasses.field(default_factory=ExplorerConfig)
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     source: str = ''           # the file this configuration was read from (set by `load_config`)
+    @property
+    def paths(self)->RunPaths: return run_paths(self)           # the run's folders, what every step reads and writes under
+    @property
+    def compute(self)->'Compute': return Compute(self.device, self.workers, self.executor)  # where steps compute
 
 # %% ../nbs/00a_config.ipynb #8632590d
 def _check_type(value, tp, key:str, src:str):
@@ -326,6 +337,11 @@ def load_config(
             raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' = {ec.slab}, but {ec.name!r} embeds single slices; only {list(SLAB_ENCODERS)} take a slab")
         if not 0 <= ec.slab <= MAX_SLAB: raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' must be 0...{MAX_SLAB} slices on each side, got {ec.slab}")
     if cfg.slices.every < 1: raise ConfigError(f"{p}: 'slices.every' must be 1 (every slice) or more, got {cfg.slices.every}")
+    for i, entry in enumerate(cfg.interpret.configs):
+        if len(str(entry).split('/')) != 3: raise ConfigError(f"{p}: 'interpret.configs[{i}]' = {entry!r}: expected 'encoder/variant/config'")
+    for key in ('language.queries', 'eval.target_groups'):                          # files a step reads: named here, with the file
+        section, name = key.split('.'); v = getattr(getattr(cfg, section), name)
+        if v and not resolve(v).is_file(): raise ConfigError(f"{p}: '{key}' = {v!r} does not exist ({resolve(v)})")
     if check_paths and cfg.demo is None and not resolve(cfg.data.totalseg_root).is_dir():
         raise ConfigError(f"{p}: 'data.totalseg_root' = {cfg.data.totalseg_root!r} does not exist ({resolve(cfg.data.totalseg_root)})")
     return cfg

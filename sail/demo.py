@@ -974,7 +974,7 @@ Sources, checksums and library versions: `demo.json`. Rebuild with `sail.demo.bu
 
 # %% ../nbs/02_demo.ipynb #4cfcc4a5
 def build_demo(
-    root:str|Path,       # the TotalSegmentator folder to create (`run_paths(cfg).totalseg`)
+    root:str|Path,       # the TotalSegmentator folder to create (`Config.paths.totalseg`)
     demo_cfg:DemoConfig, # size, voxel size and seed
     workers:int=0,       # processes; 0 = one per CPU core
     force:bool=False,    # rebuild even if an identical demo exists

@@ -13,9 +13,10 @@ import os, re, json, copy, time, shutil, tempfile
 from pathlib import Path
 import nbformat
 import yaml
-from .core import project_root, run_paths, get_logger, now, write_json
+from .core import RunPaths, project_root, run_paths, get_logger, now, write_json
 from .config import load_config
 from .figures import find_chromium, results_table_csv, results_markdown
+from .explorer import explorer_dir
 from .pipeline import read_manifest, step_table
 
 # %% ../nbs/18_docs.ipynb #f3bddf2b
@@ -77,12 +78,12 @@ def site_notebooks(
     return [nbs/n for n in walk(side)]
 
 def copy_explorers(
-    cfg,                 # run configuration
+    paths:RunPaths,      # the run's folders (`Config.paths`)
     dst:Path|None=None,  # destination (default nbs/explorers)
 )->list:
     "Copy the run's explorer pages (HTML and plotly.min.js) into the site."
-    src = run_paths(cfg).run/'explorers'; dst = Path(dst or project_root()/'nbs'/'explorers')
-    if not (src/'index.html').exists(): raise FileNotFoundError(f"{src}: no explorer pages (run the explorer step: sail run {cfg.name})")
+    src = explorer_dir(paths); dst = Path(dst or project_root()/'nbs'/'explorers')
+    if not (src/'index.html').exists(): raise FileNotFoundError(f"{src}: no explorer pages (run the explorer step: sail run {paths.run.name})")
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for f in sorted(src.glob('*.html')) + [src/'plotly.min.js']:
@@ -112,8 +113,8 @@ def refresh(
         nbformat.write(execute_for_docs(p, config), p)
         nbdev_clean(fname=str(p))
         timing[p.name] = round(time.time() - t0, 1)
-    pages = copy_explorers(cfg)
-    write_readme_results(cfg); write_readme_steps(cfg)
+    pages = copy_explorers(cfg.paths)
+    write_readme_results(cfg.paths); write_readme_steps(cfg.paths)
     picture = None
     if find_chromium() is not None:                                          # the README's picture of the explorer
         (nbs/'images').mkdir(exist_ok=True)
@@ -162,13 +163,13 @@ def results_copy(
     return Path(nbs or project_root()/'nbs')/'results'/f'{name}.csv'
 
 def write_readme_results(
-    cfg,                       # configuration of a finished run
+    paths:RunPaths,            # the folders of a finished run (`Config.paths`)
     readme:Path|None=None,     # the README (default <root>/README.md)
 )->Path:                       # the copy written
     "Copy the run's results table next to the notebooks and write it, rendered, into the README."
     import pandas as pd
-    src, dst, readme = results_table_csv(cfg), results_copy(cfg.name), Path(readme or project_root()/'README.md')
-    if not src.exists(): raise FileNotFoundError(f"{src}: no results table (run the figures step: sail run {cfg.name} --steps figures)")
+    src, dst, readme = results_table_csv(paths), results_copy(paths.run.name), Path(readme or project_root()/'README.md')
+    if not src.exists(): raise FileNotFoundError(f"{src}: no results table (run the figures step: sail run {paths.run.name} --steps figures)")
     dst.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, dst)
     write_block(readme, results_markdown(pd.read_csv(dst)))
     return dst
@@ -194,13 +195,13 @@ def steps_markdown(
             f"(run finished {record['updated']}); installing the packages and weight wheels is not counted.")
 
 def write_readme_steps(
-    cfg,                       # configuration of a finished run
+    paths:RunPaths,            # the folders of a finished run (`Config.paths`)
     readme:Path|None=None,     # the README (default <root>/README.md)
 )->Path:                       # the copy written
     "Keep the run's step records next to the notebooks and write them, rendered, into the README."
-    m, dst, readme = read_manifest(cfg), steps_copy(cfg.name), Path(readme or project_root()/'README.md')
+    m, dst, readme = read_manifest(paths), steps_copy(paths.run.name), Path(readme or project_root()/'README.md')
     bad = [n for n, e in m['steps'].items() if e.get('status') != 'done']
-    if not m['steps'] or bad: raise ValueError(f"{run_paths(cfg).manifest}: steps {bad or 'none'} not done; the README shows a finished run (sail run {cfg.name})")
+    if not m['steps'] or bad: raise ValueError(f"{paths.manifest}: steps {bad or 'none'} not done; the README shows a finished run (sail run {paths.run.name})")
     record = dict(run=m['run'], updated=m.get('updated'), cpus=m.get('cpus'), steps={n: {k: e.get(k) for k in STEP_KEYS} for n, e in m['steps'].items()})
     write_json(dst, record)
     write_block(readme, steps_markdown(record), STEPS_MARKERS)

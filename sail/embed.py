@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, record_step, pick_device,
                        stop_point, autocast)
-from .config import Config, EncoderConfig, load_config, dataset_label
+from .config import Config, Compute, EmbedConfig, EncoderConfig, load_config, dataset_label
 from .totalseg import _toy_scan
 from .slices import load_slices, slice_dataset, slices_artifact
 from .encoders import Encoder, EncoderUnavailable, build_encoder, encoder_id
@@ -181,14 +181,14 @@ def _write_shard(shard_dir:Path, k:int, slices:pd.DataFrame, rows:list, embs:lis
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     with atomic_path(_shard_file(shard_dir, k)) as tmp: pq.write_table(_embedding_table(slices.slice_id.iloc[rows], emb), tmp)
 
-def _embed_shard_task(cfg:Config, ec:EncoderConfig, k:int, rows:tuple)->list:
+def _embed_shard_task(data_dir:str, embed:EmbedConfig, device:str, ec:EncoderConfig, k:int, rows:tuple)->list:
     "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; its unreadable images (`Failures` rows)."
-    data = run_paths(cfg).data
+    data = Path(data_dir)
     enc = worker_cache(('encoder', digest(dataclasses.asdict(ec))), lambda: build_encoder(ec))
     cols = slice_columns(enc)
     slices = worker_cache(('slices', str(data), slices_artifact(data).digest, tuple(cols)), lambda: load_slices(data, cols))
     unreadable = Failures()
-    _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(cfg, ec), cfg.embed.batch_size, task_device(cfg.device), cfg.embed.dtype, 0,
+    _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(data, ec), embed.batch_size, task_device(device), embed.dtype, 0,
                   unreadable, stop_event=None)
     crash_point('embed:shard-written')                   # test hook: a worker dying after writing its shard
     return unreadable.rows
@@ -207,77 +207,82 @@ def embeddings_artifact(
     "One encoder's embeddings of the slice table: `embeddings/<encoder>.parquet`, recorded in `embeddings/<encoder>.json`."
     return Artifact(f'embeddings/{enc_id}', Path(data_dir)/'embeddings', (f'{enc_id}.parquet',), f'{enc_id}.json', step='06_embed')
 
-def _shard_dir(cfg:Config, ec:EncoderConfig)->Path: return run_paths(cfg).data/'embeddings'/f".{encoder_id(ec)}-shards"
-def _shards(cfg:Config, ec:EncoderConfig)->Artifact:
+def _shard_dir(data:Path, ec:EncoderConfig)->Path: return Path(data)/'embeddings'/f".{encoder_id(ec)}-shards"
+def _shards(data:Path, ec:EncoderConfig)->Artifact:
     "The set of unfinished shards: its record says which inputs they belong to (each shard file is written atomically)."
-    return Artifact(f'embeddings/{encoder_id(ec)}/shards', _shard_dir(cfg, ec), (), 'settings.json', step='06_embed')
+    return Artifact(f'embeddings/{encoder_id(ec)}/shards', _shard_dir(data, ec), (), 'settings.json', step='06_embed')
 
 def embed_inputs(
-    cfg:Config,        # run configuration
+    data_dir:str|Path, # processed-data folder (`Config.paths.data`)
+    embed:EmbedConfig, # the `embed` section
+    compute:Compute,   # device and executor (`Config.compute`)
     ec:EncoderConfig,  # which encoder
     enc:Encoder,       # the built encoder
 )->dict:
     "What one encoder's embeddings are made from: the slice table, the encoder and how it computes."
-    return dict(slices=slices_artifact(run_paths(cfg).data).digest, encoder=dataclasses.asdict(ec), description=enc.description,
-                dtype=cfg.embed.dtype, device=stage_device(cfg.executor, 'embed', cfg.device))
+    return dict(slices=slices_artifact(data_dir).digest, encoder=dataclasses.asdict(ec), description=enc.description,
+                dtype=embed.dtype, device=stage_device(compute.executor, 'embed', compute.device))
 
 def embed_encoder(
-    cfg:Config,             # run configuration
-    ec:EncoderConfig,       # which encoder
+    data_dir:str|Path,      # processed-data folder holding the slice table (`Config.paths.data`)
+    embed:EmbedConfig,      # the `embed` section
+    compute:Compute,        # device, workers and executor (`Config.compute`)
+    ec:EncoderConfig,       # which encoder (one of `embed.encoders`)
     force:bool=False,       # recompute even if up to date
     shard:str|None=None,    # 'i/n': do only shards k with k % n == i
     max_shards:int|None=None, # stop after this many new shards (to test resuming)
     encoder:Encoder|None=None, # an already built encoder (default: `build_encoder(ec)`)
 )->dict:  # the sidecar (after a merge) or a progress note
     "Embed the slice table with one encoder, resumably; merge when every shard is done."
-    log, data = get_logger('sail.embed'), run_paths(cfg).data
-    art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(cfg, ec)
+    log, data = get_logger('sail.embed'), Path(data_dir)
+    art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(data, ec)
     enc = encoder or build_encoder(ec)
     slices = load_slices(data, slice_columns(enc))
-    inputs = embed_inputs(cfg, ec, enc)
+    inputs = embed_inputs(data, embed, compute, ec, enc)
     if not force and art.fresh(inputs):
         log.info(f"{art.name} up to date"); return art.record()['summary']
-    shards, shard_inputs = _shards(cfg, ec), dict(inputs, shard_rows=cfg.embed.shard_rows)
+    shards, shard_inputs = _shards(data, ec), dict(inputs, shard_rows=embed.shard_rows)
     if force or not shards.fresh(shard_inputs):                    # shards of other inputs are discarded
         shutil.rmtree(shard_dir, ignore_errors=True)
         shards.commit(shard_inputs, dict(dim=enc.dim))
     i, n = parse_shard(shard)
-    ranges = shard_ranges(len(slices), cfg.embed.shard_rows)
+    ranges = shard_ranges(len(slices), embed.shard_rows)
     todo = [(k, r) for k, r in enumerate(ranges) if k % n == i and not _shard_file(shard_dir, k).exists()]
     if max_shards is not None: todo = todo[:max_shards]
-    device = pick_device(cfg.device)
+    device = pick_device(compute.device)
     failures, t0 = Failures(), time.time()
     if todo:
-        where = device if cfg.executor.kind == "local" else f"Ray workers ({inputs['device']})"
+        where = device if compute.executor.kind == "local" else f"Ray workers ({inputs['device']})"
         log.info(f"{encoder_id(ec)}: {len(todo)} of {len(ranges)} shard(s) to embed on {where}")
-        if cfg.executor.kind == 'local':
-            _embed_shards(enc, slices, data, todo, shard_dir, cfg.embed.batch_size, device, cfg.embed.dtype,
-                          min(cfg.workers or os.cpu_count() or 1, 8), failures)
+        if compute.executor.kind == 'local':
+            _embed_shards(enc, slices, data, todo, shard_dir, embed.batch_size, device, embed.dtype,
+                          min(compute.workers or os.cpu_count() or 1, 8), failures)
         else:                                   # one task per shard; a shard that raises stops the step, as it does locally
-            stage = run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (cfg, ec, k, r)) for k, r in todo], 'embed',
-                              cfg.executor, Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
+            stage = run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (str(data), embed, compute.device, ec, k, r)) for k, r in todo], 'embed',
+                              compute.executor, Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
             for k, _ in todo:
                 for f in stage.values[f"{encoder_id(ec)} shard {k}"]: failures.add(f['item'], f['reason'], f['stage'])
     seconds = time.time() - t0
     if failures: failures.report('images')
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]
     if missing: return dict(merged=False, shards_missing=len(missing), shards_total=len(ranges))
-    return merge_embeddings(cfg, ec, seconds)
+    return merge_embeddings(data, embed, ec, seconds)
 
 # %% ../nbs/06_embed.ipynb #1516f101
 def merge_embeddings(
-    cfg:Config,            # run configuration
+    data_dir:str|Path,     # processed-data folder (`Config.paths.data`)
+    embed:EmbedConfig,     # the `embed` section (its `shard_rows`)
     ec:EncoderConfig,      # which encoder
     seconds:float|None=None, # embedding time to record
 )->dict:  # the artifact's summary
     "Merge finished shards into `embeddings/<encoder>.parquet` after checking every slice is present exactly once."
-    data = run_paths(cfg).data
-    art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(cfg, ec)
+    data = Path(data_dir)
+    art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(data, ec)
     out = art.path(f'{encoder_id(ec)}.parquet')
-    if _shards(cfg, ec).record() is None: raise FileNotFoundError(f"{shard_dir}: no shards to merge (run `sail embed` first)")
-    inputs = {k: v for k, v in _shards(cfg, ec).record()['inputs'].items() if k != 'shard_rows'}
+    if _shards(data, ec).record() is None: raise FileNotFoundError(f"{shard_dir}: no shards to merge (run `sail embed` first)")
+    inputs = {k: v for k, v in _shards(data, ec).record()['inputs'].items() if k != 'shard_rows'}
     slices = load_slices(data, ['slice_id', 'image_path'])
-    ranges = shard_ranges(len(slices), cfg.embed.shard_rows)
+    ranges = shard_ranges(len(slices), embed.shard_rows)
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]
     if missing: raise FileNotFoundError(f"{shard_dir}: shard(s) {missing[:10]} not done yet; run every shard before merging")
     tables = [pq.read_table(_shard_file(shard_dir, k)) for k in range(len(ranges))]

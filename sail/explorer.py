@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import Artifact, run_paths, digest, write_json, atomic_path, get_logger, now, record_step, progress, show_plotly
-from .config import Config, load_config, dataset_label
+from .core import Artifact, RunPaths, run_paths, digest, write_json, atomic_path, get_logger, now, record_step, progress, show_plotly
+from .config import Config, ExplorerConfig, EvalConfig, RetrievalConfig, LanguageConfig, InterpretConfig, load_config, dataset_label
 from .totalseg import ORGANS
 from .split import scan_index
 from .slices import load_slices, slice_image, thumbnail, image_data_uri
@@ -254,22 +254,25 @@ class FeatureExplorer:
 
 # %% ../nbs/17_explorer.ipynb #2e1f6675
 def explorer_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/explorers/
     "The folder holding a run's standalone explorer pages."
-    return run_paths(cfg).run/'explorers'
+    return paths.run/'explorers'
 
 def explorer_configs(
-    cfg:Config,  # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    interpret:InterpretConfig, # the `interpret` section: the selected configurations come first
 )->list:
     "[(encoder, variant, config)] to explore: the selected ones first, then every other configuration with scores."
-    chosen = selected_configs(cfg)
-    scored = {(r.encoder, r.variant, r.config) for r in trained_saes(cfg) if mono_artifact(cfg, r.encoder, r.variant, r.config).record() is not None}
+    chosen = selected_configs(paths, interpret)
+    scored = {(r.encoder, r.variant, r.config) for r in trained_saes(paths) if mono_artifact(paths, r.encoder, r.variant, r.config).record() is not None}
     others = sorted(scored - set(chosen))
     return chosen + others
 
 def profiles_for(
-    cfg:Config,        # run
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    ec:ExplorerConfig,     # the `explorer` section: max_features, top_samples
+    evaluation:EvalConfig, # the `eval` section: slices_per_scan, as the scores were computed
     enc:str,           # encoder
     var:str,           # variant
     conf:str,          # configuration
@@ -277,44 +280,48 @@ def profiles_for(
 )->list:
     "The saved profiles of one configuration (computed and saved when missing or stale)."
     name = f'{enc}__{var}__{conf}'
-    art = Artifact(f'explorer/{enc}/{var}/{conf}', explorer_dir(cfg)/'data', (f'{name}.json',), f'.{name}.artifact.json', step='17_explorer')
-    ai, mono = autointerp_artifact(cfg, enc, var, conf), mono_artifact(cfg, enc, var, conf)
+    art = Artifact(f'explorer/{enc}/{var}/{conf}', explorer_dir(paths)/'data', (f'{name}.json',), f'.{name}.artifact.json', step='17_explorer')
+    ai, mono = autointerp_artifact(paths, enc, var, conf), mono_artifact(paths, enc, var, conf)
     described = ai.record() is not None
-    inputs = dict(codes=codes_artifact(cfg, enc, var, conf).digest, scores=mono.digest, autointerp=ai.digest if described else None,
-                  settings=cfg.explorer, per_scan=cfg.eval.slices_per_scan)
+    inputs = dict(codes=codes_artifact(paths, enc, var, conf).digest, scores=mono.digest, autointerp=ai.digest if described else None,
+                  settings=ec, per_scan=evaluation.slices_per_scan)
     if not force and art.fresh(inputs): return json.loads(art.path(f'{name}.json').read_text())['profiles']
-    m, rows = load_codes(cfg, enc, var, conf, 'val')
+    m, rows = load_codes(paths, enc, var, conf, 'val')
     scores = pd.read_parquet(mono.path('feature_scores.parquet'))
     desc = pd.read_parquet(ai.path('descriptions.parquet')) if described else None
     samples = pd.read_parquet(ai.path('samples.parquet')) if described else None
-    prof = feature_profiles(m, rows, scores, desc, cfg.explorer.max_features, cfg.explorer.top_samples, cfg.eval.slices_per_scan, samples=samples)
+    prof = feature_profiles(m, rows, scores, desc, ec.max_features, ec.top_samples, evaluation.slices_per_scan, samples=samples)
     write_json(art.path(f'{name}.json'), dict(encoder=enc, variant=var, config=conf, split='val', profiles=prof), indent=None)
     art.commit(inputs)
     return prof
 
-def _searcher(cfg:Config):
+def _searcher(paths:RunPaths, lc:LanguageConfig):
     cache = {}
     def run(label, feats, vals):
         enc, var, conf = label.split('/')
         if label not in cache:
-            m, rows = load_codes(cfg, enc, var, conf, cfg.language.split)
+            m, rows = load_codes(paths, enc, var, conf, lc.split)
             cache[label] = (Bank(m), scan_index(rows), rows.slice_id.to_numpy())
         bank, scan, ids = cache[label]
         order = np.argsort(-np.asarray(vals), kind='stable')
-        r, s = search(bank, scan, np.asarray(feats, np.int64)[order][None], np.asarray(vals, np.float32)[order][None], cfg.language.top_n, cfg.language.slices_per_scan)
+        r, s = search(bank, scan, np.asarray(feats, np.int64)[order][None], np.asarray(vals, np.float32)[order][None], lc.top_n, lc.slices_per_scan)
         return [(str(ids[i]), float(x)) for i, x in zip(r, s)]
     return run
 
 @classmethod
-def _from_run(cls, cfg:Config, configs:list|None=None): # run configuration, [(encoder, variant, config)] (default `explorer_configs`)
+def _from_run(cls,
+    cfg:Config,               # a finished run's configuration: the explorer opens a whole run (steps take only their sections)
+    configs:list|None=None,   # [(encoder, variant, config)] to show; default `explorer_configs`
+):
     "The explorer of a finished run."
-    configs = configs or explorer_configs(cfg)
-    data = run_paths(cfg).data
+    paths = cfg.paths
+    configs = configs or explorer_configs(paths, cfg.interpret)
+    data = paths.data
     sl = load_slices(data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age']).set_index('slice_id')
-    folder = run_paths(cfg).run/'thumbs'/str(cfg.explorer.thumb_size)
+    folder = paths.run/'thumbs'/str(cfg.explorer.thumb_size)
     def thumb(sid): return data_uris(thumbnail_files(data, folder, sl.loc[[sid]].reset_index(), cfg.explorer.thumb_size))[sid]
-    datasets = {'/'.join(c): profiles_for(cfg, *c) for c in configs}
-    return cls(datasets, {}, sl[['modality', 'plane', 'gender', 'age']].to_dict('index'), thumb, _searcher(cfg))
+    datasets = {'/'.join(c): profiles_for(paths, cfg.explorer, cfg.eval, *c) for c in configs}
+    return cls(datasets, {}, sl[['modality', 'plane', 'gender', 'age']].to_dict('index'), thumb, _searcher(paths, cfg.language))
 FeatureExplorer.from_run = _from_run
 
 # %% ../nbs/17_explorer.ipynb #284bc530
@@ -357,15 +364,16 @@ def _plotly_js(folder:Path):
 
 # %% ../nbs/17_explorer.ipynb #3b93e4b8
 def retrieval_page_data(
-    cfg:Config,           # run configuration (explorer.page_k, page_references; retrieval.figure_split, top_n, seed)
+    paths:RunPaths,       # the run's folders (`Config.paths`)
+    ec:ExplorerConfig,    # the `explorer` section: page_references, page_k
+    rc:RetrievalConfig,   # the `retrieval` section: figure_split, seed, top_n
     enc:str,              # encoder id
     var:str,              # SAE variant
     conf:str,             # SAE configuration name
     refs:list|None=None,  # reference slice ids (None: `explorer.page_references` seeded picks of the figure split)
 )->dict:                  # label, split and one entry per reference: its fingerprint and hits per k, and its dense hits
     "Retrievals of the page's references at every offered k (sparse and dense fingerprints) and by dense cosine."
-    ec, rc = cfg.explorer, cfg.retrieval
-    m, X, rows = split_inputs(cfg, enc, var, conf, rc.figure_split)
+    m, X, rows = split_inputs(paths, enc, var, conf, rc.figure_split)
     refs = refs or figure_references(rows, ec.page_references, rc.seed)
     pos = pd.Series(np.arange(len(rows)), index=rows.slice_id.to_numpy())[refs].to_numpy()
     always = feature_stats(m).always_active.to_numpy()
@@ -386,21 +394,26 @@ def retrieval_page_data(
     return dict(label=f'{enc}/{var}/{conf}', refs=out, split=rc.figure_split)
 
 def write_pages(
-    cfg:Config,                 # run configuration
+    paths:RunPaths,             # the run's folders (`Config.paths`)
+    ec:ExplorerConfig,          # the `explorer` section
+    rc:RetrievalConfig,         # the `retrieval` section (the retrieval page's references and k)
+    interpret:InterpretConfig,  # the `interpret` section: which configurations
+    evaluation:EvalConfig,      # the `eval` section (the profiles' slices_per_scan)
+    dataset:str,                # what the data is, shown on every page (`sail.config.dataset_label`)
     folder:str|Path|None=None,  # output folder (default runs/<name>/explorers/)
 )->dict:
     "The three standalone explorer pages and their index; returns page -> file."
-    folder = Path(folder or explorer_dir(cfg)); folder.mkdir(parents=True, exist_ok=True)
-    ec, data = cfg.explorer, run_paths(cfg).data
-    sub = f"run {cfg.name} · {dataset_label(cfg)} · written {now()[:10]}"
+    folder = Path(folder or explorer_dir(paths)); folder.mkdir(parents=True, exist_ok=True)
+    data = paths.data
+    sub = f"run {paths.run.name} · {dataset} · written {now()[:10]}"
     sl = load_slices(data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age']).set_index('slice_id')
-    configs = selected_configs(cfg)
+    configs = selected_configs(paths, interpret)
     shown = lambda p: {k: v for k, v in p.items() if k not in ('top', 'scored', 'described', 'judged')} | dict(rows=[[label, items] for _, label, items in sample_rows(p)])
-    feats = [dict(label='/'.join(c), profiles=[shown(p) for p in profiles_for(cfg, *c)[:ec.page_features]]) for c in configs]
-    retr = [retrieval_page_data(cfg, *c) for c in configs]
+    feats = [dict(label='/'.join(c), profiles=[shown(p) for p in profiles_for(paths, ec, evaluation, *c)[:ec.page_features]]) for c in configs]
+    retr = [retrieval_page_data(paths, ec, rc, *c) for c in configs]
     def payload(ids):
         ids = sorted(ids)
-        thumbs = data_uris(thumbnail_files(data, run_paths(cfg).run/'thumbs'/str(ec.thumb_size), sl.loc[ids].reset_index(), ec.thumb_size))
+        thumbs = data_uris(thumbnail_files(data, paths.run/'thumbs'/str(ec.thumb_size), sl.loc[ids].reset_index(), ec.thumb_size))
         m = sl.loc[ids, ['modality', 'plane', 'gender', 'age']]
         return thumbs, {s: dict(modality=str(r.modality), plane=str(r.plane), gender=None if pd.isna(r.gender) else str(r.gender),
                                 age=None if pd.isna(r.age) else float(r.age)) for s, r in zip(ids, m.itertuples())}
@@ -414,9 +427,9 @@ def write_pages(
     rids = {r['slice_id'] for c in retr for r in c['refs']} | {h[0] for c in retr for r in c['refs'] for x in list(r['k'].values()) for h in x['sparse'] + x['dense_fp']} \
            | {h[0] for c in retr for r in c['refs'] for h in r['dense']}
     thumbs, meta = payload(rids)
-    write('retrieval.html', _page('Fingerprint retrieval', sub + f" · references from the {cfg.retrieval.figure_split} split", _RETRIEVAL_BODY,
+    write('retrieval.html', _page('Fingerprint retrieval', sub + f" · references from the {rc.figure_split} split", _RETRIEVAL_BODY,
                                   dict(configs=retr, thumbs=thumbs, meta=meta, k=list(ec.page_k)), _RETRIEVAL_JS))
-    f2 = fig2(landscape_table(cfg))
+    f2 = fig2(landscape_table(paths))
     write('landscape.html', _page('Configuration landscape (Fig. 2)', sub, '<p class="muted">Every trained configuration against its validation L0. '
                                   'Hover for values; click legend entries to hide or show encoders.</p>' + f2.to_html(include_plotlyjs=False, full_html=False, config=dict(displaylogo=False))))
     items = [('features.html', 'Feature browser', 'every selected configuration’s most monosemantic features: description, judge rank, top slices, activation histogram, composition'),

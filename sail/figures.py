@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['FIG2_PANELS', 'RESULT_COLUMNS', 'landscape_table', 'fig2', 'encoder_weights', 'results_table', 'results_table_csv',
-           'results_markdown', 'find_chromium', 'export_static']
+           'figures_dir', 'results_markdown', 'find_chromium', 'export_static']
 
 # %% ../nbs/16_figures.ipynb #d2d6bebc
 import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import run_paths, write_csv, write_json, get_logger, now, record_step, show_plotly
+from .core import RunPaths, run_paths, write_csv, write_json, get_logger, now, record_step, show_plotly
 from .config import Config, load_config, dataset_label
 from .train import trained_saes
 from .retrieval import run_grid_figure
@@ -29,18 +29,17 @@ FIG2_PANELS = [  # (column, title) of the eight panels, spec §14
     ('val_auc_at_3', 'F  AUC with the top 3 features'), ('val_auc_at_10', 'G  AUC with the top 10 features'), ('val_auc_at_50', 'H  AUC with the top 50 features')]
 
 def landscape_table(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->pd.DataFrame:
     "One row per trained configuration: training metrics, monosemanticity, probe AUCs and ranks."
-    rp = run_paths(cfg).run
     rows = []
-    for p in (r.folder/'config.json' for r in trained_saes(cfg)):
+    for p in (r.folder/'config.json' for r in trained_saes(paths)):
         c = json.loads(p.read_text()); f = c['final']
         rows.append(dict(encoder=f['encoder'], variant=f['variant'], config=c['name'], family='-'.join(map(str, c['sizes'])),
                          k_pattern='-'.join(map(str, c['k'])), k_max=max(c['k']), **{k: f[k] for k in ('val_l0', 'val_r2', 'val_r2_ref', 'val_alive', 'val_dead')}))
-    if not rows: raise FileNotFoundError(f"run {cfg.name!r}: no trained SAEs (run the train step)")
+    if not rows: raise FileNotFoundError(f"run {paths.run.name!r}: no trained SAEs (run the train step)")
     sae = pd.DataFrame(rows)
-    rank_path = ranking_csv(cfg)
+    rank_path = ranking_csv(paths)
     if not rank_path.exists(): raise FileNotFoundError(f"{rank_path}: no ranking (run the ranking step)")
     ranked = pd.read_csv(rank_path)
     cols = ['encoder', 'variant', 'config', 'M_top10_mean', 'M_top50_mean', 'sparse_val_auc', 'dense_val_auc', 'sparse_pct_of_dense',
@@ -102,17 +101,17 @@ def encoder_weights(
     return 'none' if enc_id.startswith('pixels') else 'random' if enc_id.startswith('random-') else 'learned'
 
 def results_table(
-    cfg:Config,  # run configuration (a finished run: ranking, retrieval, autointerp and language done)
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->pd.DataFrame: # one row per encoder and variant, the columns of `RESULT_COLUMNS`
     "The run's headline results for the selected configuration of every encoder and variant, from the steps' files."
-    head, rank = pd.read_csv(headline_csv(cfg)), pd.read_csv(ranking_csv(cfg)).set_index(['encoder', 'variant', 'config'])
-    ret = pd.read_csv(retrieval_summary_csv(cfg)); t3 = pd.read_csv(table3_csv(cfg)).set_index(['encoder', 'variant', 'config'])
-    lang = pd.read_csv(precision_csv(cfg)); lang = lang[lang.matcher == 'embedding'].set_index(['encoder', 'variant', 'config'])
+    head, rank = pd.read_csv(headline_csv(paths)), pd.read_csv(ranking_csv(paths)).set_index(['encoder', 'variant', 'config'])
+    ret = pd.read_csv(retrieval_summary_csv(paths)); t3 = pd.read_csv(table3_csv(paths)).set_index(['encoder', 'variant', 'config'])
+    lang = pd.read_csv(precision_csv(paths)); lang = lang[lang.matcher == 'embedding'].set_index(['encoder', 'variant', 'config'])
     rows = []
     for h in head.itertuples():
         key, r = (h.encoder, h.variant, h.selected_config), ret[(ret.encoder == h.encoder) & (ret.variant == h.variant) & (ret.config == h.selected_config)]
         quality = lambda method, k=None: float(r[(r.method == method) & ((r.k == k) if k is not None else True)].quality_mean.iloc[0])
-        sae = sae_artifact(sae_ref(cfg, h.encoder, h.variant, h.selected_config)).require()['summary']
+        sae = sae_artifact(sae_ref(paths, h.encoder, h.variant, h.selected_config)).require()['summary']
         rows.append(dict(encoder=h.encoder, weights=encoder_weights(h.encoder), variant=h.variant, config=h.selected_config,
                          dense_val_auc=rank.loc[key, 'dense_val_auc'], val_r2=sae['val_r2'], M_top10=rank.loc[key, 'M_top10_mean'],
                          sparse_pct_of_dense=rank.loc[key, 'sparse_pct_of_dense'],
@@ -122,10 +121,16 @@ def results_table(
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 def results_table_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/results_table.csv
     "Where the figures step writes `results_table`."
-    return run_paths(cfg).run/'results'/'results_table.csv'
+    return paths.run/'results'/'results_table.csv'
+
+def figures_dir(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+)->Path:            # runs/<name>/results/figures/
+    "Where the figures step writes fig2.csv, figures.json and the static figure files."
+    return paths.run/'results'/'figures'
 
 def results_markdown(
     table:pd.DataFrame, # `results_table` (or the CSV it was written to)

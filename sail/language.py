@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Artifact, run_paths, digest, rng, resolve, write_json, write_parquet, write_csv, get_logger, now, record_step, pick_device,
+from .core import (Artifact, RunPaths, run_paths, digest, rng, resolve, write_json, write_parquet, write_csv, get_logger, now, record_step, pick_device,
                        Failures, show_plotly, stop_point)
-from .config import Config, ConfigError, load_config, dataset_label
+from .config import Config, LanguageConfig, InterpretConfig, ConfigError, load_config, dataset_label
 from .totalseg import ORGANS, REGIONS, BODY_PARTS
 from .split import scan_index
 from .slices import load_slices
@@ -74,13 +74,13 @@ def check_queries(
     return queries
 
 def query_set(
-    cfg:Config,  # run configuration
+    lc:LanguageConfig, # the `language` section
 )->dict:
     "The run's queries: the YAML file `language.queries`, else the built-in set."
-    if not cfg.language.queries: return check_queries(QUERIES)
+    if not lc.queries: return check_queries(QUERIES)
     import yaml
-    p = resolve(cfg.language.queries)
-    if not p.exists(): raise ConfigError(f"{cfg.source}: 'language.queries' = {cfg.language.queries!r} does not exist ({p})")
+    p = resolve(lc.queries)
+    if not p.exists(): raise ConfigError(f"'language.queries' = {lc.queries!r} does not exist ({p})")   # `load_config` checks it first, naming the file
     return check_queries(yaml.safe_load(p.read_text()) or {}, str(p))
 
 # %% ../nbs/15_language.ipynb #1d47a194
@@ -249,27 +249,27 @@ def search(
 
 # %% ../nbs/15_language.ipynb #242fb539
 def language_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/language/
     "The folder holding a run's language-search results."
-    return run_paths(cfg).run/'results'/'language'
+    return paths.run/'results'/'language'
 
 def precision_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/language/precision.csv
     "Where `run_language` writes precision@10 per configuration and matcher."
-    return language_dir(cfg)/'precision.csv'
+    return language_dir(paths)/'precision.csv'
 
 def make_matcher(
     kind:str,                         # 'embedding' | 'llm' | 'random'
-    cfg:Config,                       # run configuration
+    lc:LanguageConfig,                # the `language` section: models, seed, generation settings
+    device:str='auto',                # `Config.device`
     cache:GenerationCache|None=None,  # reply cache
 ):
     "A matcher by configured name."
-    lc = cfg.language
-    if kind == 'embedding': return EmbeddingMatcher(lc.embedding_model, pick_device(cfg.device))
+    if kind == 'embedding': return EmbeddingMatcher(lc.embedding_model, pick_device(device))
     if kind == 'random': return RandomMatcher(lc.seed)
-    if kind == 'llm': return LLMMatcher(TransformersBackend(lc.llm_model, device=cfg.device, local_files_only=lc.local_files_only), cache, lc.retries,
+    if kind == 'llm': return LLMMatcher(TransformersBackend(lc.llm_model, device=device, local_files_only=lc.local_files_only), cache, lc.retries,
                                         max_new_tokens=lc.max_new_tokens, temperature=lc.temperature, seed=lc.seed)
     raise ValueError(f"unknown matcher {kind!r}: expected embedding, llm or random")
 
@@ -282,40 +282,42 @@ def evaluate_query(
     return out | {f'chance_{c}': float(chance[c]) for c in hits.columns} | dict(n_retrieved=len(hits))
 
 def language_artifact(
-    cfg:Config,  # run
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc:str,     # encoder
     var:str,     # variant
     conf:str,    # configuration
 )->Artifact:
     "One configuration's language retrieval: matches, retrieved slices, evaluation, language.json (recorded in artifact.json)."
-    return Artifact(f'language/{enc}/{var}/{conf}', language_dir(cfg)/enc/var/conf,
+    return Artifact(f'language/{enc}/{var}/{conf}', language_dir(paths)/enc/var/conf,
                     ('matches.parquet', 'retrieved.parquet', 'evaluation.csv', 'language.json'), step='15_language')
 
 def language_config(
-    cfg:Config,        # run
+    paths:RunPaths,    # the run's folders (`Config.paths`)
+    lc:LanguageConfig, # the `language` section
+    device:str,        # `Config.device`, for the embedding or llm matcher
     enc:str,           # encoder
     var:str,           # variant
     conf:str,          # configuration
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "Every query through every matcher for one configuration; writes its files and returns its evaluation table."
-    lc, log = cfg.language, get_logger('sail.language')
-    art = language_artifact(cfg, enc, var, conf); out = art.folder
-    queries = query_set(cfg)
-    ai = autointerp_artifact(cfg, enc, var, conf)
-    inputs = dict(descriptions=ai.digest, codes=codes_artifact(cfg, enc, var, conf).digest, settings=lc, queries=queries)
+    log = get_logger('sail.language')
+    art = language_artifact(paths, enc, var, conf); out = art.folder
+    queries = query_set(lc)
+    ai = autointerp_artifact(paths, enc, var, conf)
+    inputs = dict(descriptions=ai.digest, codes=codes_artifact(paths, enc, var, conf).digest, settings=lc, queries=queries)
     if not force and art.fresh(inputs): return pd.read_csv(art.path('evaluation.csv'))
     desc_path = ai.path('descriptions.parquet')
     d = pd.read_parquet(desc_path)
     cand = d[d.parse_ok.astype(bool) & (d.true_rank <= lc.max_judge_rank)].reset_index(drop=True) if len(d) else d
     means = dict(zip(d.feature, d.mean_activation_val)) if len(d) else {}
-    m, rows = load_codes(cfg, enc, var, conf, lc.split)
+    m, rows = load_codes(paths, enc, var, conf, lc.split)
     bank, scan = Bank(m), scan_index(rows)
-    cache = GenerationCache(run_paths(cfg).run/'cache'/'generations')
+    cache = GenerationCache(paths.run/'cache'/'generations')
     failures, matches, retrieved, evals = Failures(), [], [], []
     chance = {qname: constraint_hits(rows, q).mean() for qname, q in queries.items()}
     for kind in lc.matchers:
-        matcher = make_matcher(kind, cfg, cache)
+        matcher = make_matcher(kind, lc, device, cache)
         for qname, q in queries.items():
             try:
                 if not len(cand): raise ValueError(f"no described feature with judge rank <= {lc.max_judge_rank}")
@@ -354,14 +356,17 @@ def precision_table(
     return t.assign(n_queries=g.size(), n_unmatched=g.matched.apply(lambda m: int((~m.astype(bool)).sum()))).reset_index()
 
 def run_language(
-    cfg:Config,        # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    lc:LanguageConfig,         # the `language` section
+    interpret:InterpretConfig, # the `interpret` section: which configurations
+    device:str='auto',         # `Config.device`
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "Language retrieval and its evaluation for every selected configuration; writes and returns `precision.csv`."
-    ev = pd.concat([language_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
-    write_csv(language_dir(cfg)/'evaluation.csv', ev)
+    ev = pd.concat([language_config(paths, lc, device, *c, force=force) for c in selected_configs(paths, interpret)], ignore_index=True)
+    write_csv(language_dir(paths)/'evaluation.csv', ev)
     t = precision_table(ev)
-    write_csv(precision_csv(cfg), t)
+    write_csv(precision_csv(paths), t)
     return t
 
 # %% ../nbs/15_language.ipynb #b14e8d8b
@@ -401,15 +406,16 @@ def query_figure(
 PAPER_QUERY = 'ct_abdomen_elderly'  # the paper's Fig. 4 query
 
 def run_query_figure(
-    cfg:Config,             # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    interpret:InterpretConfig, # the `interpret` section: the first selected configuration is shown
     query:str=PAPER_QUERY,  # query name (falls back to the first matched query)
 ):
     "Fig. 4 of a run: `query` for the first selected configuration and its first matcher."
     import plotly.graph_objects as go
-    enc, var, conf = selected_configs(cfg)[0]
-    mt = pd.read_parquet(language_dir(cfg)/enc/var/conf/'matches.parquet')
+    art = language_artifact(paths, *selected_configs(paths, interpret)[0])
+    mt = pd.read_parquet(art.path('matches.parquet'))
     if not len(mt): return go.Figure(layout=dict(title='no query could be matched'))
-    rt = pd.read_parquet(language_dir(cfg)/enc/var/conf/'retrieved.parquet')
+    rt = pd.read_parquet(art.path('retrieved.parquet'))
     q = mt[mt['query'] == query].iloc[0] if (mt['query'] == query).any() else mt.iloc[0]
-    paths = load_slices(run_paths(cfg).data, ['slice_id', 'image_path']).set_index('slice_id').image_path.to_dict()
-    return query_figure(q, rt[(rt['query'] == q['query']) & (rt.matcher == q.matcher)], paths, run_paths(cfg).data)
+    image_paths = load_slices(paths.data, ['slice_id', 'image_path']).set_index('slice_id').image_path.to_dict()
+    return query_figure(q, rt[(rt['query'] == q['query']) & (rt.matcher == q.matcher)], image_paths, paths.data)

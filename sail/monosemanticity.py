@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from .core import Artifact, run_paths, write_json, write_parquet, write_csv, get_logger, record_step
-from .config import Config, load_config, dataset_label
+from .core import Artifact, RunPaths, run_paths, write_json, write_parquet, write_csv, get_logger, record_step
+from .config import Config, EvalConfig, load_config, dataset_label
 from .totalseg import ORGANS, CLASSES
 from .codes import split_data, codes_artifact
 from .slices import slices_artifact
@@ -173,60 +173,61 @@ def modality_aware_scores(
 
 # %% ../nbs/11_monosemanticity.ipynb #087d8617
 def results_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:
     "runs/<name>/results/monosemanticity/"
-    return run_paths(cfg).run/'results'/'monosemanticity'
+    return paths.run/'results'/'monosemanticity'
 
 def config_scores_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:
     "The run's table of configuration scores (written by `score_all`): the path readers use."
-    return results_dir(cfg)/'config_scores.csv'
+    return results_dir(paths)/'config_scores.csv'
 
 def mono_artifact(
-    cfg:Config,    # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,    # encoder id
     variant:str,   # variant
     config:str,    # SAE configuration name
 )->Artifact:
     "One configuration's scores: feature_scores.parquet and config_scores.json, recorded in artifact.json."
-    return Artifact(f'monosemanticity/{enc_id}/{variant}/{config}', results_dir(cfg)/enc_id/variant/config,
+    return Artifact(f'monosemanticity/{enc_id}/{variant}/{config}', results_dir(paths)/enc_id/variant/config,
                     ('feature_scores.parquet', 'config_scores.json'), step='11_monosemanticity')
 
 def null_artifact(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Artifact:
     "The null baselines of the run's validation slices (null_baselines.csv)."
-    return Artifact('monosemanticity/null', results_dir(cfg), ('null_baselines.csv',), 'null_baselines.json', step='11_monosemanticity')
+    return Artifact('monosemanticity/null', results_dir(paths), ('null_baselines.csv',), 'null_baselines.json', step='11_monosemanticity')
 
-def _val_inputs(cfg:Config, enc_id:str, variant:str, config:str)->tuple:
-    d = split_data(cfg, enc_id, 'val', variant, config, ['modality', 'image_id'] + ORGANS)
+def _val_inputs(paths:RunPaths, enc_id:str, variant:str, config:str)->tuple:
+    d = split_data(paths, enc_id, 'val', variant, config, ['modality', 'image_id'] + ORGANS)
     return d.codes, d.rows[ORGANS].to_numpy(bool), scan_index(d.rows), d.rows.modality.astype(str).to_numpy()
 
-def _null(cfg:Config, organs:np.ndarray)->pd.DataFrame:
+def _null(paths:RunPaths, organs:np.ndarray)->pd.DataFrame:
     "The null baselines, computed once for the validation slices of the current slice table and split."
-    art, data = null_artifact(cfg), run_paths(cfg).data
+    art, data = null_artifact(paths), paths.data
     inputs = dict(slices=slices_artifact(data).digest, split=split_artifact(data).digest, n_val=len(organs))
     if not art.fresh(inputs):
         write_csv(art.path('null_baselines.csv'), null_baseline(organs)); art.commit(inputs)
     return pd.read_csv(art.path('null_baselines.csv'))
 
 def score_config(
-    cfg:Config,        # run
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    evaluation:EvalConfig, # the `eval` section (its `slices_per_scan`)
     enc_id:str,        # encoder
     variant:str,       # variant
     config:str,        # SAE configuration
     force:bool=False,  # recompute
 )->dict:
     "Score one configuration's features (reference and modality-aware) and write its files."
-    art = mono_artifact(cfg, enc_id, variant, config)
-    inputs = dict(codes=codes_artifact(cfg, enc_id, variant, config).digest, per_scan=cfg.eval.slices_per_scan)
+    art = mono_artifact(paths, enc_id, variant, config)
+    inputs = dict(codes=codes_artifact(paths, enc_id, variant, config).digest, per_scan=evaluation.slices_per_scan)
     if not force and art.fresh(inputs): return json.loads(art.path('config_scores.json').read_text())
-    m, organs, scan, modality = _val_inputs(cfg, enc_id, variant, config)
-    null = _null(cfg, organs)
-    sizes = json.loads((sae_ref(cfg, enc_id, variant, config).folder/'config.json').read_text())['sizes']
-    per_scan = cfg.eval.slices_per_scan
+    m, organs, scan, modality = _val_inputs(paths, enc_id, variant, config)
+    null = _null(paths, organs)
+    sizes = json.loads((sae_ref(paths, enc_id, variant, config).folder/'config.json').read_text())['sizes']
+    per_scan = evaluation.slices_per_scan
     fs = feature_scores(m, organs, scan, null, sizes=sizes, per_scan=per_scan)
     ma = modality_aware_scores(m, organs, scan, modality, per_scan).rename(columns=lambda c: c if c in ('feature',) else f'modality_aware_{c}')
     fs = fs.merge(ma, on='feature', how='left')
@@ -239,10 +240,11 @@ def score_config(
     return cs
 
 def score_all(
-    cfg:Config,        # run configuration
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    evaluation:EvalConfig, # the `eval` section
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "Score every trained configuration of the run; write and return the summary table."
-    table = pd.DataFrame([score_config(cfg, r.encoder, r.variant, r.config, force) for r in trained_saes(cfg)])
-    write_csv(config_scores_csv(cfg), table)
+    table = pd.DataFrame([score_config(paths, evaluation, r.encoder, r.variant, r.config, force) for r in trained_saes(paths)])
+    write_csv(config_scores_csv(paths), table)
     return table

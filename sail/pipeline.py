@@ -16,7 +16,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.util import ensure_async, run_sync
 from queue import Empty
-from .core import run_paths, project_root, digest, write_json, library_versions, now, get_logger
+from .core import RunPaths, run_paths, project_root, digest, write_json, library_versions, now, get_logger
 from .config import Config, ConfigError, load_config, to_dict, dataset_label
 
 # %% ../nbs/90_pipeline.ipynb #7c68d2fc
@@ -45,12 +45,12 @@ def select_steps(
 
 # %% ../nbs/90_pipeline.ipynb #8c0d8e0e
 def read_manifest(
-    cfg:Config,  # run configuration
+    paths:RunPaths,  # the run's folders (`Config.paths`)
 )->dict:
     "The run's manifest, or a new empty one."
-    p = run_paths(cfg).manifest
+    p = paths.manifest
     if p.exists(): return json.loads(p.read_text())
-    return dict(run=cfg.name, steps={})
+    return dict(run=paths.run.name, steps={})
 
 def _update(cfg:Config, manifest:dict, step:str, **entry)->dict:
     manifest.update(run=cfg.name, dataset=dataset_label(cfg), config=cfg.source, config_digest=digest(cfg), updated=now(),
@@ -336,7 +336,7 @@ def run_pipeline(
     given = dict(to_dict(cfg), source=cfg.source)                             # what every step gets as `config`
     rp = run_paths(cfg)
     chosen = select_steps(find_steps(), steps)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths)
     echo(f"sail run {cfg.name} ({cfg.source}): {len(chosen)} step(s) -> {rp.run}\n  {dataset_label(cfg)}")
     current, t0, n = None, time.time(), len(chosen)
     with interruptible():
@@ -415,7 +415,8 @@ def _embed_command(args)->None:
     if args.encoder and len(chosen) != len(args.encoder):
         raise ValueError(f"unknown encoder id(s) {sorted(set(args.encoder) - {encoder_id(e) for e in chosen})}; configured: {[encoder_id(e) for e in cfg.embed.encoders]}")
     for ec in chosen:
-        r = merge_embeddings(cfg, ec) if args.merge else embed_encoder(cfg, ec, force=args.force, shard=args.shard)
+        r = (merge_embeddings(cfg.paths.data, cfg.embed, ec) if args.merge
+             else embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, ec, force=args.force, shard=args.shard))
         print(f"{encoder_id(ec)}: " + (f"merged {r['n_rows']} embeddings of dim {r['dim']}" if 'n_rows' in r else f"{r['shards_missing']} of {r['shards_total']} shards still to do"))
 
 def main(

@@ -26,8 +26,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.model_selection import train_test_split
 from sklearn.metrics import roc_auc_score, f1_score, balanced_accuracy_score
 from sklearn.exceptions import ConvergenceWarning
-from .core import Artifact, run_paths, resolve, write_parquet, write_csv, get_logger, record_step, stop_point
-from .config import Config, ConfigError, load_config, dataset_label
+from .core import Artifact, RunPaths, run_paths, resolve, write_parquet, write_csv, get_logger, record_step, stop_point
+from .config import Config, EvalConfig, ConfigError, load_config, dataset_label
 from .embed import embeddings_artifact
 from .split import split_artifact
 from .codes import split_data, codes_artifact
@@ -497,24 +497,24 @@ def recovery_thresholds(
 
 # %% ../nbs/10_probes.ipynb #65d8c40c
 def probes_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/probes/
     "The folder holding a run's probe results."
-    return run_paths(cfg).run/'results'/'probes'
+    return paths.run/'results'/'probes'
 
 def summary_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/probes/summary.csv
     "Where `probe_summary` writes the run's probe summary."
-    return probes_dir(cfg)/'summary.csv'
+    return probes_dir(paths)/'summary.csv'
 
 def target_groups(
-    cfg:Config,  # run configuration
+    evaluation:EvalConfig, # the `eval` section
 )->dict:
     "The probe targets of a run: the paper's, or those of the YAML file `eval.target_groups` (validated)."
-    if not cfg.eval.target_groups: return TARGET_GROUPS
+    if not evaluation.target_groups: return TARGET_GROUPS
     import yaml
-    p = resolve(cfg.eval.target_groups)
+    p = resolve(evaluation.target_groups)
     groups = yaml.safe_load(p.read_text())
     for g, spec in (groups or {}).items():
         bad = set(spec) - {'kind', 'column', 'targets', 'modality'}
@@ -522,20 +522,20 @@ def target_groups(
             raise ConfigError(f"{p}: group '{g}' needs kind (multiclass|multilabel), targets, optional column and modality; got {sorted(spec)}")
     return groups
 
-def _inputs(cfg:Config, enc_id:str)->tuple:
+def _inputs(paths:RunPaths, enc_id:str)->tuple:
     "Dense embeddings and slice rows per split."
-    d = {k: split_data(cfg, enc_id, k, dense=True) for k in ('train', 'val', 'test')}
+    d = {k: split_data(paths, enc_id, k, dense=True) for k in ('train', 'val', 'test')}
     return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
 
 def probes_artifact(
-    cfg:Config,            # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,            # encoder id
     variant:str='dense',   # an SAE variant, or 'dense' for the probes on raw embeddings
     config:str|None=None,  # SAE configuration name (None for dense)
 )->Artifact:
     "Probe results of an encoder's dense embeddings, or of one SAE's codes with its recovery curves (recorded in probes.json)."
-    if variant == 'dense': return Artifact(f'probes/{enc_id}/dense', probes_dir(cfg)/enc_id/'dense', ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
-    return Artifact(f'probes/{enc_id}/{variant}/{config}', probes_dir(cfg)/enc_id/variant/config,
+    if variant == 'dense': return Artifact(f'probes/{enc_id}/dense', probes_dir(paths)/enc_id/'dense', ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
+    return Artifact(f'probes/{enc_id}/{variant}/{config}', probes_dir(paths)/enc_id/variant/config,
                     ('metrics.parquet', 'coefficients.parquet', 'recovery.parquet', 'recovery_summary.parquet'), 'probes.json', step='10_probes')
 
 def _save(art:Artifact, inputs:dict, **tables):
@@ -555,7 +555,8 @@ class Recovery(NamedTuple):
     summary: pd.DataFrame  # one row per target: dense_val_roc_auc, n_nonzero, max_val_roc_auc and the n_features_<level>pct thresholds
 
 def recover_config(
-    cfg:Config,                  # run configuration (eval.min_dense_auc, eval.probe_train_rows, eval.probe_solver, workers)
+    evaluation:EvalConfig,       # the `eval` section: min_dense_auc, probe_train_rows, probe_solver
+    workers:int,                 # parallel targets; 0 = one per CPU core (`Config.workers`)
     Xs:dict,                     # split -> (N, D) CSR codes of one SAE configuration, rows aligned with `sl`
     sl:dict,                     # split -> slice table rows (the labels)
     coefs:pd.DataFrame,          # the sparse probes' coefficients of these codes (task, target, rank, feature), ranking the features
@@ -567,68 +568,71 @@ def recover_config(
     def jobs():    # made as they are dispatched: only the row subsets of the targets in flight exist at once
         for name, group, targets in tasks(groups):
             y = {k: task_labels(sl[k], group, targets, groups) for k in Xs}
-            idx = training_rows(y['train'], cfg.eval.probe_train_rows)
+            idx = training_rows(y['train'], evaluation.probe_train_rows)
             for t, pos in target_classes(targets):
                 auc = dense_val.get((name, t), np.nan)
-                if not auc > cfg.eval.min_dense_auc: continue
+                if not auc > evaluation.min_dense_auc: continue
                 rank = coefs[(coefs.task == name) & (coefs.target == t)].sort_values('rank').feature.to_numpy()
                 yb = {k: (v == pos).astype(int) for k, v in y.items()}
                 lab = {k: y[k] >= 0 for k in y}
                 if len(rank) == 0 or yb['train'][idx].min() == yb['train'][idx].max(): continue
                 yield delayed(_curve_job)(name, t, auc, rank, Xs['train'][idx], yb['train'][idx], {k: (Xs[k][lab[k]], yb[k][lab[k]]) for k in ('val', 'test')},
-                                          cfg.eval.probe_solver)
-    res = Parallel(n_jobs=cfg.workers or -1)(jobs())
+                                          evaluation.probe_solver)
+    res = Parallel(n_jobs=workers or -1)(jobs())
     return Recovery(pd.concat([c for c, _ in res], ignore_index=True) if res else pd.DataFrame(), pd.DataFrame([r for _, r in res]))
 
 def run_probes(
-    cfg:Config,        # run configuration
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    evaluation:EvalConfig, # the `eval` section
+    workers:int=0,         # parallel probes; 0 = one per CPU core (`Config.workers`)
     force:bool=False,  # refit everything
 )->pd.DataFrame:
     "Dense and sparse probes plus recovery for every trained configuration; returns the rebuilt summary."
-    log, n_jobs = get_logger('sail.probes'), cfg.workers or -1
-    groups, data = target_groups(cfg), run_paths(cfg).data
-    refs = trained_saes(cfg)
+    log, n_jobs = get_logger('sail.probes'), workers or -1
+    groups, data = target_groups(evaluation), paths.data
+    refs = trained_saes(paths)
     for enc in sorted({r.encoder for r in refs}):
-        dense = probes_artifact(cfg, enc)
-        dinputs = dict(embeddings=embeddings_artifact(data, enc).digest, split=split_artifact(data).digest, eval=cfg.eval, groups=groups)
+        dense = probes_artifact(paths, enc)
+        dinputs = dict(embeddings=embeddings_artifact(data, enc).digest, split=split_artifact(data).digest, eval=evaluation, groups=groups)
         X = sl = None
         if force or not dense.fresh(dinputs):
             log.info(f"{enc}: dense probes")
-            X, sl = _inputs(cfg, enc)
-            res = probe_representation(X, sl, True, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows, solver=cfg.eval.probe_solver)
+            X, sl = _inputs(paths, enc)
+            res = probe_representation(X, sl, True, groups, n_jobs=n_jobs, train_rows=evaluation.probe_train_rows, solver=evaluation.probe_solver)
             _save(dense, dinputs, metrics=res.metrics, coefficients=res.coefficients)
         dense_metrics = pd.read_parquet(dense.path('metrics.parquet'))
         for ref in (r for r in refs if r.encoder == enc):
-            art = probes_artifact(cfg, enc, ref.variant, ref.config)
-            inputs = dict(codes=codes_artifact(cfg, enc, ref.variant, ref.config).digest, dense=dense.digest)
+            art = probes_artifact(paths, enc, ref.variant, ref.config)
+            inputs = dict(codes=codes_artifact(paths, enc, ref.variant, ref.config).digest, dense=dense.digest)
             if not force and art.fresh(inputs): continue
             log.info(f"{ref.name}: sparse probes and recovery")
-            if sl is None: X, sl = _inputs(cfg, enc)
+            if sl is None: X, sl = _inputs(paths, enc)
             Xs = {}
             for k in ('train', 'val', 'test'):
-                d = split_data(cfg, enc, k, ref.variant, ref.config, ['modality', 'image_id'])
-                if not np.array_equal(d.rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{codes_artifact(cfg, enc, ref.variant, ref.config, k).sidecar}: {k} codes are not aligned with the embeddings' slices")
+                d = split_data(paths, enc, k, ref.variant, ref.config, ['modality', 'image_id'])
+                if not np.array_equal(d.rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{codes_artifact(paths, enc, ref.variant, ref.config, k).sidecar}: {k} codes are not aligned with the embeddings' slices")
                 Xs[k] = d.codes
-            res = probe_representation(Xs, sl, False, groups, n_jobs=n_jobs, train_rows=cfg.eval.probe_train_rows, solver=cfg.eval.probe_solver)
-            rec = recover_config(cfg, Xs, sl, res.coefficients, dense_metrics, groups)
+            res = probe_representation(Xs, sl, False, groups, n_jobs=n_jobs, train_rows=evaluation.probe_train_rows, solver=evaluation.probe_solver)
+            rec = recover_config(evaluation, workers, Xs, sl, res.coefficients, dense_metrics, groups)
             _save(art, inputs, metrics=res.metrics, coefficients=res.coefficients, recovery=rec.curves, recovery_summary=rec.summary)
             stop_point('probes:config')
-    return probe_summary(cfg)
+    return probe_summary(paths, evaluation)
 
 
 # %% ../nbs/10_probes.ipynb #d5e9d9ab
 def probe_summary(
-    cfg:Config,  # run configuration
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    evaluation:EvalConfig, # the `eval` section (its `min_dense_auc` splits the targets counted for recovery)
 )->pd.DataFrame:
     "One row per (encoder, variant, config), rebuilt from the per-configuration files; also written to summary.csv."
     rows = []
-    for ref in trained_saes(cfg):
+    for ref in trained_saes(paths):
         enc, var, conf = ref.encoder, ref.variant, ref.config
-        art = probes_artifact(cfg, enc, var, conf)
+        art = probes_artifact(paths, enc, var, conf)
         if art.record() is None: continue
-        m = pd.read_parquet(art.path('metrics.parquet')); d = pd.read_parquet(probes_artifact(cfg, enc).path('metrics.parquet'))
+        m = pd.read_parquet(art.path('metrics.parquet')); d = pd.read_parquet(probes_artifact(paths, enc).path('metrics.parquet'))
         j = m.merge(d, on=['task', 'target', 'split'], suffixes=('_sparse', '_dense'))
-        v = j[j.split == 'val']; good = v[v.roc_auc_dense > cfg.eval.min_dense_auc]
+        v = j[j.split == 'val']; good = v[v.roc_auc_dense > evaluation.min_dense_auc]
         r = dict(encoder=enc, variant=var, config=conf, n_targets=len(v), n_targets_recovery=len(good),
                  dense_val_auc=v.roc_auc_dense.mean(), sparse_val_auc=v.roc_auc_sparse.mean(),
                  sparse_pct_of_dense=100 * v.roc_auc_sparse.mean() / v.roc_auc_dense.mean(),
@@ -645,5 +649,5 @@ def probe_summary(
         rows.append(r)
     table = pd.DataFrame(rows)
     if len(table):
-        write_csv(summary_csv(cfg), table)
+        write_csv(summary_csv(paths), table)
     return table

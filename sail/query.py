@@ -339,13 +339,13 @@ def load_run(
     device:str|None=None,  # where to run the encoder and the SAE (default the run's `device`)
 )->TrainedRun:
     "A finished run, loaded read-only for queries."
-    cfg = run_config(run); rp = run_paths(cfg)
-    if sae is None: enc_id, var, conf = selected_configs(cfg)[0]
+    cfg = run_config(run); rp = cfg.paths                 # a whole run is opened: this reads several sections
+    if sae is None: enc_id, var, conf = selected_configs(rp, cfg.interpret)[0]
     else:
         parts = sae.split('/')
         if len(parts) != 3: raise QueryError(f"sae {sae!r}: expected 'encoder/variant/config', e.g. 'pixels/paper/D_8_32_K_2_4'")
         enc_id, var, conf = parts
-    ref = sae_ref(cfg, enc_id, var, conf); sae_artifact(ref).require()
+    ref = sae_ref(rp, enc_id, var, conf); sae_artifact(ref).require()
     ec = next((e for e in cfg.embed.encoders if encoder_id(e) == enc_id), None)
     if ec is None: raise QueryError(f"{cfg.source}: no encoder {enc_id!r} in embed.encoders ({[encoder_id(e) for e in cfg.embed.encoders]})")
     made = embeddings_artifact(rp.data, enc_id).require()['inputs']['description']
@@ -357,14 +357,14 @@ def load_run(
         raise QueryError(f"run {cfg.name}: encoder {enc_id!r} built here differs from the one that embedded the run in {keys} "
                          f"(here {[built.get(k) for k in keys]}, the run {[made.get(k) for k in keys]}); its features would not mean the same")
     model = load_sae(ref.folder, enc.dim)
-    parts = [load_codes(cfg, enc_id, var, conf, s, INDEX_COLUMNS) for s in splits]
+    parts = [load_codes(rp, enc_id, var, conf, s, INDEX_COLUMNS) for s in splits]
     codes = sp.vstack([p.codes for p in parts]).tocsr()
     rows = pd.concat([p.rows.assign(split=s) for p, s in zip(parts, splits)], ignore_index=True)
-    mono, ai = mono_artifact(cfg, enc_id, var, conf), autointerp_artifact(cfg, enc_id, var, conf)
+    mono, ai = mono_artifact(rp, enc_id, var, conf), autointerp_artifact(rp, enc_id, var, conf)
     scores = pd.read_parquet(mono.path('feature_scores.parquet')) if mono.record() else None
     desc = pd.read_parquet(ai.path('descriptions.parquet')) if ai.record() else None
     feats = feature_table(codes.shape[1], feature_stats(codes).frac_active.to_numpy(), scores, desc)
-    return TrainedRun(cfg.name, ref.name, enc, model, feats, codes, rows, scan_settings(cfg), list(cfg.data.modalities), rp.data,
+    return TrainedRun(cfg.name, ref.name, enc, model, feats, codes, rows, scan_settings(cfg.slices), list(cfg.data.modalities), rp.data,
                       (rp.run, rp.data), cfg.retrieval.figure_k, cfg.retrieval.top_n, pick_device(device or cfg.device),
                       cfg.embed.dtype, cfg.sae.dtype)
 

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import run_paths, write_csv, record_step
-from .config import Config, ConfigError, load_config, dataset_label
+from .core import RunPaths, run_paths, write_csv, record_step
+from .config import Config, InterpretConfig, ConfigError, load_config, dataset_label
 from .monosemanticity import config_scores_csv
 from .probes import probes_dir, summary_csv
 from .codes import codes_artifact
@@ -33,33 +33,33 @@ def rank_configs(
 
 # %% ../nbs/12_ranking.ipynb #b42754e6
 def ranking_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/ranking.csv
     "Where the ranking step writes its ranked configurations."
-    return run_paths(cfg).run/'results'/'ranking.csv'
+    return paths.run/'results'/'ranking.csv'
 
 def headline_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/headline.csv
     "Where the ranking step writes the headline numbers per encoder and variant."
-    return run_paths(cfg).run/'results'/'headline.csv'
+    return paths.run/'results'/'headline.csv'
 
 def ranking_table(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->pd.DataFrame:
     "Ranked configurations of the run (written to results/ranking.csv)."
-    mono = pd.read_csv(config_scores_csv(cfg))
-    perf = pd.read_csv(summary_csv(cfg))
+    mono = pd.read_csv(config_scores_csv(paths))
+    perf = pd.read_csv(summary_csv(paths))
     t = rank_configs(mono.merge(perf, on=['encoder', 'variant', 'config']))
-    write_csv(ranking_csv(cfg), t)
+    write_csv(ranking_csv(paths), t)
     return t
 
 def headline(
-    cfg:Config,           # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     ranked:pd.DataFrame,  # `ranking_table` output
 )->pd.DataFrame:
     "Per encoder and variant, the paper's headline quantities computed by this run."
-    sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(cfg)])   # each SAE's final validation metrics
+    sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(paths)])   # each SAE's final validation metrics
     rows = []
     for (enc, var), g in ranked.groupby(['encoder', 'variant']):
         s = sae[(sae.encoder == enc) & (sae.variant == var)]
@@ -72,27 +72,28 @@ def headline(
                      'M_top10_mean_range': f"{g.M_top10_mean.min():.3f}–{g.M_top10_mean.max():.3f}",
                      'M_top50_mean_range': f"{g.M_top50_mean.min():.3f}–{g.M_top50_mean.max():.3f}"})
     out = pd.DataFrame(rows)
-    write_csv(headline_csv(cfg), out)
+    write_csv(headline_csv(paths), out)
     return out
 
 # %% ../nbs/12_ranking.ipynb #eb49c793
 def selected_configs(
-    cfg:Config,  # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    interpret:InterpretConfig, # the `interpret` section
 )->list:
     "[(encoder, variant, config)] the interpretation steps use: `interpret.configs`, else the ranking's selection."
-    if cfg.interpret.configs:
+    if interpret.configs:
         out = []
-        for i, entry in enumerate(cfg.interpret.configs):
+        for i, entry in enumerate(interpret.configs):
             parts = entry.split('/')
-            if len(parts) != 3: raise ConfigError(f"{cfg.source}: 'interpret.configs[{i}]' = {entry!r}: expected 'encoder/variant/config'")
+            if len(parts) != 3: raise ConfigError(f"'interpret.configs[{i}]' = {entry!r}: expected 'encoder/variant/config'")   # `load_config` names the file
             out.append(tuple(parts))
     else:
-        p = headline_csv(cfg)
+        p = headline_csv(paths)
         if not p.exists(): raise FileNotFoundError(f"{p}: no configuration selected yet (run the ranking step, or list interpret.configs)")
         h = pd.read_csv(p)
         out = list(zip(h.encoder, h.variant, h.selected_config))
     for enc, var, conf in out:
-        art = codes_artifact(cfg, enc, var, conf)
+        art = codes_artifact(paths, enc, var, conf)
         if art.record() is None:
             raise FileNotFoundError(f"{art.sidecar}: no finished codes for {enc}/{var}/{conf} (run the codes step, or fix interpret.configs)")
     return out

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from .core import (Artifact, run_paths, digest, write_json, write_parquet, write_csv, get_logger, now, record_step, progress, show_plotly,
+from .core import (Artifact, RunPaths, run_paths, digest, write_json, write_parquet, write_csv, get_logger, now, record_step, progress, show_plotly,
                        pick_device, stop_point)
-from .config import Config, load_config, dataset_label
+from .config import Config, RetrievalConfig, InterpretConfig, load_config, dataset_label
 from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, scan_index
 from .slices import slice_image, thumbnail, image_data_uri, load_slices
@@ -320,16 +320,16 @@ def sweep_summary(
 
 # %% ../nbs/13_retrieval.ipynb #11193b31
 def retrieval_dir(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/retrieval/
     "The folder holding a run's retrieval results."
-    return run_paths(cfg).run/'results'/'retrieval'
+    return paths.run/'results'/'retrieval'
 
 def retrieval_summary_csv(
-    cfg:Config,  # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/retrieval/summary.csv
     "Where `run_retrieval` writes the k-sweep summary of every selected configuration."
-    return retrieval_dir(cfg)/'summary.csv'
+    return retrieval_dir(paths)/'summary.csv'
 
 class RetrievalInputs(NamedTuple):
     "One split's codes and dense embeddings with their slice rows, aligned row by row."
@@ -338,44 +338,46 @@ class RetrievalInputs(NamedTuple):
     rows: pd.DataFrame    # the N slice-table rows
 
 def split_inputs(
-    cfg:Config,   # run
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,   # encoder
     variant:str,  # variant
     config:str,   # configuration
     split:str,    # split
 )->RetrievalInputs:
     "The codes, dense embeddings and slice rows of one split, aligned row by row (`sail.codes.split_data`)."
-    d = split_data(cfg, enc_id, split, variant, config, dense=True)
+    d = split_data(paths, enc_id, split, variant, config, dense=True)
     return RetrievalInputs(d.codes, d.dense, d.rows)
 
 def retrieval_artifact(
-    cfg:Config,   # run
+    paths:RunPaths, # the run's folders (`Config.paths`)
     enc_id:str,   # encoder
     variant:str,  # variant
     config:str,   # configuration
 )->Artifact:
     "One configuration's k-sweep: per_reference.parquet, retrieved.parquet, summary.csv, retrieval.json (recorded in artifact.json)."
-    return Artifact(f'retrieval/{enc_id}/{variant}/{config}', retrieval_dir(cfg)/enc_id/variant/config,
+    return Artifact(f'retrieval/{enc_id}/{variant}/{config}', retrieval_dir(paths)/enc_id/variant/config,
                     ('per_reference.parquet', 'retrieved.parquet', 'summary.csv', 'retrieval.json'), step='13_retrieval')
 
 def retrieve_config(
-    cfg:Config,        # run
+    paths:RunPaths,           # the run's folders (`Config.paths`)
+    rc:RetrievalConfig,       # the `retrieval` section
+    device:str,               # `Config.device`: auto | cpu | cuda | ...
     enc_id:str,        # encoder
     variant:str,       # variant
     config:str,        # configuration
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "The k-sweep of one configuration; writes its files and returns its summary."
-    rc, art = cfg.retrieval, retrieval_artifact(cfg, enc_id, variant, config)
+    art = retrieval_artifact(paths, enc_id, variant, config)
     out = art.folder
-    inputs = dict(codes=codes_artifact(cfg, enc_id, variant, config).digest, embeddings=embeddings_artifact(run_paths(cfg).data, enc_id).digest,
+    inputs = dict(codes=codes_artifact(paths, enc_id, variant, config).digest, embeddings=embeddings_artifact(paths.data, enc_id).digest,
                   settings={k: v for k, v in vars(rc).items() if not k.startswith('figure')})
     if not force and art.fresh(inputs): return pd.read_csv(art.path('summary.csv'))
-    m, X, rows = split_inputs(cfg, enc_id, variant, config, rc.split)
+    m, X, rows = split_inputs(paths, enc_id, variant, config, rc.split)
     always = feature_stats(m).always_active.to_numpy()
     refs = reference_rows(len(rows), rc.n_references, rc.seed)
     per_ref, hits = k_sweep(m, X, scan_index(rows), refs, rc.k_values, rc.top_n, always, rc.batch_size, desc=f'{enc_id}/{variant}/{config}',
-                            device=pick_device(cfg.device))
+                            device=pick_device(device))
     ids = rows.slice_id.to_numpy()
     per_ref.insert(0, 'reference_slice_id', ids[per_ref.reference.to_numpy()])
     hits.insert(0, 'reference_slice_id', ids[hits.reference.to_numpy()]); hits['slice_id'] = ids[hits.row.to_numpy()]
@@ -399,13 +401,16 @@ def table2(
     return t.loc[[k for k in t.index if k != 'dense'] + ['dense']]
 
 def run_retrieval(
-    cfg:Config,        # run configuration
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    rc:RetrievalConfig,        # the `retrieval` section
+    interpret:InterpretConfig, # the `interpret` section: which configurations
+    device:str='auto',         # `Config.device`
     force:bool=False,  # recompute
 )->pd.DataFrame:
     "The k-sweep of every selected configuration; writes and returns `table2.csv`'s summary rows."
-    summaries = pd.concat([retrieve_config(cfg, *c, force=force) for c in selected_configs(cfg)], ignore_index=True)
-    write_csv(retrieval_summary_csv(cfg), summaries)
-    write_csv(retrieval_dir(cfg)/'table2.csv', table2(summaries).reset_index())
+    summaries = pd.concat([retrieve_config(paths, rc, device, *c, force=force) for c in selected_configs(paths, interpret)], ignore_index=True)
+    write_csv(retrieval_summary_csv(paths), summaries)
+    write_csv(retrieval_dir(paths)/'table2.csv', table2(summaries).reset_index())
     return summaries
 
 # %% ../nbs/13_retrieval.ipynb #fcaac5e8
@@ -429,15 +434,16 @@ def figure_references(
     return out
 
 def grid_data(
-    cfg:Config,           # run
+    paths:RunPaths,       # the run's folders (`Config.paths`)
+    rc:RetrievalConfig,   # the `retrieval` section: figure_split, figure_n, figure_k, figure_references, seed
     configs:list,         # [(encoder, variant, config)]
     refs:list|None=None,  # reference ids
     top:int=2,            # retrievals shown
 )->pd.DataFrame:
     "Fingerprints and best retrievals of the figure's references for each configuration (one row per item)."
-    rc, parts = cfg.retrieval, []
+    parts = []
     for enc, var, conf in configs:
-        m, X, rows = split_inputs(cfg, enc, var, conf, rc.figure_split)
+        m, X, rows = split_inputs(paths, enc, var, conf, rc.figure_split)
         refs = refs or figure_references(rows, rc.figure_n, rc.seed, rc.figure_references)
         pos = pd.Series(np.arange(len(rows)), index=rows.slice_id.to_numpy())[refs].to_numpy()
         always = feature_stats(m).always_active.to_numpy()
@@ -506,10 +512,10 @@ def grid_figure(
     return fig
 
 def run_grid_figure(
-    cfg:Config,   # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     size:int=96,  # thumbnail side
 ):
     "The run's Fig. 3 grid, from `results/retrieval/figure3.parquet`."
-    grid = pd.read_parquet(retrieval_dir(cfg)/'figure3.parquet')
-    sl = load_slices(run_paths(cfg).data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age'])
-    return grid_figure(grid, sl[sl.slice_id.isin(set(grid.reference) | set(grid.slice_id.dropna()))], run_paths(cfg).data, size)
+    grid = pd.read_parquet(retrieval_dir(paths)/'figure3.parquet')
+    sl = load_slices(paths.data, ['slice_id', 'image_path', 'modality', 'plane', 'gender', 'age'])
+    return grid_figure(grid, sl[sl.slice_id.isin(set(grid.reference) | set(grid.slice_id.dropna()))], paths.data, size)

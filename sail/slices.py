@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from .core import Failures, Artifact, run_paths, write_parquet, write_csv, get_logger, record_step, file_stamp
-from .config import Config, dataset_label, load_config
+from .core import Failures, Artifact, RunPaths, run_paths, write_parquet, write_csv, get_logger, record_step, file_stamp
+from .config import Config, Compute, DataConfig, SlicesConfig, dataset_label, load_config
 from .executor import Task, run_stage, crash_point
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
                            read_meta, slice_scan, age_bin, _toy_scan)
@@ -79,10 +79,9 @@ def assemble(
 PARTS = '.slices-parts'  # per-scan artifacts, inside data.dir
 
 def scan_settings(
-    cfg:Config,  # a run configuration
+    s:SlicesConfig,  # the run's `slices` section
 )->ScanSettings:
-    "The slicing settings of a configuration."
-    s = cfg.slices
+    "The per-scan slicing settings of a `slices` section."
     return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, every=s.every, default_window=tuple(s.default_window))
 
 def scan_inputs(
@@ -139,27 +138,30 @@ def slices_artifact(
     "The slice table of a processed-data folder: slices.parquet, scans.parquet, slice_failures.csv, recorded in slices.json."
     return Artifact('slices', Path(data_dir), ('slices.parquet', 'scans.parquet', 'slice_failures.csv'), 'slices.json', step='03_slices')
 
-def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, cfg:Config, failures:Failures):
+def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, compute:Compute, failures:Failures):
     "Slice the `todo` scans (names 'modality/image_id') through the configured executor, recording failures."
     by_name = {f"{r.modality}/{r.image_id}": r for r in scans.itertuples()}
     tasks = [Task(n, 'sail.slices:_slice_to_part', (by_name[n].scan_dir, by_name[n].modality, by_name[n].study_type, settings, str(data_dir), inputs[n]))
              for n in todo]
-    workers = cfg.workers or os.cpu_count() or 1
-    return run_stage(tasks, 'slices', cfg.executor, failures, workers=workers, desc='slicing scans', unit='scan', after_each='slices:scan', label='slice')
+    workers = compute.workers or os.cpu_count() or 1
+    return run_stage(tasks, 'slices', compute.executor, failures, workers=workers, desc='slicing scans', unit='scan', after_each='slices:scan', label='slice')
 
 
 # %% ../nbs/03_slices.ipynb #c1736385
 def slice_dataset(
-    cfg:Config,        # run configuration (sections data and slices)
+    paths:RunPaths,          # the run's folders (`Config.paths`): reads `totalseg`, writes `data`
+    dataset:DataConfig,      # the `data` section: which modalities
+    slices:SlicesConfig,     # the `slices` section
+    compute:Compute,         # executor and workers (`Config.compute`)
     force:bool=False,  # re-slice every scan, even if up to date
-    strict:bool|None=None, # stop at the first failing scan; default `cfg.slices.strict`
+    strict:bool|None=None, # stop at the first failing scan; default `slices.strict`
     max_scans:int|None=None, # slice at most this many scans, then stop (to test resuming)
 )->dict:  # summary: counts, failures, which scans were sliced this time
     "Slice the configured data into `data.dir`: exactly the scans whose inputs changed, the failed and the new ones."
-    rp, log = run_paths(cfg), get_logger('sail.slices')
-    data, settings = rp.data, scan_settings(cfg)
-    failures = Failures(cfg.slices.strict if strict is None else strict)
-    scans = list_scans(rp.totalseg, cfg.data.modalities, failures)
+    log = get_logger('sail.slices')
+    data, settings = paths.data, scan_settings(slices)
+    failures = Failures(slices.strict if strict is None else strict)
+    scans = list_scans(paths.totalseg, dataset.modalities, failures)
     inputs = {f"{r.modality}/{r.image_id}": scan_inputs(r, settings) for r in scans.itertuples()}
     parts = {n: scan_part(data, *n.split('/', 1)) for n in inputs}
     todo = [n for n in inputs if force or not parts[n].fresh(inputs[n])]
@@ -167,16 +169,16 @@ def slice_dataset(
     log.info(f"{len(scans)} scans: {len(scans) - len(todo)} up to date, {len(todo)} to slice"
              + (f"; removed {len(vanished)} no longer in the dataset" if vanished else ''))
     run = todo if max_scans is None else todo[:max_scans]
-    stage = _run_scans(run, scans, inputs, settings, data, cfg, failures)
+    stage = _run_scans(run, scans, inputs, settings, data, compute, failures)
     if len(run) < len(todo): return dict(stopped_early=True, n_sliced=len(run))
-    return _finish(cfg, scans, parts, failures, settings) | dict(sliced_now=run, removed=vanished, executor=stage.executor)
+    return _finish(data, dataset.modalities, scans, parts, failures, settings) | dict(sliced_now=run, removed=vanished, executor=stage.executor)
 
 # %% ../nbs/03_slices.ipynb #6ec391bf
-def _finish(cfg:Config, scans:pd.DataFrame, parts:dict, failures:Failures, settings:ScanSettings)->dict:
-    data, log = run_paths(cfg).data, get_logger('sail.slices')
+def _finish(data:Path, modalities:list, scans:pd.DataFrame, parts:dict, failures:Failures, settings:ScanSettings)->dict:
+    log = get_logger('sail.slices')
     art = slices_artifact(data)
     recs = {n: p.record() for n, p in parts.items()}
-    inputs = dict(settings=asdict(settings), modalities=list(cfg.data.modalities), scans={n: r and r['digest'] for n, r in recs.items()},
+    inputs = dict(settings=asdict(settings), modalities=list(modalities), scans={n: r and r['digest'] for n, r in recs.items()},
                   failures=failures.rows)
     if art.fresh(inputs):
         log.info(f"slice table up to date in {data}")

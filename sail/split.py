@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedShuffleSplit
 from .core import Artifact, run_paths, digest, write_csv, get_logger, record_step
-from .config import Config, dataset_label, load_config, SPLIT_NAMES
+from .config import Config, SplitConfig, dataset_label, load_config, SPLIT_NAMES
 from .totalseg import age_bin
 from .slices import load_slices, slices_artifact
 
@@ -103,20 +103,21 @@ def split_artifact(
 SCAN_KEYS = ['modality', 'image_id', 'institute', 'gender', 'age']  # what the split reads of the slice table
 
 def split_dataset(
-    cfg:Config,       # run configuration (sections data and split)
+    data_dir:str|Path,      # processed-data folder holding the slice table (`Config.paths.data`)
+    settings:SplitConfig,   # the `split` section
     force:bool=False, # rebuild split.csv even if it is up to date
 )->dict:  # report: counts per split, institutes in test, strata merges
     "Write `<data>/split.csv` for the scans of the slice table, unless it is up to date."
-    data, log = run_paths(cfg).data, get_logger('sail.split')
+    data, log = Path(data_dir), get_logger('sail.split')
     scans = load_slices(data, SCAN_KEYS).drop_duplicates(['modality', 'image_id']).reset_index(drop=True)
     art = split_artifact(data)
-    inputs = dict(scans=digest(scans.astype(object).where(scans.notna(), None).to_dict('list')), settings=cfg.split)
+    inputs = dict(scans=digest(scans.astype(object).where(scans.notna(), None).to_dict('list')), settings=settings)
     state = art.check(inputs)
     if state.fresh and not force:
         check_split(load_split(data), scans, art.path('split.csv'))
         log.info(f"split up to date in {data}"); return art.record()['summary']
     if art.record() is not None: log.info(f"remaking the split: {state.reason or 'forced'}")
-    split, report = make_split(scans, cfg.split.test_institutes, cfg.split.val_fraction, cfg.split.seed)
+    split, report = make_split(scans, settings.test_institutes, settings.val_fraction, settings.seed)
     check_split(split, scans, art.path('split.csv'))
     write_csv(art.path('split.csv'), split)
     for n in report['strata_notes']: log.info(n)

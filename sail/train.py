@@ -19,9 +19,9 @@ from safetensors.torch import save_file, load_file
 from safetensors import safe_open
 import typing
 from typing import NamedTuple
-from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
+from .core import (Failures, Artifact, RunPaths, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
                        seed_everything, stop_point, autocast)
-from .config import Config, SAEConfig, load_config, dataset_label
+from .config import Config, Compute, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
 from .executor import Task, StageResult, run_stage, worker_cache, drop_cached, task_device, stage_device, crash_point
 from .embed import load_embeddings, embeddings_artifact
@@ -257,12 +257,12 @@ def export_saelens(
 
 # %% ../nbs/08_train.ipynb #570a2f62
 def training_data(
-    cfg:Config,        # run configuration
+    data_dir:str|Path, # processed-data folder (`Config.paths.data`)
     enc_id:str,        # encoder id
     device:str='cpu',  # device
 )->tuple:
     "(X_train, X_val, fingerprint): L2-normalised embeddings of the train and val splits, and what they are."
-    data = run_paths(cfg).data
+    data = Path(data_dir)
     emb, slices = load_embeddings(data, enc_id, ['modality', 'image_id'])
     s = split_of(slices, data)
     tr, va = np.asarray(s == 'train'), np.asarray(s == 'val')
@@ -284,12 +284,12 @@ def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
 _NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')  # settings that do not change a trained model
 
 def sae_dir(
-    cfg:Config,   # run configuration
-    enc_id:str,   # encoder id
-    variant:str,  # variant
+    paths:RunPaths, # the run's folders (`Config.paths`)
+    enc_id:str,     # encoder id
+    variant:str,    # variant
 )->Path:
     "runs/<name>/sae/<encoder>/<variant>/"
-    return run_paths(cfg).run/'sae'/enc_id/variant
+    return paths.run/'sae'/enc_id/variant
 
 class SAERef(typing.NamedTuple):
     "One trained SAE of a run: which encoder, variant and configuration, and its folder (resolved once)."
@@ -301,13 +301,13 @@ class SAERef(typing.NamedTuple):
     def name(self)->str: return f"{self.encoder}/{self.variant}/{self.config}"
 
 def sae_ref(
-    cfg:Config,    # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
     encoder:str,   # encoder id
     variant:str,   # variant
     config:str,    # configuration name
 )->SAERef:
     "The reference to one SAE of the run."
-    return SAERef(encoder, variant, config, sae_dir(cfg, encoder, variant)/config)
+    return SAERef(encoder, variant, config, sae_dir(paths, encoder, variant)/config)
 
 def sae_artifact(
     ref:SAERef,    # which SAE
@@ -327,10 +327,10 @@ def member_inputs(
     return dict(data=fp, training={k_: v for k_, v in vars(scfg).items() if k_ not in _NOT_RESULTS}, sizes=list(sizes), k=list(k), seed=seed, variant=variant)
 
 def trained_saes(
-    cfg:Config,    # run configuration
+    paths:RunPaths, # the run's folders (`Config.paths`)
 )->list:  # [SAERef] in a fixed order
     "Every SAE of the configured grid that has been trained in the run."
-    refs = [sae_ref(cfg, *f.parent.parts[-3:]) for f in sorted((run_paths(cfg).run/'sae').glob('*/*/*/artifact.json'))]
+    refs = [sae_ref(paths, *f.parent.parts[-3:]) for f in sorted((paths.run/'sae').glob('*/*/*/artifact.json'))]
     return [r for r in refs if sae_artifact(r).record() is not None]
 
 # %% ../nbs/08_train.ipynb #47e6b760
@@ -351,20 +351,21 @@ class FamilyJob(NamedTuple):
     def name(self)->str: return f"{self.encoder}/{self.variant} D={'_'.join(map(str, self.sizes))} k={self.patterns[0][-1]}..{self.patterns[-1][-1]}"
 
 def family_jobs(
-    cfg:Config,       # run configuration (section sae)
+    scfg:SAEConfig,   # the `sae` section
+    compute:Compute,  # device and executor (`Config.compute`): one member per family on a CPU
     enc_ids:list,     # encoders to train on
     variants:list,    # variants to train
 )->list:  # [FamilyJob] in a fixed order: encoder, variant, family, k patterns
     "The families of the grid: `sae.models_per_batch` members each (default: every k pattern on CUDA, one on a CPU)."
-    scfg = cfg.sae
-    cuda = stage_device(cfg.executor, 'train', cfg.device) == 'cuda'
+    cuda = stage_device(compute.executor, 'train', compute.device) == 'cuda'
     per_batch = scfg.models_per_batch or (len(scfg.k_patterns) if cuda else 1)
     return [FamilyJob(e, v, tuple(sizes), patterns[i:i + per_batch], [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
             for e in enc_ids for v in variants
             for sizes, patterns in grid(scfg.families, scfg.k_patterns).items() for i in range(0, len(patterns), per_batch)]
 
 def train_job(
-    cfg:Config,         # run configuration (section sae)
+    paths:RunPaths,     # the run's folders (`Config.paths`)
+    scfg:SAEConfig,     # the `sae` section
     job:FamilyJob,      # the family
     data:tuple,         # `training_data` of its encoder: (X_train, X_val, fingerprint)
     device:str,         # where `data` is and the family trains
@@ -372,13 +373,13 @@ def train_job(
     max_epochs:int|None=None, # stop after this many epochs of this call (to test resuming)
 )->list|None:  # final metrics of each member, or None when stopped early
     "Train one family (or find it up to date), commit each member's artifact, and return their final metrics."
-    scfg, log = cfg.sae, get_logger('sail.train')
+    log = get_logger('sail.train')
     X_train, X_val, fp = data
     enc_id, variant, sizes, patterns, seeds = job
-    base = sae_dir(cfg, enc_id, variant)
+    base = sae_dir(paths, enc_id, variant)
     fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
     names = [config_name(sizes, k) for k in patterns]
-    arts = [sae_artifact(sae_ref(cfg, enc_id, variant, n)) for n in names]
+    arts = [sae_artifact(sae_ref(paths, enc_id, variant, n)) for n in names]
     inputs = [member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(patterns, seeds)]
     if not force and all(a.fresh(i) for a, i in zip(arts, inputs)):
         log.info(f"{job.name}: up to date"); return [a.record()['summary'] for a in arts]
@@ -404,12 +405,12 @@ def train_job(
     shutil.rmtree(state, ignore_errors=True)
     return rows
 
-def _train_job_task(cfg:Config, job:FamilyJob, force:bool, max_epochs:int|None)->list|None:
+def _train_job_task(paths:RunPaths, scfg:SAEConfig, device:str, job:FamilyJob, force:bool, max_epochs:int|None)->list|None:
     "An executor task: train one family on its encoder's embeddings (loaded once per process and encoder)."
-    device, data = task_device(cfg.device), run_paths(cfg).data
-    seed_everything(cfg.sae.seed)
+    device, data = task_device(device), paths.data
+    seed_everything(scfg.seed)
     key = ('training-data', str(data), job.encoder, embeddings_artifact(data, job.encoder).digest, split_artifact(data).digest, device)
-    return train_job(cfg, job, worker_cache(key, lambda: training_data(cfg, job.encoder, device), keep_one=True), device, force, max_epochs)
+    return train_job(paths, scfg, job, worker_cache(key, lambda: training_data(data, job.encoder, device), keep_one=True), device, force, max_epochs)
 
 class GridResult(NamedTuple):
     "The trained grid: final metrics per configuration, and how the families ran."
@@ -417,25 +418,29 @@ class GridResult(NamedTuple):
     stage: StageResult    # where each family ran (executor, placement) and how long the stage took
 
 def train_grids(
-    cfg:Config,           # run configuration (sections sae and executor)
+    paths:RunPaths,       # the run's folders (`Config.paths`): embeddings and split in `data`, SAEs written under `run`
+    scfg:SAEConfig,       # the `sae` section
+    compute:Compute,      # device and executor (`Config.compute`)
     enc_ids:list,         # encoders whose embeddings to train on
     variants:list,        # 'paper' and/or 'released'
     force:bool=False,     # retrain finished families
     max_epochs:int|None=None, # stop each family after this many epochs of this call (to test resuming)
 )->GridResult:
     "Train every configuration of the grid for each encoder and variant: one executor task per family."
-    jobs = family_jobs(cfg, enc_ids, variants)
-    try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (cfg, j, force, max_epochs)) for j in jobs], 'train', cfg.executor,
+    jobs = family_jobs(scfg, compute, enc_ids, variants)
+    try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (paths, scfg, compute.device, j, force, max_epochs)) for j in jobs], 'train', compute.executor,
                            Failures(strict=True), desc='training SAE families', unit='family', after_each='train:family')   # a family that raises stops the step
     finally: drop_cached('training-data')          # a local run loaded them into this process: free them, as before
     return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
 
 def train_grid(
-    cfg:Config,           # run configuration (section sae)
+    paths:RunPaths,       # the run's folders (`Config.paths`)
+    scfg:SAEConfig,       # the `sae` section
+    compute:Compute,      # device and executor (`Config.compute`)
     enc_id:str,           # encoder whose embeddings to train on
     variant:str='paper',  # 'paper' or 'released'
     force:bool=False,     # retrain finished families
     max_epochs:int|None=None, # stop each family after this many epochs of this call (to test resuming)
 )->pd.DataFrame:  # one row per configuration: final validation metrics
     "Train every configuration of the grid on one encoder's embeddings, family by family."
-    return train_grids(cfg, [enc_id], [variant], force, max_epochs).table
+    return train_grids(paths, scfg, compute, [enc_id], [variant], force, max_epochs).table

@@ -9,7 +9,7 @@ def test_missing_meta_csv(mini_copy, make_config, tmp_path):
     (mini_copy/'CT_Dataset_v201'/'meta.csv').unlink()
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
     with pytest.raises(DataFormatError, match=r"CT_Dataset_v201/meta.csv: meta.csv not found"):
-        slice_dataset(cfg)
+        slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
 
 def test_meta_missing_column(mini_copy):
     p = mini_copy/'MRI_Dataset_v200'/'meta.csv'
@@ -29,7 +29,7 @@ def test_unknown_study_type_gets_default_window(mini_copy, make_config, tmp_path
     p.write_text(p.read_text().replace('ct abdomen', 'ct knee'))
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out'), 'modalities': ['ct']},
                       slices={'default_window': [40, 400]})
-    summary = slice_dataset(cfg)
+    summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
     assert summary['n_failed'] == 0
     scans = pd.read_parquet(tmp_path/'out'/'scans.parquet')
     assert scans.loc[0, ['window_centre', 'window_width', 'window_source']].tolist() == [40.0, 400.0, 'default']
@@ -42,14 +42,14 @@ def test_truncated_nifti_is_recorded_and_reported(mini_copy, make_config, tmp_pa
     with pytest.raises(DataFormatError, match=r"s0000/ct.nii.gz: unreadable NIfTI"):
         load_canonical(img)
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
-    summary = slice_dataset(cfg)
+    summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
     assert (summary['n_scans'], summary['n_sliced'], summary['n_failed']) == (2, 1, 1)
     failures = pd.read_csv(tmp_path/'out'/'slice_failures.csv')
     assert failures.item.tolist() == ['ct/s0000'] and 'unreadable NIfTI' in failures.reason[0]
     scans = pd.read_parquet(tmp_path/'out'/'scans.parquet')
     assert scans.set_index('image_id').status.to_dict() == {'s0000': 'failed', 's0001': 'sliced'}
     with pytest.raises(DataFormatError):                                     # strict: the failure stops the step
-        slice_dataset(cfg, force=True, strict=True)
+        slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute, force=True, strict=True)
 
 CT_SCAN, MRI_SCAN = 'CT_Dataset_v201/s0000', 'MRI_Dataset_v200/s0001'
 
@@ -61,7 +61,7 @@ def _slice(root, scan, tmp_path):
 def _recorded_failure(root, make_config, tmp_path, failed, reason):
     "Run the slicing step: `failed` ('ct/s0000' or 'mri/s0001') is recorded with `reason`, the other scan is sliced."
     cfg = make_config(data={'totalseg_root': str(root), 'dir': str(tmp_path/'out')})
-    summary = slice_dataset(cfg)
+    summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
     assert (summary['n_scans'], summary['n_sliced'], summary['n_failed']) == (2, 1, 1)
     failures = pd.read_csv(tmp_path/'out'/'slice_failures.csv')
     assert failures.item.tolist() == [failed] and failures.stage.tolist() == ['slice']
@@ -156,7 +156,7 @@ def test_empty_segmentations_folder(mini_copy, make_config, tmp_path):
     with pytest.raises(ScanError, match=r"s0001/segmentations: no masks"):
         slice_scan(mini_copy/'MRI_Dataset_v200'/'s0001', 'mri', tmp_path, write_images=False)
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
-    assert slice_dataset(cfg)['n_failed'] == 1
+    assert slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)['n_failed'] == 1
 
 def test_unknown_mask_name(mini_copy, tmp_path):
     seg = mini_copy/'MRI_Dataset_v200'/'s0001'/'segmentations'

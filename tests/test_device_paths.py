@@ -80,12 +80,12 @@ def test_bf16_embedding_on_cpu_matches_fp32(mini, make_config, tmp_path):
     from sail.embed import embed_encoder, load_embeddings
     cfg = make_config(data={'totalseg_root': str(mini), 'dir': str(tmp_path/'data')}, workers=2,
                       embed={'shard_rows': 256, 'batch_size': 16})
-    slice_dataset(cfg)
+    slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
     tables = {}
     for dtype in ('float32', 'bfloat16'):
         cfg.embed.dtype = dtype
         ec = EncoderConfig('random:dinov3', arch='tiny', image_size=32, id=f'tiny-{dtype}')
-        embed_encoder(cfg, ec)
+        embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, ec)
 
         tables[dtype] = load_embeddings(cfg.data.dir, f"tiny-{dtype}").X.copy()
     a, b = tables['float32'], tables['bfloat16']

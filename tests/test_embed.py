@@ -19,7 +19,7 @@ def sliced(mini, make_config, tmp_path):
     def _make(**embed):
         cfg = make_config(data={'totalseg_root': str(mini), 'dir': str(tmp_path/'data')}, workers=2,
                           embed={'shard_rows': 64, 'batch_size': 16} | embed)
-        slice_dataset(cfg)
+        slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
         return cfg
     return _make
 
@@ -70,7 +70,7 @@ def test_random_init_statistics_vitl16_shape():
 
 def test_embed_load_zero_copy_and_aligned(sliced):
     cfg = sliced(encoders=[{'name': 'pixels', 'image_size': 16}])
-    meta = embed_encoder(cfg, cfg.embed.encoders[0])
+    meta = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
     emb, slices = load_embeddings(cfg.data.dir, 'pixels', ['plane'])
     assert emb.shape == (227, 256) and emb.dtype == np.float32 and not emb.flags['OWNDATA']
     assert meta['n_rows'] == 227 and meta['failures'] == [] and meta['dim'] == 256
@@ -86,7 +86,7 @@ def test_corrupt_png_recorded_and_nan_raises(sliced):
     cfg = sliced(encoders=[{'name': 'pixels', 'image_size': 8}])
     d = Path(cfg.data.dir); sl = pd.read_parquet(d/'slices.parquet')
     (d/sl.image_path[10]).write_bytes(b'\x89PNG\r\n\x1a\n truncated')
-    meta = embed_encoder(cfg, cfg.embed.encoders[0])
+    meta = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
     assert [f['slice_id'] for f in meta['failures']] == [sl.slice_id[10]] and sl.image_path[10] in meta['failures'][0]['image_path']
     emb, rows = load_embeddings(d, 'pixels')
     assert len(rows) == 226 and sl.slice_id[10] not in set(rows.slice_id)
@@ -96,19 +96,19 @@ def test_corrupt_png_recorded_and_nan_raises(sliced):
             e = super().forward(b); e[b.float().mean((1, 2)) > 250] = float('nan'); return e
     Image.fromarray(np.full((20, 20), 255, np.uint8)).save(d/sl.image_path[20])
     with pytest.raises(FloatingPointError, match=f"non-finite embedding for slice {sl.slice_id[20]}"):
-        embed_encoder(cfg, EncoderConfig('pixels', id='nan', image_size=8), encoder=NaNOnBright(8))
+        embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, EncoderConfig('pixels', id='nan', image_size=8), encoder=NaNOnBright(8))
 
 def test_sharded_run_plus_merge_equals_single_run(sliced):
     cfg = sliced(encoders=[{'name': 'random:dinov3', 'arch': 'tiny', 'image_size': 32, 'id': 'tiny'}])
     single = cfg.embed.encoders[0]
-    embed_encoder(cfg, single)
+    embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, single)
     a = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny.parquet')
     sharded = EncoderConfig('random:dinov3', arch='tiny', image_size=32, id='tiny-sharded')
-    r0 = embed_encoder(cfg, sharded, shard='0/2')
+    r0 = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, sharded, shard='0/2')
     assert r0 == {'merged': False, 'shards_missing': 2, 'shards_total': 4}
     with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[1, 3\] not done yet"):
-        merge_embeddings(cfg, sharded)
-    r1 = embed_encoder(cfg, sharded, shard='1/2')                           # the last shard merges
+        merge_embeddings(cfg.paths.data, cfg.embed, sharded)
+    r1 = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, sharded, shard='1/2')                           # the last shard merges
     b = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny-sharded.parquet')
     assert r1['n_rows'] == 227 and a.equals(b)
 
@@ -120,14 +120,14 @@ def _yaml(tmp_path, mini, name, data, extra=''):
 def test_killed_embedding_resumes_identically(mini, tmp_path):
     enc = "embed: {shard_rows: 32, batch_size: 8, encoders: [{name: random:dinov3, arch: tiny, image_size: 48, id: t}]}\n"
     ref = load_config(_yaml(tmp_path, mini, '_pytest_emb_ref', tmp_path/'ref', enc))
-    slice_dataset(ref); embed_encoder(ref, ref.embed.encoders[0])
+    slice_dataset(ref.paths, ref.data, ref.slices, ref.compute); embed_encoder(ref.paths.data, ref.embed, ref.compute, ref.embed.encoders[0])
     path = _yaml(tmp_path, mini, '_pytest_emb_kill', tmp_path/'kill', enc)
-    slice_dataset(load_config(path))
-    code = f"from sail.config import load_config; from sail.embed import embed_encoder; c = load_config({str(path)!r}); embed_encoder(c, c.embed.encoders[0])"
+    c = load_config(path); slice_dataset(c.paths, c.data, c.slices, c.compute)
+    code = f"from sail.config import load_config; from sail.embed import embed_encoder; c = load_config({str(path)!r}); embed_encoder(c.paths.data, c.embed, c.compute, c.embed.encoders[0])"
     kill_at(code, 'embed:shard', 3)                                          # killed right after the third shard
     shards = tmp_path/'kill'/'embeddings'/'.t-shards'
     assert len(list(shards.glob('0*.parquet'))) == 3 and not (tmp_path/'kill'/'embeddings'/'t.parquet').exists()
-    c = load_config(path); embed_encoder(c, c.embed.encoders[0])
+    c = load_config(path); embed_encoder(c.paths.data, c.embed, c.compute, c.embed.encoders[0])
     a = pq.read_table(tmp_path/'ref'/'embeddings'/'t.parquet'); b = pq.read_table(tmp_path/'kill'/'embeddings'/'t.parquet')
     assert a.equals(b)
 
@@ -170,7 +170,7 @@ def test_hu_encoder_gets_each_ct_slice_window_through_the_loader(sliced):
     cfg = sliced(encoders=[{'name': 'random:astra-ct', 'image_size': 32}])
     enc = build_encoder(cfg.embed.encoders[0])
     assert enc.uses_window and enc.dim == 2048
-    embed_encoder(cfg, cfg.embed.encoders[0], encoder=enc)
+    embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0], encoder=enc)
     d = Path(cfg.data.dir)
     emb, rows = load_embeddings(d, 'random-astra-ct', ['modality', 'window_centre', 'window_width', 'image_path'])
     assert set(rows.modality) == {'ct', 'mri'} and rows[rows.modality == 'ct'].window_width.notna().all()
@@ -197,8 +197,8 @@ def test_slab_encoder_embeds_each_slice_with_its_neighbours(sliced):
     edge, middle = rows.index[rows.slice_index == first][0], rows.index[(rows.slice_index > first + 1)][0]
     for i in (middle - 1, middle + 1):      # neighbours unlike the middle slice (adjacent real slices differ too little for the random twin)
         f = d/rows.image_path[i]; Image.fromarray(255 - np.asarray(Image.open(f))).save(f)
-    embed_encoder(cfg, cfg.embed.encoders[0], encoder=enc, max_shards=1)         # the step's own path, first shard (64 rows)
-    got = pq.read_table(_shard_file(_shard_dir(cfg, cfg.embed.encoders[0]), 0)).to_pandas()
+    embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0], encoder=enc, max_shards=1)         # the step's own path, first shard (64 rows)
+    got = pq.read_table(_shard_file(_shard_dir(cfg.paths.data, cfg.embed.encoders[0]), 0)).to_pandas()
     assert middle < len(got) and rows.slice_index[middle - 1] + 1 == rows.slice_index[middle] == rows.slice_index[middle + 1] - 1
     def slab_of(i):                                       # the slice and its neighbours by slice_index, edge repeated
         r = rows.loc[i]; same = rows[(rows.modality == r.modality) & (rows.image_id == r.image_id) & (rows.plane == r.plane)].set_index('slice_index')

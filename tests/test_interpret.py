@@ -5,7 +5,7 @@ from sail.config import load_config
 from sail.split import scan_index
 from sail.retrieval import fingerprints, k_sweep, top_distinct, Bank, sweep_similarity, SIM_DECIMALS
 from sail.autointerp import (parse_ranking, GenerationCache, MetadataBackend, describe_prompt, judge_prompt, sample_records,
-                             interpret_config, tiny_gemma3, autointerp_dir)
+                             interpret_config, tiny_gemma3, autointerp_artifact)
 from sail.language import EmbeddingMatcher, parse_feature_choice, language_config
 from sail.ranking import selected_configs
 from conftest import ROOT, SMOKE_YAML
@@ -180,31 +180,31 @@ def run_copy(smoke_run, tmp_path):
 def test_transformers_autointerp_reports_parse_failures(run_copy, tmp_path):
     vlm = tiny_gemma3(tmp_path/'vlm')                                       # real Gemma 3 classes, random weights, no download
     cfg = run_copy(autointerp=dict(backend='transformers', model=str(vlm), n_features=3, judge_retries=1, max_new_tokens=12, judge_max_new_tokens=8))
-    enc, var, conf = selected_configs(cfg)[0]
-    m = interpret_config(cfg, enc, var, conf, force=True)
+    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
+    m = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)
     assert m['describer'] == f'transformers:{vlm}' and m['judge'] == f'transformers:{vlm}'
     assert m['n_features'] == 3 and m['n_parse_failures'] == 3 and m['n_evaluated'] == 0     # noise never parses ...
-    d = pd.read_parquet(autointerp_dir(cfg)/enc/var/conf/'descriptions.parquet')
+    d = pd.read_parquet(autointerp_artifact(cfg.paths, enc, var, conf).path('descriptions.parquet'))
     assert d.true_rank.isna().all() and (d.attempts == 2).all() and not d.parse_ok.any()    # ... and is never given a random rank
     assert m['cache_misses'] > 0
-    again = interpret_config(cfg, enc, var, conf, force=True)                               # a rerun costs no generation
+    again = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)                               # a rerun costs no generation
     assert again['cache_misses'] == 0 and again['cache_hits'] == m['cache_hits'] + m['cache_misses']
 
 @pytest.mark.xdist_group('smoke')
 def test_a_feature_without_enough_distractors_is_a_recorded_failure_not_a_judged_one(run_copy):
     cfg = run_copy(autointerp=dict(backend='metadata', n_features=4, min_active=10**9))   # no feature is an eligible distractor
-    enc, var, conf = selected_configs(cfg)[0]
-    m = interpret_config(cfg, enc, var, conf, force=True)
+    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
+    m = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)
     assert m['n_evaluated'] == m['n_features'] == 0 and m['n_failed'] == 4                     # every chosen feature failed, and says why
     assert all('the judge needs 4 distractors' in f['reason'] for f in m['failures'])
-    assert len(pd.read_parquet(autointerp_dir(cfg)/enc/var/conf/'descriptions.parquet')) == 0   # nothing judged against fewer options
+    assert len(pd.read_parquet(autointerp_artifact(cfg.paths, enc, var, conf).path('descriptions.parquet'))) == 0   # nothing judged against fewer options
 
 @pytest.mark.xdist_group('smoke')
 def test_llm_matcher_failures_are_recorded(run_copy, tmp_path):
     llm = tiny_gemma3(tmp_path/'llm', vision=False)
     cfg = run_copy(language=dict(matchers=['llm'], llm_model=str(llm), retries=2, max_new_tokens=10, slices_per_scan=3))
-    enc, var, conf = selected_configs(cfg)[0]
-    ev = language_config(cfg, enc, var, conf, force=True)
+    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
+    ev = language_config(cfg.paths, cfg.language, cfg.device, enc, var, conf, force=True)
     side = json.loads((cfg_dir := ROOT/'runs'/cfg.name/'results'/'language'/enc/var/conf/'language.json').read_text())
     assert (~ev.matched).all() and len(side['failures']) == len(ev)                           # every query failed, and says so
     assert all('no valid feature choice' in f['reason'] or 'no described feature' in f['reason'] for f in side['failures'])

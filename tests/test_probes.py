@@ -50,10 +50,10 @@ def test_target_groups_from_yaml(tmp_path, make_config):
     from sail.config import ConfigError
     good = tmp_path/'groups.yaml'; good.write_text("liver_only: {kind: multilabel, column: null, targets: [liver]}\n")
     cfg = make_config(check_paths=False, eval={'target_groups': str(good)})
-    assert target_groups(cfg) == {'liver_only': {'kind': 'multilabel', 'column': None, 'targets': ['liver']}}
+    assert target_groups(cfg.eval) == {'liver_only': {'kind': 'multilabel', 'column': None, 'targets': ['liver']}}
     bad = tmp_path/'bad.yaml'; bad.write_text("x: {kind: regression, targets: [a]}\n")
     with pytest.raises(ConfigError, match="group 'x' needs kind"):
-        target_groups(make_config(check_paths=False, eval={'target_groups': str(bad)}))
+        target_groups(make_config(check_paths=False, eval={'target_groups': str(bad)}).eval)
 
 def _objective_subgradient(X, y, coef, intercept, C=1.0, l1_ratio=0.5):
     "Independent optimality check of the binary balanced elastic-net logistic objective: max minimum-norm subgradient."

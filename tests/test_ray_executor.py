@@ -62,10 +62,10 @@ def write_run_config(folder:Path, root:Path, data:Path, name:str, executor:dict)
 def pipeline(config:Path)->dict:
     "Slices, split, embeddings of two encoders and the SAE grid (two variants), in this process, through the configured executor."
     cfg = load_config(config)
-    sliced = slice_dataset(cfg)
-    split_dataset(cfg)
-    for ec in cfg.embed.encoders: embed_encoder(cfg, ec)
-    grid = train_grids(cfg, [encoder_id(ec) for ec in cfg.embed.encoders], cfg.sae.variants)
+    sliced = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
+    split_dataset(cfg.paths.data, cfg.split)
+    for ec in cfg.embed.encoders: embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, ec)
+    grid = train_grids(cfg.paths, cfg.sae, cfg.compute, [encoder_id(ec) for ec in cfg.embed.encoders], cfg.sae.variants)
     return dict(cfg=cfg, sliced=sliced, grid=grid)
 
 @pytest.fixture(scope='module')

@@ -18,13 +18,13 @@ def test_readme_table_is_the_committed_run_table_rendered():
     assert readme_block((ROOT/'README.md').read_text()) == results_markdown(table)
 
 def test_committed_table_equals_the_demo_run_when_present():
-    run_csv = results_table_csv(load_config('demo'))
+    run_csv = results_table_csv(load_config('demo').paths)
     if not run_csv.exists(): pytest.skip(f"no demo run here ({run_csv})")
     pd.testing.assert_frame_equal(pd.read_csv(run_csv), pd.read_csv(results_copy('demo')))
 
 def test_results_table_reads_each_number_from_its_step_file(smoke_run):
     cfg = load_config(str(smoke_run.config))
-    t = results_table(cfg)
+    t = results_table(cfg.paths)
     res = smoke_run.run/'results'
     head = pd.read_csv(res/'headline.csv')
     assert list(zip(t.encoder, t.variant, t.config)) == list(zip(head.encoder, head.variant, head.selected_config))
@@ -51,7 +51,7 @@ def test_readme_step_times_are_the_committed_run_records_rendered():
     assert readme_block((ROOT/'README.md').read_text(), STEPS_MARKERS) == steps_markdown(record)
 
 def test_committed_step_times_equal_the_demo_manifest_when_present():
-    m = read_manifest(load_config('demo'))
+    m = read_manifest(load_config('demo').paths)
     if not m['steps']: pytest.skip("no demo run here")
     record = json.loads(steps_copy('demo').read_text())
     assert record['updated'] == m['updated'] and {n: e['duration_s'] for n, e in record['steps'].items()} == {n: e.get('duration_s') for n, e in m['steps'].items()}

@@ -52,17 +52,17 @@ def test_tiny_strata_are_merged_not_a_crash():
 
 def test_existing_split_is_kept_and_remade_only_when_needed(mini, make_config, tmp_path):
     cfg = make_config(data={'totalseg_root': str(mini), 'dir': str(tmp_path/'out')})
-    slice_dataset(cfg)
-    split_dataset(cfg)
+    slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
+    split_dataset(cfg.paths.data, cfg.split)
     p = tmp_path/'out'/'split.csv'
     first, stamp = p.read_bytes(), p.stat().st_mtime_ns
-    split_dataset(cfg)
+    split_dataset(cfg.paths.data, cfg.split)
     assert p.stat().st_mtime_ns == stamp                                   # up to date: not rewritten
     p.write_text('\n'.join(p.read_text().splitlines()[:-1]) + '\n')      # a scan dropped by hand
-    split_dataset(cfg)
+    split_dataset(cfg.paths.data, cfg.split)
     assert p.read_bytes() == first                                          # the edited file is noticed and remade identically
     cfg.split.seed = 7
-    split_dataset(cfg)
+    split_dataset(cfg.paths.data, cfg.split)
     assert json.loads((tmp_path/'out'/'split.json').read_text())['inputs']['settings']['seed'] == 7
 
 def test_split_file_missing_a_scan_is_an_error(mini, make_config, tmp_path):

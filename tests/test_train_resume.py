@@ -30,56 +30,56 @@ sae: {{variants: [paper], families: [[8, 32]], k_patterns: [[2, 4], [4, 8]], epo
 def prepared(mini, tmp_path):
     data = tmp_path/'data'
     cfg = load_config(_cfg(tmp_path, mini, f'_pytest_train_{tmp_path.name}', data))
-    slice_dataset(cfg); split_dataset(cfg); embed_encoder(cfg, cfg.embed.encoders[0])
+    slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute); split_dataset(cfg.paths.data, cfg.split); embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
     yield tmp_path, data
     for p in ROOT.joinpath('runs').glob(f'_pytest_*{tmp_path.name}*'): shutil.rmtree(p, ignore_errors=True)
 
 def test_killed_training_resumes_identically(mini, prepared):
     tmp_path, data = prepared
     ref = load_config(_cfg(tmp_path, mini, f'_pytest_ref_{tmp_path.name}', data))
-    train_grid(ref, 'pixels', 'paper')
+    train_grid(ref.paths, ref.sae, ref.compute, 'pixels', 'paper')
     path = _cfg(tmp_path, mini, f'_pytest_kill_{tmp_path.name}', data)
     kill = load_config(path)
-    state = sae_dir(kill, 'pixels', 'paper')/'.family-8_32-0'/'state.json'
-    code = f"from sail.config import load_config; from sail.train import train_grid; train_grid(load_config({str(path)!r}), 'pixels', 'paper')"
+    state = sae_dir(kill.paths, 'pixels', 'paper')/'.family-8_32-0'/'state.json'
+    code = f"from sail.config import load_config; from sail.train import train_grid; c = load_config({str(path)!r}); train_grid(c.paths, c.sae, c.compute, 'pixels', 'paper')"
     kill_at(code, 'train:epoch', 5)                                          # killed right after the fifth epoch's checkpoint
     epoch = json.loads(state.read_text())['epoch']
     assert epoch == 5
-    train_grid(kill, 'pixels', 'paper')
+    train_grid(kill.paths, kill.sae, kill.compute, 'pixels', 'paper')
     for name in ['D_8_32_K_2_4', 'D_8_32_K_4_8']:
-        a = load_file(str(sae_dir(ref, 'pixels', 'paper')/name/'model.safetensors'))
-        b = load_file(str(sae_dir(kill, 'pixels', 'paper')/name/'model.safetensors'))
+        a = load_file(str(sae_dir(ref.paths, 'pixels', 'paper')/name/'model.safetensors'))
+        b = load_file(str(sae_dir(kill.paths, 'pixels', 'paper')/name/'model.safetensors'))
         for k in a: assert torch.equal(a[k], b[k]), (name, k)
-        ma = [json.loads(l) for l in (sae_dir(ref, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
-        mb = [json.loads(l) for l in (sae_dir(kill, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
+        ma = [json.loads(l) for l in (sae_dir(ref.paths, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
+        mb = [json.loads(l) for l in (sae_dir(kill.paths, 'pixels', 'paper')/name/'metrics.jsonl').read_text().splitlines()]
         assert [m['epoch'] for m in mb] == list(range(1, 31)) and ma == mb
 
 def test_codes_resume_and_readers(mini, prepared):
     tmp_path, data = prepared
     cfg = load_config(_cfg(tmp_path, mini, f'_pytest_codes_{tmp_path.name}', data, epochs=3))
-    train_grid(cfg, 'pixels', 'paper')
+    train_grid(cfg.paths, cfg.sae, cfg.compute, 'pixels', 'paper')
     name = 'D_8_32_K_4_8'
-    full = write_codes(cfg, 'pixels', 'paper', name)
-    first = {s: (codes_dir(cfg, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() for s in ['train', 'val']}
-    shutil.rmtree(codes_dir(cfg, 'pixels', 'paper', name))
-    write_codes(cfg, 'pixels', 'paper', name, splits=('train',))            # interrupted after one split
-    assert not (codes_dir(cfg, 'pixels', 'paper', name)/'val.parquet').exists()
-    again = write_codes(cfg, 'pixels', 'paper', name)                       # resumes: writes the rest
-    for s in ['train', 'val']: assert (codes_dir(cfg, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() == first[s]
+    full = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)
+    first = {s: (codes_dir(cfg.paths, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() for s in ['train', 'val']}
+    shutil.rmtree(codes_dir(cfg.paths, 'pixels', 'paper', name))
+    write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name, splits=('train',))            # interrupted after one split
+    assert not (codes_dir(cfg.paths, 'pixels', 'paper', name)/'val.parquet').exists()
+    again = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)                       # resumes: writes the rest
+    for s in ['train', 'val']: assert (codes_dir(cfg.paths, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() == first[s]
     assert again['splits'] == full['splits']
-    m, rows = load_codes(cfg, 'pixels', 'paper', name, 'val', ['plane'])
+    m, rows = load_codes(cfg.paths, 'pixels', 'paper', name, 'val', ['plane'])
     split = pd.read_csv(data/'split.csv')
     assert m.shape == (len(rows), 32) and len(rows) > 0 and set(rows.columns) == {'slice_id', 'plane'}
     assert abs(np.diff(m.indptr).mean() - full['splits']['val']['l0']) < 1e-9
     assert torch.equal(to_torch_sparse(m).to_dense(), torch.from_numpy(m.toarray()))
     assert full['splits']['train']['bytes_per_row'] < full['splits']['train']['dense_bytes_per_row']
-    d = split_data(cfg, 'pixels', 'val', 'paper', name, ['plane'], dense=True)         # the one split loader
+    d = split_data(cfg.paths, 'pixels', 'val', 'paper', name, ['plane'], dense=True)         # the one split loader
     emb, sl = load_embeddings(data, 'pixels', ['modality', 'image_id'])
     val = split_of(sl, data) == 'val'
     assert d.rows.slice_id.tolist() == sl.slice_id[val].tolist() and np.array_equal(d.dense, emb[val]) and (d.codes != m).nnz == 0
-    e = split_data(cfg, 'pixels', 'val', columns=['plane'], dense=True)
+    e = split_data(cfg.paths, 'pixels', 'val', columns=['plane'], dense=True)
     assert e.codes is None and e.rows.equals(d.rows) and np.array_equal(e.dense, d.dense)
-    retrain = write_codes(cfg, 'pixels', 'paper', name)                         # up to date: nothing rewritten
+    retrain = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)                         # up to date: nothing rewritten
     assert retrain == again
 
 def test_checkpoint_record_travels_with_its_tensors(tmp_path):
