@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import RunPaths, run_paths, write_csv, record_step
-from .config import Config, InterpretConfig, ConfigError, load_config, dataset_label
+from .config import Config, InterpretConfig, ConfigError, sae_name_parts, load_config, dataset_label
 from .monosemanticity import config_scores_csv
 from .probes import probes_dir, summary_csv
 from .codes import codes_artifact
-from .train import trained_saes, sae_artifact
+from .train import trained_saes, sae_artifact, sae_ref
 
 # %% ../nbs/12_ranking.ipynb #bcb41b55
 def rank_configs(
-    table:pd.DataFrame,          # one row per config: encoder, variant, config, the monosemanticity column, mean_n_features
+    table:pd.DataFrame,          # per config: encoder, variant, config, the monosemanticity column, mean_n_features
     mono:str='M_top50_mean',     # monosemanticity column to rank by (the paper's M_config)
 )->pd.DataFrame:  # the table with rank_mono, rank_perf, rank_combined, final_rank, sorted
     "Combined ranking within each (encoder, variant): mean of the monosemanticity rank and the performance rank."
@@ -44,6 +44,7 @@ def headline_csv(
     "Where the ranking step writes the headline numbers per encoder and variant."
     return paths.run/'results'/'headline.csv'
 
+# %% ../nbs/12_ranking.ipynb #df88bf0b
 def ranking_table(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->pd.DataFrame:
@@ -54,21 +55,24 @@ def ranking_table(
     write_csv(ranking_csv(paths), t)
     return t
 
+# %% ../nbs/12_ranking.ipynb #d64d1f51
 def headline(
     paths:RunPaths, # the run's folders (`Config.paths`)
     ranked:pd.DataFrame,  # `ranking_table` output
 )->pd.DataFrame:
     "Per encoder and variant, the paper's headline quantities computed by this run."
-    sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(paths)])   # each SAE's final validation metrics
+    sae = pd.DataFrame([sae_artifact(r).record()['summary'] for r in trained_saes(paths)])   # final validation metrics
     rows = []
     for (enc, var), g in ranked.groupby(['encoder', 'variant']):
         s = sae[(sae.encoder == enc) & (sae.variant == var)]
-        best = g.sort_values(['final_rank', 'rank_mono', 'config']).iloc[0]   # ties: the more monosemantic, then by name
+        best = g.sort_values(['final_rank', 'rank_mono', 'config']).iloc[0]   # ties: more monosemantic, then by name
         rows.append({'encoder': enc, 'variant': var, 'configs': len(g), 'selected_config': best.config,
                      'val_R2_per_dim_range': f"{s.val_r2.min():.3f}–{s.val_r2.max():.3f}",
                      'val_R2_reference_formula_range': f"{s.val_r2_ref.min():.3f}–{s.val_r2_ref.max():.3f}",
-                     'dense_val_auc_mean': round(best.dense_val_auc, 3), 'selected_sparse_val_auc_mean': round(best.sparse_val_auc, 3),
-                     'selected_sparse_pct_of_dense': round(best.sparse_pct_of_dense, 1), 'selected_val_auc_with_10_features': round(best.val_auc_at_10, 3),
+                     'dense_val_auc_mean': round(best.dense_val_auc, 3),
+                     'selected_sparse_val_auc_mean': round(best.sparse_val_auc, 3),
+                     'selected_sparse_pct_of_dense': round(best.sparse_pct_of_dense, 1),
+                     'selected_val_auc_with_10_features': round(best.val_auc_at_10, 3),
                      'M_top10_mean_range': f"{g.M_top10_mean.min():.3f}–{g.M_top10_mean.max():.3f}",
                      'M_top50_mean_range': f"{g.M_top50_mean.min():.3f}–{g.M_top50_mean.max():.3f}"})
     out = pd.DataFrame(rows)
@@ -80,20 +84,20 @@ def selected_configs(
     paths:RunPaths,            # the run's folders (`Config.paths`)
     interpret:InterpretConfig, # the `interpret` section
 )->list:
-    "[(encoder, variant, config)] the interpretation steps use: `interpret.configs`, else the ranking's selection."
+    "[SAERef] the interpretation steps use: `interpret.configs`, else the ranking's selection."
     if interpret.configs:
-        out = []
-        for i, entry in enumerate(interpret.configs):
-            parts = entry.split('/')
-            if len(parts) != 3: raise ConfigError(f"'interpret.configs[{i}]' = {entry!r}: expected 'encoder/variant/config'")   # `load_config` names the file
-            out.append(tuple(parts))
+        out = [sae_name_parts(entry, f'interpret.configs[{i}]') for i, entry in enumerate(interpret.configs)]
     else:
         p = headline_csv(paths)
-        if not p.exists(): raise FileNotFoundError(f"{p}: no configuration selected yet (run the ranking step, or list interpret.configs)")
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no configuration selected yet "
+                                    "(run the ranking step, or list interpret.configs)")
         h = pd.read_csv(p)
         out = list(zip(h.encoder, h.variant, h.selected_config))
-    for enc, var, conf in out:
-        art = codes_artifact(paths, enc, var, conf)
+    refs = [sae_ref(paths, *parts) for parts in out]
+    for ref in refs:
+        art = codes_artifact(paths, ref)
         if art.record() is None:
-            raise FileNotFoundError(f"{art.sidecar}: no finished codes for {enc}/{var}/{conf} (run the codes step, or fix interpret.configs)")
-    return out
+            raise FileNotFoundError(f"{art.sidecar}: no finished codes for {ref.name} "
+                                    "(run the codes step, or fix interpret.configs)")
+    return refs

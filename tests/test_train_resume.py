@@ -9,8 +9,8 @@ from sail.config import load_config
 from sail.slices import slice_dataset
 from sail.split import split_dataset
 from sail.embed import embed_encoder
-from sail.train import train_grid, sae_dir
-from sail.codes import write_codes, load_codes, codes_dir, to_torch_sparse, split_data
+from sail.train import train_grid, sae_dir, sae_ref
+from sail.codes import write_codes, load_codes, codes_dir, codes_artifact, _codes_inputs, to_torch_sparse, split_data
 from sail.embed import load_embeddings
 from sail.split import split_of
 
@@ -59,28 +59,32 @@ def test_codes_resume_and_readers(mini, prepared):
     cfg = load_config(_cfg(tmp_path, mini, f'_pytest_codes_{tmp_path.name}', data, epochs=3))
     train_grid(cfg.paths, cfg.sae, cfg.compute, 'pixels', 'paper')
     name = 'D_8_32_K_4_8'
-    full = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)
-    first = {s: (codes_dir(cfg.paths, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() for s in ['train', 'val']}
-    shutil.rmtree(codes_dir(cfg.paths, 'pixels', 'paper', name))
-    write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name, splits=('train',))            # interrupted after one split
-    assert not (codes_dir(cfg.paths, 'pixels', 'paper', name)/'val.parquet').exists()
-    again = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)                       # resumes: writes the rest
-    for s in ['train', 'val']: assert (codes_dir(cfg.paths, 'pixels', 'paper', name)/f'{s}.parquet').read_bytes() == first[s]
-    assert again['splits'] == full['splits']
-    m, rows = load_codes(cfg.paths, 'pixels', 'paper', name, 'val', ['plane'])
-    split = pd.read_csv(data/'split.csv')
+    ref = sae_ref(cfg.paths, 'pixels', 'paper', name)
+    full = write_codes(cfg.paths, cfg.sae, cfg.compute, [ref])
+    art = codes_artifact(cfg.paths, ref)
+    summary = art.record()['summary']
+    first = {s: (codes_dir(cfg.paths, ref)/f'{s}.parquet').read_bytes() for s in ['train', 'val']}
+    (codes_dir(cfg.paths, ref)/'val.parquet').unlink()                                         # a lost file makes the codes stale
+    assert not art.fresh(_codes_inputs(cfg.paths, ref, cfg.sae))
+    again = write_codes(cfg.paths, cfg.sae, cfg.compute, [ref])                                # rewritten, identically
+    for s in ['train', 'val']: assert (codes_dir(cfg.paths, ref)/f'{s}.parquet').read_bytes() == first[s]
+    assert again.equals(full)
+    m, rows = load_codes(cfg.paths, ref, 'val', ['plane'])
     assert m.shape == (len(rows), 32) and len(rows) > 0 and set(rows.columns) == {'slice_id', 'plane'}
-    assert abs(np.diff(m.indptr).mean() - full['splits']['val']['l0']) < 1e-9
+    assert abs(np.diff(m.indptr).mean() - summary['splits']['val']['l0']) < 1e-9
+    assert abs(full.val_l0.iloc[0] - summary['splits']['val']['l0']) < 1e-12
     assert torch.equal(to_torch_sparse(m).to_dense(), torch.from_numpy(m.toarray()))
-    assert full['splits']['train']['bytes_per_row'] < full['splits']['train']['dense_bytes_per_row']
-    d = split_data(cfg.paths, 'pixels', 'val', 'paper', name, ['plane'], dense=True)         # the one split loader
+    assert full.bytes_per_row.iloc[0] == (codes_dir(cfg.paths, ref)/'train.parquet').stat().st_size / summary['splits']['train']['rows']
+    assert full.bytes_per_row.iloc[0] < full.dense_bytes_per_row.iloc[0]
+    d = split_data(cfg.paths, ref, 'val', ['plane'], dense=True)                              # the one split loader
     emb, sl = load_embeddings(data, 'pixels', ['modality', 'image_id'])
     val = split_of(sl, data) == 'val'
     assert d.rows.slice_id.tolist() == sl.slice_id[val].tolist() and np.array_equal(d.dense, emb[val]) and (d.codes != m).nnz == 0
     e = split_data(cfg.paths, 'pixels', 'val', columns=['plane'], dense=True)
     assert e.codes is None and e.rows.equals(d.rows) and np.array_equal(e.dense, d.dense)
-    retrain = write_codes(cfg.paths, cfg.sae, cfg.device, 'pixels', 'paper', name)                         # up to date: nothing rewritten
-    assert retrain == again
+    stamp = (codes_dir(cfg.paths, ref)/'train.parquet').stat().st_mtime_ns
+    retrain = write_codes(cfg.paths, cfg.sae, cfg.compute, [ref])                               # up to date: nothing rewritten
+    assert retrain.equals(again) and (codes_dir(cfg.paths, ref)/'train.parquet').stat().st_mtime_ns == stamp
 
 def test_checkpoint_record_travels_with_its_tensors(tmp_path):
     "A kill between writing the tensors and the readable state.json cannot desynchronise them: resuming reads the header."
