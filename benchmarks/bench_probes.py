@@ -9,20 +9,36 @@ solver differs) — with the same number of workers. Prints seconds per part, th
 unconverged, and the largest metric differences.
 
     python benchmarks/bench_probes.py [--config demo] [--encoder astra-ct] [--sae first] [--tasks 8] [--jobs 2]
+                                      [--readme]
 
-`--tasks N` keeps the first N probe tasks (saga on a 2048-d embedding takes minutes per task on 2 cores).
+`--tasks N` keeps the first N probe tasks (saga on a 2048-d embedding takes minutes per task on 2 cores). Results go to
+benchmarks/results/bench_probes.{json,md}; with --readme, between the README's bench-probes markers (the README has
+none yet: add them where the table should go).
 """
-import argparse, time
+import argparse, sys, time
+from pathlib import Path
 import numpy as np, pandas as pd
 from sail.config import load_config
 from sail.codes import split_data
 from sail.train import trained_saes
 import sail.probes as P
+sys.path.insert(0, str(Path(__file__).parent))
+from common import publish, where
+
+def render(r:dict)->str:
+    "The table of seconds, unconverged fits and metric differences per part, from the JSON."
+    rows = ['| part | saga s | newton s | saga / newton | unconverged saga / newton | max abs ROC-AUC difference |',
+            '|---|---|---|---|---|---|']
+    for part, v in r['parts'].items():
+        rows.append(f"| {part} | {v['saga']:.1f} | {v['newton']:.1f} | ×{v['saga'] / v['newton']:.1f} | "
+                    f"{v['unconverged'][0]} / {v['unconverged'][1]} of {v['unconverged'][2]} | {v['max_diff']:.4f} |")
+    return '\n'.join(rows + ['', f"{r['run']}: {r['encoder']} and {r['sae']}, {r['tasks']} tasks, {r['jobs']} workers, "
+                              f"both solvers in the same run. {where(r)}."])
 
 def _inputs(cfg, enc, ref):
     d = {k: split_data(cfg.paths, enc, k, dense=True) for k in ('train', 'val', 'test')}
     X, sl = {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
-    Xs = {k: split_data(cfg.paths, enc, k, ref.variant, ref.config).codes for k in ('train', 'val', 'test')}
+    Xs = {k: split_data(cfg.paths, ref, k).codes for k in ('train', 'val', 'test')}
     return X, sl, Xs
 
 def _recovery(cfg, Xs, sl, coefs, dense_metrics, groups, solver):
@@ -33,7 +49,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--config', default='demo'); ap.add_argument('--encoder', default='')
     ap.add_argument('--sae', default='first', help="configuration name, or 'first'"); ap.add_argument('--tasks', type=int, default=0)
-    ap.add_argument('--jobs', type=int, default=2)
+    ap.add_argument('--jobs', type=int, default=2); ap.add_argument('--readme', action='store_true')
     a = ap.parse_args()
     cfg = load_config(a.config); cfg.workers = a.jobs
     refs = trained_saes(cfg.paths)
@@ -61,6 +77,7 @@ def main():
         rec = _recovery(cfg, Xs, sl, ranking, res['saga'][0].metrics, groups, solver)
         out[solver]['recovery'] = time.perf_counter() - t0
         res[solver] = res[solver] + (rec,)
+    parts = {}
     print(f"{'part':10s} {'saga s':>9s} {'newton s':>9s} {'ratio':>7s}  unconverged saga / newton   max |Δ ROC-AUC|")
     for i, part in enumerate(('dense', 'sparse', 'recovery')):
         s_, n_ = res['saga'][i], res['newton'][i]
@@ -75,7 +92,12 @@ def main():
             diff = np.abs(j.roc_auc_s - j.roc_auc_n).max()
         print(f"{part:10s} {out['saga'][part]:9.1f} {out['newton'][part]:9.1f} {out['saga'][part] / out['newton'][part]:6.1f}x"
               f"  {unconv[0]:3d} / {unconv[1]:3d} of {unconv[2]:4d} fits        {diff:.4f}")
+        parts[part] = dict(saga=out['saga'][part], newton=out['newton'][part], unconverged=list(unconv),
+                           max_diff=float(diff))
     tot = {s: sum(v.values()) for s, v in out.items()}
     print(f"{'total':10s} {tot['saga']:9.1f} {tot['newton']:9.1f} {tot['saga'] / tot['newton']:6.1f}x")
+    res = dict(run=cfg.name, encoder=enc, sae=f"{ref.variant}/{ref.config}", tasks=len(P.tasks(groups)), jobs=a.jobs,
+               parts=parts)
+    publish('bench_probes', res, render, a.readme)
 
 if __name__ == '__main__': main()

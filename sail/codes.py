@@ -161,7 +161,7 @@ def _codes_inputs(paths:RunPaths, ref:SAERef, scfg:SAEConfig)->dict:
 
 CODES = ConfigStep('codes', '09_codes', Codes,
                    {f'{s}{x}.parquet': f'{s}{x.replace(".", "_")}' for s in SPLITS for x in ('', '.stats')},
-                   codes_of, _codes_inputs, summary='summary', base='codes')   # summary: in the artifact's record
+                   codes_of, _codes_inputs, summary='summary', base='codes', sidecar='codes.json')   # summary: in the record
 
 # %% ../nbs/09_codes.ipynb #502fb0d8
 def codes_dir(
@@ -175,7 +175,7 @@ def codes_artifact(
     paths:RunPaths, # the run's folders (`Config.paths`)
     ref:SAERef,     # which SAE
 )->Artifact:
-    "The codes of one trained SAE: `<split>.parquet` and `<split>.stats.parquet` per split, recorded in artifact.json."
+    "The codes of one trained SAE: `<split>.parquet` and `<split>.stats.parquet` per split, recorded in codes.json."
     return CODES.artifact(paths, ref)
 
 # %% ../nbs/09_codes.ipynb #e7cc7ebc

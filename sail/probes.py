@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['TARGET_GROUPS', 'SOLVER_TOL', 'PROBE_PARAMS', 'TRAIN_ROWS', 'PROBE_SOLVERS', 'EVAL_CHUNK_ROWS', 'RECOVERY_N',
-           'RECOVERY_LEVELS', 'tasks', 'task_labels', 'enet_qp', 'class_row_weights', 'EnetSolution', 'enet_logistic',
-           'FittedProbe', 'as_classifier', 'fit_probe', 'target_classes', 'task_metrics', 'training_rows',
-           'target_coefficients', 'ProbeResults', 'probe_representation', 'recovery_curve', 'recovery_thresholds',
-           'probes_dir', 'summary_csv', 'target_groups', 'probes_artifact', 'Recovery', 'recover_config', 'run_probes',
-           'probe_summary']
+           'RECOVERY_LEVELS', 'SUMMARY_COLUMNS', 'PROBES', 'tasks', 'task_labels', 'enet_qp', 'class_row_weights',
+           'EnetSolution', 'enet_logistic', 'FittedProbe', 'as_classifier', 'fit_probe', 'target_classes',
+           'task_metrics', 'training_rows', 'target_coefficients', 'ProbeResults', 'probe_representation',
+           'recovery_curve', 'recovery_thresholds', 'probes_dir', 'summary_csv', 'target_groups', 'Recovery',
+           'recover_config', 'summary_row', 'ProbeSettings', 'ConfigProbes', 'probe_config', 'probes_artifact',
+           'probe_dense', 'run_probes']
 
 # %% ../nbs/10_probes.ipynb #51834e8f
 import json, warnings
@@ -26,12 +27,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.model_selection import train_test_split
 from sklearn.metrics import roc_auc_score, f1_score, balanced_accuracy_score
 from sklearn.exceptions import ConvergenceWarning
-from .core import Artifact, RunPaths, run_paths, resolve, write_parquet, write_csv, get_logger, record_step, stop_point
-from .config import Config, EvalConfig, ConfigError, load_config, dataset_label
+from .core import Artifact, RunPaths, run_paths, resolve, write_parquet, write_csv, get_logger, record_step
+from .config import Config, Compute, EvalConfig, ConfigError, load_config, dataset_label
 from .embed import embeddings_artifact
 from .split import split_artifact
 from .codes import split_data, codes_artifact
-from .train import trained_saes
+from .train import SAERef, trained_saes
+from .steps import ConfigStep
 
 # %% ../nbs/10_probes.ipynb #38f467a2
 TARGET_GROUPS = {  # spec §7.1
@@ -43,14 +45,18 @@ TARGET_GROUPS = {  # spec §7.1
     'institute': dict(kind='multiclass', column='institute', targets=list('ABCDEFGHIJ')),
     'manufacturer': dict(kind='multilabel', column='manufacturer', targets=['ge', 'philips', 'siemens']),
     'scanner_model': dict(kind='multilabel', column='scanner_model', targets=['Achieva', 'Avanto_fit', 'Skyra']),
-    'organs_abdominal': dict(kind='multilabel', column=None, targets=['gallbladder', 'kidney_left', 'liver', 'spleen', 'prostate']),
+    'organs_abdominal': dict(kind='multilabel', column=None,
+                             targets=['gallbladder', 'kidney_left', 'liver', 'spleen', 'prostate']),
     'organs_head_and_neck': dict(kind='multilabel', column=None, targets=['brain']),
-    'organs_thoracic': dict(kind='multilabel', column=None, targets=['heart', 'sternum', 'clavicula_left', 'clavicula_right']),
-    'pathology': dict(kind='multilabel', column='pathology', targets=['inflammation', 'tumor', 'trauma'], modality='ct')}
+    'organs_thoracic': dict(kind='multilabel', column=None,
+                            targets=['heart', 'sternum', 'clavicula_left', 'clavicula_right']),
+    'pathology': dict(kind='multilabel', column='pathology', targets=['inflammation', 'tumor', 'trauma'],
+                      modality='ct')}
 
 def _values(col:pd.Series)->np.ndarray:
     "Column values as comparable strings (numbers as '120.0', spaces as underscores; missing as '<NA>')."
-    if pd.api.types.is_numeric_dtype(col): s = col.astype('Float64').map(lambda v: '<NA>' if pd.isna(v) else f"{float(v)}")
+    if pd.api.types.is_numeric_dtype(col):
+        s = col.astype('Float64').map(lambda v: '<NA>' if pd.isna(v) else f"{float(v)}")
     else: s = col.astype('string').str.replace(' ', '_').fillna('<NA>')
     return s.to_numpy(dtype=object)
 
@@ -73,7 +79,8 @@ def task_labels(
 )->np.ndarray:
     "Labels of one task: class index (multiclass) or 0/1 (binary); −1 = not labeled for this task."
     spec = groups[group]
-    inside = np.ones(len(slices), bool) if spec.get('modality') is None else (slices.modality == spec['modality']).to_numpy()
+    inside = (np.ones(len(slices), bool) if spec.get('modality') is None
+              else (slices.modality == spec['modality']).to_numpy())
     if spec['kind'] == 'multiclass':
         v = _values(slices[spec['column']])
         y = np.full(len(slices), -1)
@@ -92,39 +99,45 @@ def _cd_private(Q, q, w, l1, l2, sweeps):
     "scikit-learn's Cython Gram coordinate descent (the 1.4-1.7 and the >= 1.8 signatures)."
     from sklearn.linear_model import _cd_fast
     rng = np.random.RandomState(0)
-    try: return _cd_fast.enet_coordinate_descent_gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False, False)[0]
-    except TypeError: return _cd_fast.enet_coordinate_descent_gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False)[0]
+    gram = _cd_fast.enet_coordinate_descent_gram
+    try: return gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False, False)[0]
+    except TypeError: return gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False)[0]
 
 def _cd_public(Q, q, w, l1, l2, sweeps):
     "The same solver through the public `enet_path` (with one sample its alpha scaling is the identity)."
     from sklearn.linear_model import enet_path
-    kw = dict(l1_ratio=l1 / (l1 + l2), alphas=[l1 + l2], precompute=Q, Xy=q, coef_init=w, check_input=False, tol=0.0, max_iter=sweeps)
+    kw = dict(l1_ratio=l1 / (l1 + l2), alphas=[l1 + l2], precompute=Q, Xy=q, coef_init=w, check_input=False, tol=0.0,
+              max_iter=sweeps)
     return enet_path(np.zeros((1, len(q)), order='F'), np.ones(1), **kw)[1][:, 0]
 
 def _cd_solver():
     "The first entry point that solves a known problem exactly: the private one where it works, else the public one."
     global _CD_SOLVER
     if _CD_SOLVER is None:
-        A = np.random.default_rng(0).normal(size=(30, 4)); Q = np.ascontiguousarray(A.T @ A); q = A.T @ (A @ np.array([1., -2., 0., 0.5]))
+        A = np.random.default_rng(0).normal(size=(30, 4))
+        Q = np.ascontiguousarray(A.T @ A); q = A.T @ (A @ np.array([1., -2., 0., 0.5]))
         for f in (_cd_private, _cd_public):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter('ignore')
                     if _qp_kkt(Q, q, f(Q, q, np.zeros(4), 1.0, 0.5, 2000), 1.0, 0.5).max() < 1e-8: _CD_SOLVER = f; break
             except Exception: pass
-        if _CD_SOLVER is None: raise RuntimeError("scikit-learn's Gram coordinate descent failed its self-test in this version")
+        if _CD_SOLVER is None:
+            raise RuntimeError("scikit-learn's Gram coordinate descent failed its self-test in this version")
     return _CD_SOLVER
 
 def _kkt(grad:np.ndarray, w:np.ndarray, l1:float)->np.ndarray:
-    "Per coordinate, the minimum-norm subgradient of smooth + l1·|w|₁ given the smooth part's gradient: 0 at the optimum."
+    """Per coordinate, the minimum-norm subgradient of smooth + l1·|w|₁ given the smooth part's gradient: 0 at the
+    optimum."""
     return np.where(w != 0, np.abs(grad + l1 * np.sign(w)), np.maximum(np.abs(grad) - l1, 0))
 
 def _qp_kkt(Q, q, w, l1, l2): return _kkt(Q @ w - q + l2 * w, w, l1)
 
+# %% ../nbs/10_probes.ipynb #9721bfc0
 def _polish(Q, q, w, l1, l2)->tuple:
-    """Active-set step: the minimiser on the face of `w` (its support and signs) by one Cholesky solve. Returns it and True
-    when it keeps the signs and the KKT conditions hold off the support (the exact solution); else the point where the
-    segment towards it leaves the face (never worse than `w`) and False."""
+    """Active-set step: the minimiser on the face of `w` (its support and signs) by one Cholesky solve. Returns it and
+    True when it keeps the signs and the KKT conditions hold off the support (the exact solution); else the point where
+    the segment towards it leaves the face (never worse than `w`) and False."""
     S = np.flatnonzero(w)
     if len(S) == 0: return w, False
     sg = np.sign(w[S])
@@ -151,8 +164,10 @@ def enet_qp(
     max_sweeps:int=300, # coordinate-descent sweeps at most
     chunk:int=10,      # sweeps between active-set steps
 )->np.ndarray:         # (m,) the minimiser (to `tol`)
-    "argmin ½w'Qw − q'w + l1·|w|₁ + ½·l2·|w|²: coordinate descent in chunks, an exact active-set step whenever the signs held."
-    Q, q, w = np.ascontiguousarray(Q, dtype=np.float64), np.ascontiguousarray(q, dtype=np.float64), np.array(w0, dtype=np.float64)
+    """argmin ½w'Qw − q'w + l1·|w|₁ + ½·l2·|w|²: coordinate descent in chunks, an exact active-set step whenever the
+    signs held."""
+    Q, q = np.ascontiguousarray(Q, dtype=np.float64), np.ascontiguousarray(q, dtype=np.float64)
+    w = np.array(w0, dtype=np.float64)
     done, last, cd = 0, None, _cd_solver()
     while True:
         if last is None or np.array_equal(np.sign(w), last):
@@ -167,13 +182,14 @@ def enet_qp(
 
 # %% ../nbs/10_probes.ipynb #ddb1ba61
 def _working_set(viol, w, ws_min, grow=True):
-    "Non-zero coefficients plus the worst KKT violators among the zeros: at most max(ws_min, #non-zero) of them, or ws_min without `grow`."
+    """Non-zero coefficients plus the worst KKT violators among the zeros: at most max(ws_min, #non-zero) of them, or
+    ws_min without `grow`."""
     nz, zv = np.flatnonzero(w), np.flatnonzero((w == 0) & (viol > 0))
     m = max(ws_min, len(nz)) if grow else ws_min
     if len(zv) > m: zv = zv[np.argsort(-viol[zv], kind='stable')[:m]]
     return np.sort(np.r_[nz, zv]).astype(np.intp)
 
-def _inner_tol(v, tol): return max(0.1 * v * min(1.0, v), 0.1 * tol)   # inexact Newton: solve each model to 0.1·v·min(1, v)
+def _inner_tol(v, tol): return max(0.1 * v * min(1.0, v), 0.1 * tol)   # inexact Newton: each model to 0.1·v·min(1, v)
 
 def _columns(X, A): return X[:, A].toarray() if sp.issparse(X) else X[:, A]
 
@@ -184,7 +200,8 @@ def class_row_weights(
 )->np.ndarray:        # per-row weight
     "Row weights as scikit-learn computes them ('balanced': n / (n_classes · count of the row's class))."
     if class_weight is None: return np.ones(len(y))
-    if class_weight == 'balanced': cw = len(y) / (len(classes) * np.array([(y == c).sum() for c in classes], float))
+    if class_weight == 'balanced':
+        cw = len(y) / (len(classes) * np.array([(y == c).sum() for c in classes], float))
     else: cw = np.array([class_weight.get(c, 1.0) for c in classes], float)
     return cw[np.searchsorted(classes, y)]
 
@@ -196,6 +213,7 @@ def _line_search(obj, F, lam, trial):
         if Ft <= F + 1e-4 * step * lam or step < 1e-10: return step, out, Ft
         step *= 0.5
 
+# %% ../nbs/10_probes.ipynb #c29c25c1
 def _direction(XA, d, gA, gb, wA, l1, l2, tol):
     """One proximal Newton direction of a binary (or one class's) logistic model on the columns XA: the minimiser of the
     loss's second-order model (row curvatures d, gradient gA in w and gb in the intercept, the intercept eliminated)
@@ -208,7 +226,8 @@ def _direction(XA, d, gA, gb, wA, l1, l2, tol):
     return u, Xu, db, gA @ u + gb * db + l1 * (np.abs(wA + u).sum() - np.abs(wA).sum())
 
 def _binary(X, t, s, C, l1, l2, tol, max_iter, w0=None, b0=0.0, ws_min=100, all_columns=False):
-    "Binary elastic-net logistic regression (t ∈ {0, 1}, row weights s) by proximal Newton: (w, b, converged, iterations)."
+    """Binary elastic-net logistic regression (t ∈ {0, 1}, row weights s) by proximal Newton: (w, b, converged,
+    iterations)."""
     n, p = X.shape
     w = np.zeros(p) if w0 is None else np.array(w0, float); b, Cs = float(b0), C * s
     eta = X @ w + b
@@ -221,7 +240,8 @@ def _binary(X, t, s, C, l1, l2, tol, max_iter, w0=None, b0=0.0, ws_min=100, all_
         if v <= tol or it == max_iter: return w, b, v <= tol, it
         A = np.arange(p) if all_columns else _working_set(viol, w, ws_min)
         XA = X if all_columns else _columns(X, A)
-        u, Xu, db, lam = _direction(XA, np.maximum(Cs * pr * (1 - pr), 1e-12 * Cs), grad[A], gb, w[A], l1, l2, _inner_tol(v, tol))
+        d = np.maximum(Cs * pr * (1 - pr), 1e-12 * Cs)
+        u, Xu, db, lam = _direction(XA, d, grad[A], gb, w[A], l1, l2, _inner_tol(v, tol))
         if not lam < 0: return w, b, v <= tol, it
         def trial(step):
             wt = w.copy(); wt[A] += step * u
@@ -229,6 +249,7 @@ def _binary(X, t, s, C, l1, l2, tol, max_iter, w0=None, b0=0.0, ws_min=100, all_
         step, (eta, w), F = _line_search(obj, F, lam, trial)
         b += step * db
 
+# %% ../nbs/10_probes.ipynb #78fdb708
 def _multinomial(X, yi, K, s, C, l1, l2, tol, max_iter, ws_min=100):
     """Multinomial elastic-net logistic regression by proximal Newton with the full Hessian over per-class working sets
     and the intercepts eliminated; each step adds at most `ws_min` new coefficients per class, so the model stays small
@@ -237,7 +258,8 @@ def _multinomial(X, yi, K, s, C, l1, l2, tol, max_iter, ws_min=100):
     W, b, E = np.zeros((K, p)), np.zeros(K), np.zeros((n, K))
     Y = np.zeros((n, K)); Y[np.arange(n), yi] = 1
     Cs = C * s
-    obj = lambda E, W: float(Cs @ (logsumexp(E, axis=1) - E[np.arange(n), yi]) + 0.5 * l2 * np.sum(W * W) + l1 * np.abs(W).sum())
+    obj = lambda E, W: float(Cs @ (logsumexp(E, axis=1) - E[np.arange(n), yi]) + 0.5 * l2 * np.sum(W * W)
+                             + l1 * np.abs(W).sum())
     F = obj(E, W)
     for it in range(max_iter + 1):
         P = np.exp(E - logsumexp(E, axis=1, keepdims=True))
@@ -252,9 +274,10 @@ def _multinomial(X, yi, K, s, C, l1, l2, tol, max_iter, ws_min=100):
         H = -(U.T @ U)                                                       # − Σᵢ Csᵢ p_k p_l x xᵀ
         for k, xb in enumerate(XB):
             Zk = xb * np.sqrt(Cs * P[:, k])[:, None]
-            H[off[k]:off[k + 1], off[k]:off[k + 1]] += Zk.T @ Zk             # + Σᵢ Csᵢ p_k x xᵀ on the diagonal blocks
+            H[off[k]:off[k + 1], off[k]:off[k + 1]] += Zk.T @ Zk   # + Σᵢ Csᵢ p_k x xᵀ on the diagonal blocks
         CP = Cs[:, None] * P
-        Huv = np.concatenate([xb.T @ (CP[:, k:k + 1] * (np.eye(K)[k] - P)) for k, xb in enumerate(XB)])   # (m, K) with the intercepts
+        Huv = np.concatenate([xb.T @ (CP[:, k:k + 1] * (np.eye(K)[k] - P))              # (m, K) with the intercepts
+                              for k, xb in enumerate(XB)])
         Hvv = np.diag(Cs @ P) - (P * Cs[:, None]).T @ P
         ev, Ev = np.linalg.eigh(Hvv); keep = ev > 1e-10 * max(ev.max(), 1e-300)
         Hvv_pinv = (Ev[:, keep] / ev[keep]) @ Ev[:, keep].T
@@ -273,6 +296,7 @@ def _multinomial(X, yi, K, s, C, l1, l2, tol, max_iter, ws_min=100):
         step, (E, W), F = _line_search(obj, F, lam, trial)
         b = b + step * dv
 
+# %% ../nbs/10_probes.ipynb #45c81071
 class EnetSolution(NamedTuple):
     "The optimum of an elastic-net logistic regression."
     classes: np.ndarray    # sorted distinct labels
@@ -292,21 +316,24 @@ def enet_logistic(
     w0:np.ndarray|None=None, # binary only: (p,) starting coefficients (a warm start)
     b0:float=0.0,           # binary only: starting intercept
 )->EnetSolution:
-    "The optimum of scikit-learn's elastic-net LogisticRegression objective (binary logistic for two classes, multinomial otherwise)."
+    """The optimum of scikit-learn's elastic-net LogisticRegression objective (binary logistic for two classes,
+    multinomial otherwise)."""
     classes = np.unique(y)
     if len(classes) < 2: raise ValueError(f"need at least two classes among the labels, got only {classes.tolist()}")
     X = X.tocsr().astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     s, l1, l2 = class_row_weights(y, classes, class_weight), l1_ratio, 1.0 - l1_ratio
     if len(classes) == 2:
-        w, b, conv, it = _binary(X, (y == classes[1]).astype(float), s, C, l1, l2, tol, max_iter, w0, b0, all_columns=not sp.issparse(X) and X.shape[1] <= 100)
+        w, b, conv, it = _binary(X, (y == classes[1]).astype(float), s, C, l1, l2, tol, max_iter, w0, b0,
+                                 all_columns=not sp.issparse(X) and X.shape[1] <= 100)
         return EnetSolution(classes, w[None, :], np.array([b]), bool(conv), it)
     W, b, conv, it = _multinomial(X, np.searchsorted(classes, y), len(classes), s, C, l1, l2, tol, max_iter)
     return EnetSolution(classes, W, b, bool(conv), it)
 
 # %% ../nbs/10_probes.ipynb #3cf3390a
-PROBE_PARAMS = dict(solver='saga', C=1.0, l1_ratio=0.5, class_weight='balanced', max_iter=1000, random_state=42) # spec §7.3
+PROBE_PARAMS = dict(solver='saga', C=1.0, l1_ratio=0.5, class_weight='balanced', max_iter=1000,
+                    random_state=42)  # spec §7.3
 TRAIN_ROWS = 10_000  # spec §7.3
-PROBE_SOLVERS = ('newton', 'saga')  # `enet_logistic` (the optimum) | scikit-learn's saga with PROBE_PARAMS (the reference)
+PROBE_SOLVERS = ('newton', 'saga')  # `enet_logistic` (the optimum) | scikit-learn's saga, PROBE_PARAMS (the reference)
 
 class FittedProbe(NamedTuple):
     "A fitted probe and whether its solver converged."
@@ -340,6 +367,7 @@ def fit_probe(
         clf.fit(X, y)
     return FittedProbe(clf, not any(issubclass(x.category, ConvergenceWarning) for x in w))
 
+# %% ../nbs/10_probes.ipynb #a44f0d12
 def target_classes(
     targets:list,  # the targets of a task
 )->list:
@@ -357,9 +385,11 @@ def task_metrics(
     targets:list,  # target names
     rows:np.ndarray|None=None, # which rows of X are scored, aligned with y (default: all)
 )->list:
-    "Per-target ROC-AUC, F1 and balanced accuracy, with probability columns matched through classes_; rows scored in chunks."
+    """Per-target ROC-AUC, F1 and balanced accuracy, with probability columns matched through classes_; rows scored in
+    chunks."""
     at = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
-    parts = [(clf.predict_proba(X[at[s:s + EVAL_CHUNK_ROWS]]), clf.predict(X[at[s:s + EVAL_CHUNK_ROWS]])) for s in range(0, len(at), EVAL_CHUNK_ROWS)]
+    parts = [(clf.predict_proba(X[at[s:s + EVAL_CHUNK_ROWS]]), clf.predict(X[at[s:s + EVAL_CHUNK_ROWS]]))
+             for s in range(0, len(at), EVAL_CHUNK_ROWS)]
     proba, pred = np.concatenate([p for p, _ in parts]), np.concatenate([q for _, q in parts])
     out = []
     for t, pos in target_classes(targets):
@@ -368,7 +398,8 @@ def task_metrics(
         if yt.min() == yt.max(): continue                                # only one class among these rows
         col = int(np.flatnonzero(clf.classes_ == pos)[0])
         out.append(dict(target=t, roc_auc=roc_auc_score(yt, proba[:, col]),
-                        f1=f1_score(yt, (pred == pos).astype(int), zero_division=0), balanced_acc=balanced_accuracy_score(yt, (pred == pos).astype(int)),
+                        f1=f1_score(yt, (pred == pos).astype(int), zero_division=0),
+                        balanced_acc=balanced_accuracy_score(yt, (pred == pos).astype(int)),
                         n_eval=int(len(y)), n_positive=int(yt.sum())))
     return out
 
@@ -400,13 +431,14 @@ def target_coefficients(
         else: c = clf.coef_[int(np.flatnonzero(clf.classes_ == pos)[0])]
         order = np.argsort(-np.abs(c), kind='stable')[:top]
         order = order[c[order] != 0]
-        out.append(pd.DataFrame(dict(target=t, rank=np.arange(len(order)), feature=order.astype(np.int32), coef=c[order])))
+        out.append(pd.DataFrame(dict(target=t, rank=np.arange(len(order)), feature=order.astype(np.int32),
+                                     coef=c[order])))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=['target', 'rank', 'feature', 'coef'])
 
 # %% ../nbs/10_probes.ipynb #21d5b735
 def _fit_task(name, group, targets, Xtr, ytr, evals, dense:bool, groups, solver:str='newton'):
-    """Fit and evaluate one task (a joblib worker). `evals`: split -> (features, scored rows, their labels); dense features
-    are standardised chunk by chunk as they are scored, never as a whole split."""
+    """Fit and evaluate one task (a joblib worker). `evals`: split -> (features, scored rows, their labels); dense
+    features are standardised chunk by chunk as they are scored, never as a whole split."""
     sc = StandardScaler().fit(Xtr) if dense else None
     clf, converged = fit_probe(sc.transform(Xtr) if dense else Xtr, ytr, solver=solver)
     model = make_pipeline(sc, clf) if dense else clf
@@ -416,7 +448,7 @@ def _fit_task(name, group, targets, Xtr, ytr, evals, dense:bool, groups, solver:
 
 class ProbeResults(NamedTuple):
     "The probes of one representation: metrics, coefficients, and the tasks left out."
-    metrics: pd.DataFrame       # one row per task, target and evaluation split: roc_auc, f1, balanced_acc, converged, n_train, n_eval, n_positive
+    metrics: pd.DataFrame       # per task, target and split: roc_auc, f1, balanced_acc, converged, n_train, n_eval, ...
     coefficients: pd.DataFrame  # the top features of every task and target: task, target, rank, feature, coef
     skipped: dict               # task -> why it was not probed (e.g. fewer than two classes among the training rows)
 
@@ -435,9 +467,12 @@ def probe_representation(
         for name, group, targets in tasks(groups):
             y = {k: task_labels(slices[k], group, targets, groups) for k in X}
             idx = training_rows(y['train'], train_rows)
-            if len(idx) == 0 or len(np.unique(y['train'][idx])) < 2: skipped[name] = 'fewer than two classes among the training rows'; continue
-            evals = {k: (X[k], np.flatnonzero(y[k] >= 0), y[k][y[k] >= 0]) for k in X if k != 'train' and (y[k] >= 0).any()}
-            yield delayed(_fit_task)(name, group, targets, X['train'][idx], y['train'][idx], evals, dense, groups, solver)
+            if len(idx) == 0 or len(np.unique(y['train'][idx])) < 2:
+                skipped[name] = 'fewer than two classes among the training rows'; continue
+            evals = {k: (X[k], np.flatnonzero(y[k] >= 0), y[k][y[k] >= 0])
+                     for k in X if k != 'train' and (y[k] >= 0).any()}
+            yield delayed(_fit_task)(name, group, targets, X['train'][idx], y['train'][idx], evals, dense, groups,
+                                     solver)
     res = Parallel(n_jobs=n_jobs)(jobs())
     metrics = pd.DataFrame([r for rows, _ in res for r in rows])
     coefs = pd.concat([c for _, c in res], ignore_index=True) if res else pd.DataFrame()
@@ -467,7 +502,8 @@ def recovery_curve(
     for n in ns:
         if solver == 'newton':
             w0 = None if prev is None else np.r_[prev.coef[0], np.zeros(n - prev.coef.shape[1])]
-            prev = enet_logistic(Xtop[:, :n], np.asarray(ytr), params['C'], params['l1_ratio'], params.get('class_weight'),
+            prev = enet_logistic(Xtop[:, :n], np.asarray(ytr), params['C'], params['l1_ratio'],
+                                 params.get('class_weight'),
                                  w0=w0, b0=0.0 if prev is None else float(prev.intercept[0]))
             clf, conv, cols = as_classifier(prev, params), prev.converged, slice(0, n)
             view = {k: etop[k] for k in evals}
@@ -505,7 +541,7 @@ def probes_dir(
 def summary_csv(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/probes/summary.csv
-    "Where `probe_summary` writes the run's probe summary."
+    "Where `run_probes` writes the run's probe summary."
     return probes_dir(paths)/'summary.csv'
 
 def target_groups(
@@ -519,29 +555,11 @@ def target_groups(
     for g, spec in (groups or {}).items():
         bad = set(spec) - {'kind', 'column', 'targets', 'modality'}
         if bad or spec.get('kind') not in ('multiclass', 'multilabel') or not spec.get('targets'):
-            raise ConfigError(f"{p}: group '{g}' needs kind (multiclass|multilabel), targets, optional column and modality; got {sorted(spec)}")
+            raise ConfigError(f"{p}: group '{g}' needs kind (multiclass|multilabel), targets, optional column and "
+                              f"modality; got {sorted(spec)}")
     return groups
 
-def _inputs(paths:RunPaths, enc_id:str)->tuple:
-    "Dense embeddings and slice rows per split."
-    d = {k: split_data(paths, enc_id, k, dense=True) for k in ('train', 'val', 'test')}
-    return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
-
-def probes_artifact(
-    paths:RunPaths, # the run's folders (`Config.paths`)
-    enc_id:str,            # encoder id
-    variant:str='dense',   # an SAE variant, or 'dense' for the probes on raw embeddings
-    config:str|None=None,  # SAE configuration name (None for dense)
-)->Artifact:
-    "Probe results of an encoder's dense embeddings, or of one SAE's codes with its recovery curves (recorded in probes.json)."
-    if variant == 'dense': return Artifact(f'probes/{enc_id}/dense', probes_dir(paths)/enc_id/'dense', ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
-    return Artifact(f'probes/{enc_id}/{variant}/{config}', probes_dir(paths)/enc_id/variant/config,
-                    ('metrics.parquet', 'coefficients.parquet', 'recovery.parquet', 'recovery_summary.parquet'), 'probes.json', step='10_probes')
-
-def _save(art:Artifact, inputs:dict, **tables):
-    for n, t in tables.items(): write_parquet(art.path(f'{n}.parquet'), t)
-    art.commit(inputs)
-
+# %% ../nbs/10_probes.ipynb #ca3fb9d8
 def _curve_job(name, t, auc, rank, Xtr, ytr, evals, solver):
     "One target's recovery curve (a joblib worker)."
     c = recovery_curve(Xtr, ytr, evals, rank, auc, solver=solver)
@@ -551,19 +569,19 @@ def _curve_job(name, t, auc, rank, Xtr, ytr, evals, solver):
 
 class Recovery(NamedTuple):
     "How well one SAE configuration's top features recover the dense probes."
-    curves: pd.DataFrame   # one row per target and number of top features: n_features, converged, val/test ROC-AUC, recovery (val AUC / dense val AUC)
-    summary: pd.DataFrame  # one row per target: dense_val_roc_auc, n_nonzero, max_val_roc_auc and the n_features_<level>pct thresholds
+    curves: pd.DataFrame   # per target and number of top features: n_features, converged, val/test ROC-AUC, recovery
+    summary: pd.DataFrame  # per target: dense_val_roc_auc, n_nonzero, max_val_roc_auc, n_features_<level>pct thresholds
 
 def recover_config(
     evaluation:EvalConfig,       # the `eval` section: min_dense_auc, probe_train_rows, probe_solver
     workers:int,                 # parallel targets; 0 = one per CPU core (`Config.workers`)
     Xs:dict,                     # split -> (N, D) CSR codes of one SAE configuration, rows aligned with `sl`
     sl:dict,                     # split -> slice table rows (the labels)
-    coefs:pd.DataFrame,          # the sparse probes' coefficients of these codes (task, target, rank, feature), ranking the features
-    dense_metrics:pd.DataFrame,  # the dense probes' metrics; their val ROC-AUC picks the targets and is the level to recover
+    coefs:pd.DataFrame,          # the sparse probes' coefficients of these codes (task, target, rank, feature)
+    dense_metrics:pd.DataFrame,  # the dense probes' metrics; their val ROC-AUC picks the targets, the level to recover
     groups:dict=TARGET_GROUPS,   # target groups
 )->Recovery:                     # recovery curves and per-target thresholds
-    "Recovery curves and thresholds of one configuration, for targets with a good enough dense probe (targets in parallel)."
+    "Recovery curves and thresholds of one configuration, for targets with a good enough dense probe (in parallel)."
     dense_val = dense_metrics[dense_metrics.split == 'val'].set_index(['task', 'target']).roc_auc
     def jobs():    # made as they are dispatched: only the row subsets of the targets in flight exist at once
         for name, group, targets in tasks(groups):
@@ -576,78 +594,137 @@ def recover_config(
                 yb = {k: (v == pos).astype(int) for k, v in y.items()}
                 lab = {k: y[k] >= 0 for k in y}
                 if len(rank) == 0 or yb['train'][idx].min() == yb['train'][idx].max(): continue
-                yield delayed(_curve_job)(name, t, auc, rank, Xs['train'][idx], yb['train'][idx], {k: (Xs[k][lab[k]], yb[k][lab[k]]) for k in ('val', 'test')},
+                evals = {k: (Xs[k][lab[k]], yb[k][lab[k]]) for k in ('val', 'test')}
+                yield delayed(_curve_job)(name, t, auc, rank, Xs['train'][idx], yb['train'][idx], evals,
                                           evaluation.probe_solver)
     res = Parallel(n_jobs=workers or -1)(jobs())
-    return Recovery(pd.concat([c for c, _ in res], ignore_index=True) if res else pd.DataFrame(), pd.DataFrame([r for _, r in res]))
-
-def run_probes(
-    paths:RunPaths,        # the run's folders (`Config.paths`)
-    evaluation:EvalConfig, # the `eval` section
-    workers:int=0,         # parallel probes; 0 = one per CPU core (`Config.workers`)
-    force:bool=False,  # refit everything
-)->pd.DataFrame:
-    "Dense and sparse probes plus recovery for every trained configuration; returns the rebuilt summary."
-    log, n_jobs = get_logger('sail.probes'), workers or -1
-    groups, data = target_groups(evaluation), paths.data
-    refs = trained_saes(paths)
-    for enc in sorted({r.encoder for r in refs}):
-        dense = probes_artifact(paths, enc)
-        dinputs = dict(embeddings=embeddings_artifact(data, enc).digest, split=split_artifact(data).digest, eval=evaluation, groups=groups)
-        X = sl = None
-        if force or not dense.fresh(dinputs):
-            log.info(f"{enc}: dense probes")
-            X, sl = _inputs(paths, enc)
-            res = probe_representation(X, sl, True, groups, n_jobs=n_jobs, train_rows=evaluation.probe_train_rows, solver=evaluation.probe_solver)
-            _save(dense, dinputs, metrics=res.metrics, coefficients=res.coefficients)
-        dense_metrics = pd.read_parquet(dense.path('metrics.parquet'))
-        for ref in (r for r in refs if r.encoder == enc):
-            art = probes_artifact(paths, enc, ref.variant, ref.config)
-            inputs = dict(codes=codes_artifact(paths, enc, ref.variant, ref.config).digest, dense=dense.digest)
-            if not force and art.fresh(inputs): continue
-            log.info(f"{ref.name}: sparse probes and recovery")
-            if sl is None: X, sl = _inputs(paths, enc)
-            Xs = {}
-            for k in ('train', 'val', 'test'):
-                d = split_data(paths, enc, k, ref.variant, ref.config, ['modality', 'image_id'])
-                if not np.array_equal(d.rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()): raise ValueError(f"{codes_artifact(paths, enc, ref.variant, ref.config, k).sidecar}: {k} codes are not aligned with the embeddings' slices")
-                Xs[k] = d.codes
-            res = probe_representation(Xs, sl, False, groups, n_jobs=n_jobs, train_rows=evaluation.probe_train_rows, solver=evaluation.probe_solver)
-            rec = recover_config(evaluation, workers, Xs, sl, res.coefficients, dense_metrics, groups)
-            _save(art, inputs, metrics=res.metrics, coefficients=res.coefficients, recovery=rec.curves, recovery_summary=rec.summary)
-            stop_point('probes:config')
-    return probe_summary(paths, evaluation)
-
+    return Recovery(pd.concat([c for c, _ in res], ignore_index=True) if res else pd.DataFrame(),
+                    pd.DataFrame([r for _, r in res]))
 
 # %% ../nbs/10_probes.ipynb #d5e9d9ab
-def probe_summary(
+SUMMARY_COLUMNS = ('encoder', 'variant', 'config', 'n_targets', 'n_targets_recovery', 'dense_val_auc', 'sparse_val_auc',
+                   'sparse_pct_of_dense', 'dense_test_auc', 'sparse_test_auc', 'val_auc_at_1', 'val_auc_at_3',
+                   'val_auc_at_10', 'val_auc_at_50', 'mean_n_features')   # summary.csv's columns, in order
+
+def summary_row(
+    ref:SAERef,                  # which SAE
+    metrics:pd.DataFrame,        # its codes' probe metrics
+    dense_metrics:pd.DataFrame,  # its encoder's dense probe metrics
+    recovery:Recovery,           # its recovery curves and per-target thresholds
+    min_dense_auc:float,         # `eval.min_dense_auc`: the targets counted for recovery
+)->dict:                         # keys in the order of SUMMARY_COLUMNS
+    "One configuration's row of summary.csv: mean AUCs dense and sparse, AUC with few features, features to recover."
+    j = metrics.merge(dense_metrics, on=['task', 'target', 'split'], suffixes=('_sparse', '_dense'))
+    v, t = j[j.split == 'val'], j[j.split == 'test']
+    r = dict(encoder=ref.encoder, variant=ref.variant, config=ref.config, n_targets=len(v),
+             n_targets_recovery=len(v[v.roc_auc_dense > min_dense_auc]),
+             dense_val_auc=v.roc_auc_dense.mean(), sparse_val_auc=v.roc_auc_sparse.mean(),
+             sparse_pct_of_dense=100 * v.roc_auc_sparse.mean() / v.roc_auc_dense.mean(),
+             dense_test_auc=t.roc_auc_dense.mean(), sparse_test_auc=t.roc_auc_sparse.mean())
+    cur, summ = recovery.curves, recovery.summary
+    for n in (1, 3, 10, 50):
+        at_n = len(cur) and 'val_roc_auc' in cur
+        r[f'val_auc_at_{n}'] = cur[cur.n_features == n].val_roc_auc.mean() if at_n else np.nan
+    cols = [c for c in summ.columns if c.startswith('n_features_')]
+    filled = summ[cols].apply(lambda c: c.fillna(c.max() + 1 if c.notna().any() else 100)) if len(summ) else None
+    r['mean_n_features'] = float(filled.to_numpy().mean()) if len(summ) else np.nan
+    return r
+
+# %% ../nbs/10_probes.ipynb #d90d70dd
+class ProbeSettings(NamedTuple):
+    "What the probes of a configuration use besides its codes: the `eval` section and the size of the process pool."
+    evaluation: EvalConfig  # the `eval` section: target_groups, min_dense_auc, probe_train_rows, probe_solver
+    workers: int = 0        # parallel probes and recovery targets; 0 = one per CPU core (`Config.workers`)
+
+class ConfigProbes(NamedTuple):
+    "The probes of one SAE configuration's codes and their performance recovery."
+    metrics: pd.DataFrame           # per task, target and split: ROC-AUC, F1, balanced accuracy (metrics.parquet)
+    coefficients: pd.DataFrame      # the top features of every task and target (coefficients.parquet)
+    recovery: pd.DataFrame          # the recovery curves (recovery.parquet)
+    recovery_summary: pd.DataFrame  # per target: the features needed to recover 50...100 % (recovery_summary.parquet)
+    row: dict                       # the configuration's row of summary.csv (kept in the artifact's record)
+
+def _probe_data(paths:RunPaths, ref:SAERef)->tuple:
+    "Slice rows and codes per split; the codes' rows must be the embeddings' rows the dense probes were fitted on."
+    sl, Xs = {}, {}
+    for k in ('train', 'val', 'test'):
+        sl[k], d = split_data(paths, ref.encoder, k).rows, split_data(paths, ref, k, ['modality', 'image_id'])
+        if not np.array_equal(d.rows.slice_id.to_numpy(), sl[k].slice_id.to_numpy()):
+            where = codes_artifact(paths, ref).sidecar
+            raise ValueError(f"{where}: {k} codes are not aligned with the embeddings' slices")
+        Xs[k] = d.codes
+    return sl, Xs
+
+def probe_config(
+    paths:RunPaths,         # the run's folders (`Config.paths`)
+    ref:SAERef,             # which SAE
+    settings:ProbeSettings, # the `eval` section and the process pool's size
+    device:str='cpu',       # unused: the probes are NumPy and scikit-learn work
+)->ConfigProbes:
+    "The probes of one configuration's codes and their recovery curves (probes and targets in a process pool)."
+    ev, groups, workers = settings.evaluation, target_groups(settings.evaluation), settings.workers
+    dense_metrics = pd.read_parquet(probes_artifact(paths, ref.encoder).path('metrics.parquet'))
+    sl, Xs = _probe_data(paths, ref)
+    res = probe_representation(Xs, sl, False, groups, n_jobs=workers or -1, train_rows=ev.probe_train_rows,
+                               solver=ev.probe_solver)
+    rec = recover_config(ev, workers, Xs, sl, res.coefficients, dense_metrics, groups)
+    return ConfigProbes(res.metrics, res.coefficients, rec.curves, rec.summary,
+                        summary_row(ref, res.metrics, dense_metrics, rec, ev.min_dense_auc))
+
+# %% ../nbs/10_probes.ipynb #4894dc4d
+def _probe_inputs(paths:RunPaths, ref:SAERef, settings:ProbeSettings)->dict:
+    "What makes a configuration's probes stale: its codes and its encoder's dense probes (which record the settings)."
+    return dict(codes=codes_artifact(paths, ref).digest, dense=probes_artifact(paths, ref.encoder).digest)
+
+PROBES = ConfigStep('probes', '10_probes', ConfigProbes, {f'{f}.parquet': f for f in ConfigProbes._fields[:4]},
+                    probe_config, _probe_inputs, summary='row', sidecar='probes.json')   # the row: in the record
+
+def probes_artifact(
     paths:RunPaths,        # the run's folders (`Config.paths`)
-    evaluation:EvalConfig, # the `eval` section (its `min_dense_auc` splits the targets counted for recovery)
-)->pd.DataFrame:
-    "One row per (encoder, variant, config), rebuilt from the per-configuration files; also written to summary.csv."
-    rows = []
-    for ref in trained_saes(paths):
-        enc, var, conf = ref.encoder, ref.variant, ref.config
-        art = probes_artifact(paths, enc, var, conf)
-        if art.record() is None: continue
-        m = pd.read_parquet(art.path('metrics.parquet')); d = pd.read_parquet(probes_artifact(paths, enc).path('metrics.parquet'))
-        j = m.merge(d, on=['task', 'target', 'split'], suffixes=('_sparse', '_dense'))
-        v = j[j.split == 'val']; good = v[v.roc_auc_dense > evaluation.min_dense_auc]
-        r = dict(encoder=enc, variant=var, config=conf, n_targets=len(v), n_targets_recovery=len(good),
-                 dense_val_auc=v.roc_auc_dense.mean(), sparse_val_auc=v.roc_auc_sparse.mean(),
-                 sparse_pct_of_dense=100 * v.roc_auc_sparse.mean() / v.roc_auc_dense.mean(),
-                 dense_test_auc=j[j.split == 'test'].roc_auc_dense.mean(), sparse_test_auc=j[j.split == 'test'].roc_auc_sparse.mean())
-        cur = pd.read_parquet(art.path('recovery.parquet'))
-        for n in (1, 3, 10, 50):
-            r[f'val_auc_at_{n}'] = cur[cur.n_features == n].val_roc_auc.mean() if len(cur) and 'val_roc_auc' in cur else np.nan
-        summ = pd.read_parquet(art.path('recovery_summary.parquet'))
-        cols = [c for c in summ.columns if c.startswith('n_features_')]
-        if len(summ):
-            filled = summ[cols].apply(lambda c: c.fillna(c.max() + 1 if c.notna().any() else 100))
-            r['mean_n_features'] = float(filled.to_numpy().mean())
-        else: r['mean_n_features'] = np.nan
-        rows.append(r)
-    table = pd.DataFrame(rows)
-    if len(table):
-        write_csv(summary_csv(paths), table)
+    source:'str|SAERef',   # an encoder id (the probes of its embeddings), or an SAE (the probes of its codes)
+)->Artifact:
+    "The probes of an encoder's dense embeddings (recorded in probes.json), or of one SAE's codes with its recovery."
+    if isinstance(source, SAERef): return PROBES.artifact(paths, source)
+    return Artifact(f'probes/{source}/dense', probes_dir(paths)/source/'dense',
+                    ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
+
+# %% ../nbs/10_probes.ipynb #e2966de1
+def _dense_data(paths:RunPaths, encoder:str)->tuple:
+    "Dense embeddings and slice rows per split."
+    d = {k: split_data(paths, encoder, k, dense=True) for k in ('train', 'val', 'test')}
+    return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
+
+def probe_dense(
+    paths:RunPaths,         # the run's folders (`Config.paths`)
+    encoder:str,            # encoder id
+    settings:ProbeSettings, # the `eval` section and the process pool's size
+    force:bool=False,       # refit even when fresh
+)->Artifact:                # its metrics.parquet and coefficients.parquet
+    "The probes of one encoder's dense embeddings (standardised), fitted unless fresh."
+    ev, groups, data = settings.evaluation, target_groups(settings.evaluation), paths.data
+    art = probes_artifact(paths, encoder)
+    inputs = dict(embeddings=embeddings_artifact(data, encoder).digest, split=split_artifact(data).digest, eval=ev,
+                  groups=groups)
+    if force or not art.fresh(inputs):
+        get_logger('sail.probes').info(f"{encoder}: dense probes")
+        X, sl = _dense_data(paths, encoder)
+        res = probe_representation(X, sl, True, groups, n_jobs=settings.workers or -1, train_rows=ev.probe_train_rows,
+                                   solver=ev.probe_solver)
+        for name in ('metrics', 'coefficients'): write_parquet(art.path(f'{name}.parquet'), getattr(res, name))
+        art.commit(inputs)
+    return art
+
+def run_probes(
+    paths:RunPaths,            # the run's folders (`Config.paths`)
+    evaluation:EvalConfig,     # the `eval` section
+    compute:Compute=Compute(), # the run's device, workers (the process pool of every probe fit) and executor
+    force:bool=False,          # refit everything
+)->pd.DataFrame:               # one row per configuration (SUMMARY_COLUMNS), as written to summary.csv
+    "Dense probes of every encoder with trained SAEs, then probes and recovery of every configuration; the summary."
+    refs, settings = trained_saes(paths), ProbeSettings(evaluation, compute.workers)
+    for enc in sorted({r.encoder for r in refs}): probe_dense(paths, enc, settings, force)
+    table = PROBES.run(paths, refs, settings, compute, force).table
+    if not len(table): return table
+    table = table[list(SUMMARY_COLUMNS)]   # a fresh configuration's row comes back from its record with sorted keys
+    write_csv(summary_csv(paths), table)
     return table

@@ -56,6 +56,7 @@ class ConfigStep:
     summary: str|None = None  # the field holding the configuration's row(s) of the step's table (dict or DataFrame);
                               # a dict field that no file holds is kept in the artifact's record instead
     base: str = 'results'     # the run's top folder: results/<name>/<ref.name>, or codes/<ref.name> for 'codes'
+    sidecar: str = 'artifact.json'  # the artifact's record, beside the files
 
     def folder(self,
         paths:RunPaths, # the run's folders
@@ -69,8 +70,8 @@ class ConfigStep:
         paths:RunPaths, # the run's folders
         ref:SAERef,     # which SAE
     )->Artifact:
-        "One configuration's files, recorded in `artifact.json` beside them."
-        return Artifact(f'{self.name}/{ref.name}', self.folder(paths, ref), tuple(self.files), step=self.notebook)
+        "One configuration's files, recorded in the sidecar (`artifact.json`) beside them."
+        return Artifact(f'{self.name}/{ref.name}', self.folder(paths, ref), tuple(self.files), self.sidecar, self.notebook)
 
 # %% ../nbs/08a_steps.ipynb #facf8c6c
 @patch

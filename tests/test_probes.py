@@ -1,5 +1,6 @@
 "Probe defects of the reference, fixed: class columns, 2-class counting, modality-restricted targets, idempotent summaries."
 import numpy as np, pandas as pd, pytest, scipy.sparse as sp
+from pathlib import Path
 from sail.probes import (task_labels, tasks, task_metrics, fit_probe, target_coefficients, probe_representation,
                          recovery_thresholds, TARGET_GROUPS)
 
@@ -108,3 +109,47 @@ def test_probe_solver_is_a_checked_setting(tmp_path, make_config):
     assert make_config(check_paths=False).eval.probe_solver == 'newton'     # a clean clone has no data/TotalSegmentator
     with pytest.raises(ConfigError, match="'eval.probe_solver' must be one of \\['newton', 'saga'\\]"):
         make_config(check_paths=False, eval={'probe_solver': 'adam'})
+
+def check_probes_step(src_run:Path, src_config:Path, tmp_path:Path):
+    """Run the probes step on a copy of a finished run without its probes: the same bytes as the run's own, a rerun
+    that refits nothing, every summary row as pandas computes it from the files, and `PROBES.load` reading them back."""
+    import shutil, uuid, yaml
+    from conftest import ROOT
+    from sail.config import load_config
+    from sail.train import trained_saes
+    from sail.probes import run_probes, probes_artifact, PROBES, SUMMARY_COLUMNS
+    name = f'_pytest_probes_{uuid.uuid4().hex[:8]}'
+    run = ROOT/'runs'/name
+    shutil.copytree(src_run, run, ignore=shutil.ignore_patterns('notebooks', 'sail-run.lock'))
+    shutil.rmtree(run/'results'/'probes')
+    p = tmp_path/f'{name}.yaml'; p.write_text(yaml.safe_dump(yaml.safe_load(src_config.read_text()) | {'name': name}))
+    try:
+        c = load_config(p)
+        table = run_probes(c.paths, c.eval, c.compute)
+        refs, out, want = trained_saes(c.paths), run/'results'/'probes', src_run/'results'/'probes'
+        assert table.columns.tolist() == list(SUMMARY_COLUMNS) and len(table) == len(refs) > 0
+        made = sorted(f.relative_to(out) for f in out.rglob('*') if f.suffix in ('.parquet', '.csv'))
+        assert made == sorted(f.relative_to(want) for f in want.rglob('*') if f.suffix in ('.parquet', '.csv'))
+        for rel in made: assert (out/rel).read_bytes() == (want/rel).read_bytes(), f"{rel} differs"
+        records = {f: f.stat().st_mtime_ns for f in out.rglob('*.json')}
+        again = run_probes(c.paths, c.eval, c.compute)
+        assert {f: f.stat().st_mtime_ns for f in out.rglob('*.json')} == records   # nothing refitted or recommitted
+        pd.testing.assert_frame_equal(again, table)
+        for i, (ref, row) in enumerate(zip(refs, table.itertuples())):
+            m = pd.read_parquet(out/ref.encoder/ref.variant/ref.config/'metrics.parquet')
+            d = pd.read_parquet(out/ref.encoder/'dense'/'metrics.parquet')
+            v = m[m.split == 'val'].merge(d[d.split == 'val'], on=['task', 'target'], suffixes=('_s', '_d'))
+            assert (row.encoder, row.variant, row.config) == (ref.encoder, ref.variant, ref.config)
+            assert row.n_targets == len(v)
+            assert np.isclose(row.sparse_pct_of_dense, 100 * v.roc_auc_s.mean() / v.roc_auc_d.mean())
+            loaded = PROBES.load(c.paths, ref)
+            recovery = pd.read_parquet(probes_artifact(c.paths, ref).path('recovery.parquet'))
+            pd.testing.assert_frame_equal(loaded.recovery, recovery)
+            pd.testing.assert_frame_equal(pd.DataFrame([loaded.row])[list(SUMMARY_COLUMNS)],
+                                          table.iloc[[i]].reset_index(drop=True))
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+def test_run_probes_on_the_smoke_run(smoke_run, tmp_path):
+    "The probes step, rerun on a copy of the smoke run (see `check_probes_step`)."
+    check_probes_step(smoke_run.run, smoke_run.config, tmp_path)
