@@ -71,7 +71,7 @@ def mini_copy(mini, tmp_path) -> Path:
 import json, subprocess, sys
 from types import SimpleNamespace
 
-SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+SAIL = [sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())']
 SMOKE_YAML = """name: {name}
 workers: 2
 data: {{totalseg_root: {tmp}/TotalSegmentator, dir: {tmp}/data}}

@@ -108,7 +108,7 @@ def test_failing_cell_names_step_cell_and_error_and_stops_the_kernel(tmp_path):
 
 # ---------------------------------------------------------------- killing `sail run`
 
-WRAPPER = "import os, sys; os.environ['SAIL_STOP_PID'] = str(os.getpid()); from sail.pipeline import main; sys.exit(main(sys.argv[1:]))"
+WRAPPER = "import os, sys; os.environ['SAIL_STOP_PID'] = str(os.getpid()); from sail.cli import main; sys.exit(main(sys.argv[1:]))"
 
 def sail_run(cfg:Path, env:dict|None=None, timeout:float=600)->subprocess.CompletedProcess:
     "`sail run cfg --steps demo slices`, the driver telling its kernels its own pid as `SAIL_STOP_PID`."

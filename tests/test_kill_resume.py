@@ -1,8 +1,11 @@
-"Kill-and-resume for the codes, evaluation and interpretation steps: killed at a deterministic item, resumed, byte-identical to the uninterrupted run."
-import shutil, uuid, yaml
+"""Kill-and-resume for the codes, evaluation and interpretation steps: killed at a deterministic item, resumed,
+byte-identical to the uninterrupted run. And `sail run` dies as one: killed outright, its kernel and the kernel's
+workers end with it; while it lives, a second `sail run` of the same run is refused."""
+import json, os, secrets, shutil, signal, subprocess, sys, time, uuid, yaml
 from pathlib import Path
 import pytest
-from conftest import kill_at, ROOT
+from conftest import kill_at, ROOT, SMOKE_YAML
+from sail.pipeline import run_lock
 
 STEPS = {  # step: (stop point, call, output folder under the run, files compared)
     'codes': ('codes:split', 'from sail.codes import write_codes; from sail.train import trained_saes; [write_codes(c.paths, c.sae, c.device, r.encoder, r.variant, r.config) for r in trained_saes(c.paths)]', 'codes', ['train.parquet', 'train.stats.parquet', 'val.parquet', 'val.stats.parquet', 'test.parquet', 'test.stats.parquet']),
@@ -39,3 +42,97 @@ def test_killed_step_resumes_identically(smoke_run, tmp_path, step):
         assert compared >= len(files)
     finally:
         shutil.rmtree(run, ignore_errors=True)
+
+# ---------------------------------------------------------------- `sail run` dies as one, and has one writer
+
+TOKEN = 'SAIL_TEST_TOKEN'
+DRIVER = ("import os, sys; os.environ['SAIL_STOP_PID'] = str(os.getpid())\n"   # the stop point kills the driver
+          "from sail.cli import main; sys.exit(main(sys.argv[1:]))")
+
+def processes_with(token:str)->list:
+    "Pids of live processes (not zombies) whose environment has `SAIL_TEST_TOKEN=token`."
+    found, needle = [], f'\0{TOKEN}={token}\0'.encode()
+    for d in Path('/proc').iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if needle not in b'\0' + (d/'environ').read_bytes(): continue
+            state = (d/'stat').read_text().rsplit(')', 1)[1].split()[0]
+        except OSError: continue
+        if state not in ('Z', 'X'): found.append(int(d.name))
+    return found
+
+def none_left(token:str, within:float)->list:
+    "Pids still alive with `token` after up to `within` seconds."
+    deadline = time.monotonic() + within
+    while (left := processes_with(token)) and time.monotonic() < deadline: time.sleep(0.05)
+    return left
+
+def clean_env(**more)->dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith('SAIL_STOP_')} | more
+
+def start_driver(cfg:Path, out:Path, **env)->subprocess.Popen:
+    "`sail run cfg --steps slices --force` in its own session, telling its kernel its pid; output to files (no pipes)."
+    return subprocess.Popen([sys.executable, '-c', DRIVER, 'run', str(cfg), '--steps', 'slices', '--force'], cwd=ROOT,
+                            env=clean_env(**env), stdout=open(out/'stdout', 'w'), stderr=open(out/'stderr', 'w'),
+                            start_new_session=True)
+
+def sail_run(cfg:Path, *steps:str, timeout:float=900)->subprocess.CompletedProcess:
+    "`sail run cfg --steps *steps`, to the end."
+    return subprocess.run([sys.executable, '-c', DRIVER, 'run', str(cfg), '--steps', *steps], capture_output=True,
+                          text=True, cwd=ROOT, env=clean_env(), timeout=timeout)
+
+def files(folder:Path)->dict:
+    "Every file under `folder` with its size and modification time."
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*') if p.is_file()}
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    "A smoke configuration whose demo dataset is built (`sail run --steps demo`); (config, tmp folder, run folder)."
+    tmp = tmp_path_factory.mktemp('dies')
+    name = f'_pytest_dies_{uuid.uuid4().hex[:8]}'
+    cfg = tmp/'smoke.yaml'; cfg.write_text(SMOKE_YAML.format(name=name, tmp=tmp))
+    r = sail_run(cfg, 'demo')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    yield cfg, tmp, ROOT/'runs'/name
+    shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+def test_killed_sail_takes_kernel_and_workers_with_it(demo_run, tmp_path):
+    "SIGKILL to `sail run` while its slicing pool works: the kernel and the pool end at once and write nothing more."
+    cfg, tmp, run = demo_run
+    tok = secrets.token_hex(6)
+    p = start_driver(cfg, tmp_path, SAIL_STOP_AT='slices:scan:2', **{TOKEN: tok})   # the kernel kills the driver (-9)
+    try: assert p.wait(timeout=600) == -signal.SIGKILL, (tmp_path/'stderr').read_text()[-3000:]
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    at_kill = files(tmp/'data')
+    left = none_left(tok, within=10)
+    for pid in left: os.kill(pid, signal.SIGKILL)                        # never leave them behind, even on failure
+    assert left == [], f"still running 10 s after the driver was killed: {left}"
+    time.sleep(1)
+    assert files(tmp/'data') == at_kill                                          # nothing written after the kill
+    assert not (tmp/'data'/'slices.parquet').exists()
+    assert json.loads((run/'manifest.json').read_text())['steps']['03_slices']['status'] == 'running'  # no time left
+    r = sail_run(cfg, 'slices')                                          # the lock died with it: the run resumes
+    assert r.returncode == 0 and (tmp/'data'/'slices.parquet').exists(), r.stdout[-2000:] + r.stderr[-3000:]
+
+def test_second_sail_run_is_refused_while_the_first_holds_the_lock(demo_run, tmp_path):
+    cfg, tmp, run = demo_run
+    tok = secrets.token_hex(6)
+    p = start_driver(cfg, tmp_path, SAIL_STOP_AT='slices:scan:1', SAIL_STOP_SIGNAL='STOP', **{TOKEN: tok})   # frozen
+    try:
+        deadline = time.monotonic() + 600
+        state = lambda: Path(f'/proc/{p.pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+        while state() != 'T' and time.monotonic() < deadline:
+            assert p.poll() is None, (tmp_path/'stderr').read_text()[-3000:]
+            time.sleep(0.1)
+        r = sail_run(cfg, 'slices', timeout=300)
+        lines = r.stderr.splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+        lock = run/'sail-run.lock'
+        assert f"{lock}: run '{run.name}' is being written by another `sail run` (pid {p.pid})" in lines[0]
+    finally:
+        os.kill(p.pid, signal.SIGKILL); p.wait(30)
+        left = none_left(tok, within=10)
+        for pid in left: os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with run_lock(run): pass                                                     # free once its holder is gone

@@ -1,5 +1,5 @@
 "The whole pipeline through the notebook executor and the `sail` command, at smoke size."
-import json, shutil, sys
+import ast, json, re, shutil, sys
 from pathlib import Path
 import pandas as pd, pytest, nbformat
 from sail.core import project_root
@@ -92,8 +92,15 @@ def test_failing_step_names_notebook_and_cell(tmp_path):
     cfg.write_text(f"name: {name}\ndata: {{totalseg_root: {tmp_path}/TotalSegmentator, dir: {tmp_path}/data}}\n")
     try:
         r = _run('run', str(cfg), '--steps', 'demo', 'slices', 'split')
-        assert r.returncode == 1
+        assert r.returncode == 2                                            # a step failed on an error the user can fix
         assert 'step 03_slices failed in cell' in r.stderr and 'DataFormatError' in r.stderr and 'CT_Dataset_v201' in r.stderr
+        assert 'Traceback' not in r.stderr
+        # the message names the function that raised, with file and line: that line is a `raise` inside that function
+        func, file, line = re.search(r"raised in `(\w+)` \((sail/\w+\.py):(\d+)\)", r.stderr).groups()
+        src = (ROOT/file).read_text()
+        assert 'raise' in src.splitlines()[int(line) - 1]
+        assert any(isinstance(n, ast.FunctionDef) and n.name == func and n.lineno <= int(line) <= n.end_lineno
+                   for n in ast.walk(ast.parse(src)))
         kept = ROOT/'runs'/name/'notebooks'/'03_slices.ipynb'
         assert kept.exists() and str(kept) in r.stderr
         m = json.loads((ROOT/'runs'/name/'manifest.json').read_text())
@@ -104,6 +111,6 @@ def test_failing_step_names_notebook_and_cell(tmp_path):
 def test_cli_reports_bad_config(tmp_path):
     (tmp_path/'bad.yaml').write_text("name: x\nsplit: {seed: forty-two}\n")
     r = _run('run', str(tmp_path/'bad.yaml'))
-    assert r.returncode == 1 and "'split.seed' must be int" in r.stderr
+    assert r.returncode == 2 and "'split.seed' must be int" in r.stderr and len(r.stderr.splitlines()) == 1
     r = _run('run', 'smoke', '--steps', 'slicse')
-    assert r.returncode == 1 and 'unknown step' in r.stderr
+    assert r.returncode == 2 and 'unknown step' in r.stderr and len(r.stderr.splitlines()) == 1
