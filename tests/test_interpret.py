@@ -5,8 +5,8 @@ from sail.config import load_config
 from sail.split import scan_index
 from sail.retrieval import fingerprints, k_sweep, top_distinct, Bank, sweep_similarity, SIM_DECIMALS
 from sail.autointerp import (parse_ranking, GenerationCache, MetadataBackend, describe_prompt, judge_prompt, sample_records,
-                             interpret_config, tiny_gemma3, autointerp_artifact)
-from sail.language import EmbeddingMatcher, parse_feature_choice, language_config
+                             AUTOINTERP, AutointerpSettings, tiny_gemma3, autointerp_artifact)
+from sail.language import EmbeddingMatcher, parse_feature_choice, LANGUAGE
 from sail.ranking import selected_configs
 from conftest import ROOT, SMOKE_YAML
 
@@ -106,6 +106,43 @@ def test_streamed_search_equals_full_matrix():
     for (k, _, sim), (_, _, rows, _) in zip(sweep_similarity(Bank(codes), fi, fv, [1, 3, 10]), streamed):
         assert rows.tolist() == top_distinct(sim, scan, 5, scan[:20])[0].tolist()
 
+def _retrieval_step_checks(cfg):
+    "The retrieval step on a finished run, checked against the definitions recomputed here with NumPy."
+    from sail.retrieval import RETRIEVAL, run_retrieval, retrieve_config, split_inputs, grid_data, retrieval_dir
+    shutil.rmtree(retrieval_dir(cfg.paths), ignore_errors=True)
+    refs = selected_configs(cfg.paths, cfg.interpret)
+    summaries = run_retrieval(cfg.paths, cfg.retrieval, cfg.interpret, cfg.compute)
+    made = sorted(set(zip(summaries.encoder, summaries.variant, summaries.config)))
+    assert made == sorted((r.encoder, r.variant, r.config) for r in refs)
+    ref = refs[0]; folder = RETRIEVAL.folder(cfg.paths, ref)
+    again = retrieve_config(cfg.paths, ref, cfg.retrieval, 'cpu')                  # the pure compute gives the files
+    pd.testing.assert_frame_equal(pd.read_parquet(folder/'per_reference.parquet'), again.per_reference)
+    assert json.loads((folder/'retrieval.json').read_text()) == again.info
+    d = split_inputs(cfg.paths, ref, cfg.retrieval.split)
+    Xn = d.dense / np.linalg.norm(d.dense, axis=1, keepdims=True)
+    pos = pd.Series(np.arange(len(d.rows)), index=d.rows.slice_id.to_numpy()); scan = scan_index(d.rows)
+    hits, per_ref = pd.read_parquet(folder/'retrieved.parquet'), pd.read_parquet(folder/'per_reference.parquet')
+    a, b = pos[hits.reference_slice_id].to_numpy(), pos[hits.slice_id].to_numpy()
+    assert np.allclose((Xn[a] * Xn[b]).sum(1), hits.dense_cosine, atol=1e-5)           # dense cosine, recomputed
+    assert (scan[a] != scan[b]).all()                                                    # never the reference's scan
+    want = hits.groupby(['method', 'k', 'reference_slice_id']).dense_cosine.mean()
+    got = per_ref.set_index(['method', 'k', 'reference_slice_id']).quality_mean.loc[want.index]
+    assert np.allclose(got, want, atol=1e-6)                                             # quality = mean of the cosines
+    assert len(per_ref.reference_slice_id.unique()) == min(cfg.retrieval.n_references, len(d.rows))
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    rerun = run_retrieval(cfg.paths, cfg.retrieval, cfg.interpret, cfg.compute)      # every configuration fresh
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    pd.testing.assert_frame_equal(rerun, summaries, check_dtype=False)                 # read back from summary.csv
+    grid = grid_data(cfg.paths, cfg.retrieval, refs[:1])
+    fig_rows = split_inputs(cfg.paths, ref, cfg.retrieval.figure_split).rows
+    assert set(grid.reference) | set(grid.slice_id.dropna()) <= set(fig_rows.slice_id)
+    assert (grid[grid.kind == 'feature'].groupby('reference').size() <= cfg.retrieval.figure_k).all()
+
+@pytest.mark.xdist_group('smoke')
+def test_retrieval_step_on_a_finished_run(run_copy):
+    "run_retrieval writes what retrieve_config computes, true to the definitions; a rerun finds every SAE fresh."
+    _retrieval_step_checks(run_copy())
+
 # ---------------------------------------------------------------- the judge parser and the cache
 
 @pytest.mark.parametrize('reply,want', [
@@ -180,32 +217,32 @@ def run_copy(smoke_run, tmp_path):
 def test_transformers_autointerp_reports_parse_failures(run_copy, tmp_path):
     vlm = tiny_gemma3(tmp_path/'vlm')                                       # real Gemma 3 classes, random weights, no download
     cfg = run_copy(autointerp=dict(backend='transformers', model=str(vlm), n_features=3, judge_retries=1, max_new_tokens=12, judge_max_new_tokens=8))
-    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
-    m = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)
+    ref, settings = selected_configs(cfg.paths, cfg.interpret)[0], AutointerpSettings(cfg.autointerp, cfg.eval)
+    m = AUTOINTERP.make(cfg.paths, ref, settings, cfg.device, force=True).metrics
     assert m['describer'] == f'transformers:{vlm}' and m['judge'] == f'transformers:{vlm}'
     assert m['n_features'] == 3 and m['n_parse_failures'] == 3 and m['n_evaluated'] == 0     # noise never parses ...
-    d = pd.read_parquet(autointerp_artifact(cfg.paths, enc, var, conf).path('descriptions.parquet'))
+    d = pd.read_parquet(autointerp_artifact(cfg.paths, ref).path('descriptions.parquet'))
     assert d.true_rank.isna().all() and (d.attempts == 2).all() and not d.parse_ok.any()    # ... and is never given a random rank
     assert m['cache_misses'] > 0
-    again = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)                               # a rerun costs no generation
+    again = AUTOINTERP.make(cfg.paths, ref, settings, cfg.device, force=True).metrics      # a rerun costs no generation
     assert again['cache_misses'] == 0 and again['cache_hits'] == m['cache_hits'] + m['cache_misses']
 
 @pytest.mark.xdist_group('smoke')
 def test_a_feature_without_enough_distractors_is_a_recorded_failure_not_a_judged_one(run_copy):
     cfg = run_copy(autointerp=dict(backend='metadata', n_features=4, min_active=10**9))   # no feature is an eligible distractor
-    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
-    m = interpret_config(cfg.paths, cfg.autointerp, cfg.eval, cfg.device, enc, var, conf, force=True)
+    ref = selected_configs(cfg.paths, cfg.interpret)[0]
+    m = AUTOINTERP.make(cfg.paths, ref, AutointerpSettings(cfg.autointerp, cfg.eval), cfg.device, force=True).metrics
     assert m['n_evaluated'] == m['n_features'] == 0 and m['n_failed'] == 4                     # every chosen feature failed, and says why
     assert all('the judge needs 4 distractors' in f['reason'] for f in m['failures'])
-    assert len(pd.read_parquet(autointerp_artifact(cfg.paths, enc, var, conf).path('descriptions.parquet'))) == 0   # nothing judged against fewer options
+    assert len(pd.read_parquet(autointerp_artifact(cfg.paths, ref).path('descriptions.parquet'))) == 0   # nothing judged against fewer options
 
 @pytest.mark.xdist_group('smoke')
 def test_llm_matcher_failures_are_recorded(run_copy, tmp_path):
     llm = tiny_gemma3(tmp_path/'llm', vision=False)
     cfg = run_copy(language=dict(matchers=['llm'], llm_model=str(llm), retries=2, max_new_tokens=10, slices_per_scan=3))
-    enc, var, conf = selected_configs(cfg.paths, cfg.interpret)[0]
-    ev = language_config(cfg.paths, cfg.language, cfg.device, enc, var, conf, force=True)
-    side = json.loads((cfg_dir := ROOT/'runs'/cfg.name/'results'/'language'/enc/var/conf/'language.json').read_text())
+    ref = selected_configs(cfg.paths, cfg.interpret)[0]
+    ev = LANGUAGE.make(cfg.paths, ref, cfg.language, cfg.device, force=True).evaluation
+    side = json.loads((ROOT/'runs'/cfg.name/'results'/'language'/ref.encoder/ref.variant/ref.config/'language.json').read_text())
     assert (~ev.matched).all() and len(side['failures']) == len(ev)                           # every query failed, and says so
     assert all('no valid feature choice' in f['reason'] or 'no described feature' in f['reason'] for f in side['failures'])
 
