@@ -8,11 +8,17 @@ from conftest import kill_at, ROOT, SMOKE_YAML
 from sail.pipeline import run_lock
 
 STEPS = {  # step: (stop point, call, output folder under the run, files compared)
-    'codes': ('codes:split', 'from sail.codes import write_codes; from sail.train import trained_saes; [write_codes(c.paths, c.sae, c.device, r.encoder, r.variant, r.config) for r in trained_saes(c.paths)]', 'codes', ['train.parquet', 'train.stats.parquet', 'val.parquet', 'val.stats.parquet', 'test.parquet', 'test.stats.parquet']),
-    'probes': ('probes:config', 'from sail.probes import run_probes; run_probes(c.paths, c.eval, c.workers)', 'results/probes', ['metrics.parquet', 'coefficients.parquet', 'recovery.parquet', 'recovery_summary.parquet']),
-    'retrieval': ('retrieval:config', 'from sail.retrieval import run_retrieval; run_retrieval(c.paths, c.retrieval, c.interpret, c.device)', 'results/retrieval', ['per_reference.parquet', 'retrieved.parquet', 'summary.csv', 'retrieval.json']),
-    'autointerp': ('autointerp:feature', 'from sail.autointerp import run_autointerp; run_autointerp(c.paths, c.autointerp, c.eval, c.interpret, c.device)', 'results/autointerp', ['descriptions.parquet', 'samples.parquet', 'selected_features.csv']),
-    'language': ('language:config', 'from sail.language import run_language; run_language(c.paths, c.language, c.interpret, c.device)', 'results/language', ['matches.parquet', 'retrieved.parquet', 'evaluation.csv']),
+    'codes': ('codes:config', 'from sail.codes import write_codes; write_codes(c.paths, c.sae, c.compute)', 'codes',
+              ['train.parquet', 'train.stats.parquet', 'val.parquet', 'val.stats.parquet', 'test.parquet', 'test.stats.parquet']),
+    'probes': ('probes:config', 'from sail.probes import run_probes; run_probes(c.paths, c.eval, c.compute)', 'results/probes',
+               ['metrics.parquet', 'coefficients.parquet', 'recovery.parquet', 'recovery_summary.parquet']),
+    'retrieval': ('retrieval:config', 'from sail.retrieval import run_retrieval; run_retrieval(c.paths, c.retrieval, c.interpret, c.compute)',
+                  'results/retrieval', ['per_reference.parquet', 'retrieved.parquet', 'summary.csv', 'retrieval.json']),
+    'autointerp': ('autointerp:feature', 'from sail.autointerp import run_autointerp; '
+                   'run_autointerp(c.paths, c.autointerp, c.eval, c.interpret, c.compute)', 'results/autointerp',
+                   ['descriptions.parquet', 'samples.parquet', 'selected_features.csv']),
+    'language': ('language:config', 'from sail.language import run_language; run_language(c.paths, c.language, c.interpret, c.compute)',
+                 'results/language', ['matches.parquet', 'retrieved.parquet', 'evaluation.csv']),
 }
 
 @pytest.mark.parametrize('step', list(STEPS))
