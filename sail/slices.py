@@ -4,17 +4,19 @@
 
 # %% auto #0
 __all__ = ['KEY_COLUMNS', 'IMAGE_COLUMNS', 'SCAN_COLUMNS', 'SLICE_COLUMNS', 'PARTS', 'list_scans', 'assemble', 'scan_settings',
-           'scan_inputs', 'scan_part', 'slices_artifact', 'slice_dataset', 'load_slices', 'slice_image', 'thumbnail',
-           'image_data_uri']
+           'scan_inputs', 'scan_part', 'slices_artifact', 'SliceReport', 'slice_dataset', 'load_slices', 'slice_image',
+           'thumbnail', 'image_data_uri']
 
 # %% ../nbs/03_slices.ipynb #637f4e89
-import os, io, json, base64, shutil, dataclasses
+import io, json, base64, shutil, dataclasses
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from PIL import Image
-from .core import Failures, Artifact, RunPaths, run_paths, write_parquet, write_csv, get_logger, record_step, file_stamp
+from .core import (Failures, Artifact, RunPaths, run_paths, write_parquet, write_csv, get_logger, record_step,
+                       file_stamp)
 from .config import Config, Compute, DataConfig, SlicesConfig, dataset_label, load_config
 from .executor import Task, run_stage, crash_point
 from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataFormatError, ScanSettings,
@@ -22,24 +24,25 @@ from .totalseg import (ORGANS, DATASET_DIRS, IMAGE_FILES, METADATA_FIELDS, DataF
 
 # %% ../nbs/03_slices.ipynb #d98c36b1
 def list_scans(
-    totalseg_root:str|Path, # folder holding CT_Dataset_v201/ and/or MRI_Dataset_v200/
-    modalities:list=('ct', 'mri'), # datasets to read
-    failures:Failures|None=None, # where per-scan problems are recorded
-)->pd.DataFrame:  # meta rows with a `scan_dir` column
-    "All scans of the configured datasets with their metadata."
-    root, out = Path(totalseg_root), []
+    totalseg_root:str|Path,         # folder holding CT_Dataset_v201/ and/or MRI_Dataset_v200/
+    modalities:list=('ct', 'mri'),  # datasets to read
+    failures:Failures|None=None,    # where per-scan problems are recorded
+)->pd.DataFrame:                    # meta rows with `scan_dir` and `image_found` columns
+    "Every scan listed in the datasets' meta.csv, with its metadata and whether its image file exists."
+    root, out, failures = Path(totalseg_root), [], Failures() if failures is None else failures
     for m in modalities:
         ds = root/DATASET_DIRS[m]
-        if not ds.is_dir(): raise DataFormatError(f"{ds}: dataset folder not found (expected {DATASET_DIRS[m]}/ under {root})")
+        if not ds.is_dir():
+            raise DataFormatError(f"{ds}: dataset folder not found (expected {DATASET_DIRS[m]}/ under {root})")
         meta = read_meta(ds/'meta.csv', m)
         meta['scan_dir'] = [str(ds/i) for i in meta.image_id]
-        present = meta.scan_dir.map(lambda d: (Path(d)/IMAGE_FILES[m]).exists())
-        for d in meta.scan_dir[~present]:
-            if failures is not None: failures.add(f"{m}/{Path(d).name}", f"{Path(d)/IMAGE_FILES[m]} not found (listed in meta.csv)", 'list')
-        listed = set(meta.image_id)
-        for d in sorted(p for p in ds.iterdir() if p.is_dir() and p.name not in listed and (p/IMAGE_FILES[m]).exists()):
-            if failures is not None: failures.add(f"{m}/{d.name}", f"scan folder {d} is not listed in {ds/'meta.csv'}", 'list')
-        out.append(meta[present])
+        meta['image_found'] = [(ds/i/IMAGE_FILES[m]).exists() for i in meta.image_id]
+        for i in meta.image_id[~meta.image_found]:
+            failures.add(f"{m}/{i}", f"{ds/i/IMAGE_FILES[m]} not found (listed in meta.csv)", 'list')
+        for d in sorted(p for p in ds.iterdir() if p.is_dir() and p.name not in set(meta.image_id)):
+            if (d/IMAGE_FILES[m]).exists():
+                failures.add(f"{m}/{d.name}", f"scan folder {d} is not listed in {ds/'meta.csv'}", 'list')
+        out.append(meta)
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/03_slices.ipynb #619a2702
@@ -47,8 +50,10 @@ KEY_COLUMNS = ['slice_id', 'modality', 'image_id', 'plane', 'slice_index']
 IMAGE_COLUMNS = ['image_path', 'rows', 'cols', 'pixel_mm']
 SCAN_COLUMNS = METADATA_FIELDS + ['age_bin', 'totalseg_split', 'window_centre', 'window_width', 'window_source']
 SLICE_COLUMNS = KEY_COLUMNS + IMAGE_COLUMNS + SCAN_COLUMNS + ORGANS  # the schema of slices.parquet
-_NUMERIC_META = ['age', 'echo_time', 'kvp', 'magnetic_field_strength', 'repetition_time', 'slice_thickness', 'window_centre', 'window_width']
+_NUMERIC_META = ['age', 'echo_time', 'kvp', 'magnetic_field_strength', 'repetition_time', 'slice_thickness',
+                 'window_centre', 'window_width']
 
+# %% ../nbs/03_slices.ipynb #3dcd507b
 def _typed(df:pd.DataFrame)->pd.DataFrame:
     "Give the slice table its declared dtypes (nullable numbers and strings, booleans for organs)."
     for c in SLICE_COLUMNS:
@@ -56,19 +61,21 @@ def _typed(df:pd.DataFrame)->pd.DataFrame:
     df = df[SLICE_COLUMNS].copy()
     for c in _NUMERIC_META + ['pixel_mm']: df[c] = pd.to_numeric(df[c]).astype('Float64')
     for c in ['slice_index', 'rows', 'cols']: df[c] = df[c].astype('int32')
-    for c in set(SLICE_COLUMNS) - set(_NUMERIC_META) - set(ORGANS) - {'slice_index', 'rows', 'cols', 'pixel_mm'}: df[c] = df[c].astype('string')
+    text = set(SLICE_COLUMNS) - set(_NUMERIC_META) - set(ORGANS) - {'slice_index', 'rows', 'cols', 'pixel_mm'}
+    for c in text: df[c] = df[c].astype('string')
     df[ORGANS] = df[ORGANS].fillna(False).astype(bool)
     return df
 
+# %% ../nbs/03_slices.ipynb #321da177
 def assemble(
-    parts:list,       # (rows DataFrame, scan info dict) per sliced scan
-    scans:pd.DataFrame, # `list_scans` output: metadata per scan
-)->pd.DataFrame:      # the slice table, sorted by modality, image_id, plane, slice_index
+    parts:list,          # (rows DataFrame, scan info dict) per sliced scan
+    scans:pd.DataFrame,  # `list_scans` output: metadata per scan
+)->pd.DataFrame:         # the slice table, sorted by modality, image_id, plane, slice_index
     "Join slice rows with their scan's metadata and window into the typed slice table."
     if not parts: return _typed(pd.DataFrame(columns=SLICE_COLUMNS))
-    rows = pd.concat([r.assign(modality=i['modality'], image_id=i['image_id'], window_centre=i['window_centre'],
-                                window_width=i['window_width'], window_source=i['window_source']) for r, i in parts], ignore_index=True)
-    meta = scans.drop(columns=['scan_dir']).assign(age_bin=lambda d: age_bin(d.age))
+    window = ['modality', 'image_id', 'window_centre', 'window_width', 'window_source']
+    rows = pd.concat([r.assign(**{k: i[k] for k in window}) for r, i in parts], ignore_index=True)
+    meta = scans.drop(columns=['scan_dir', 'image_found'], errors='ignore').assign(age_bin=lambda d: age_bin(d.age))
     df = rows.merge(meta, on=['modality', 'image_id'], how='left', validate='many_to_one')
     df = _typed(df).sort_values(['modality', 'image_id', 'plane', 'slice_index'], kind='stable').reset_index(drop=True)
     dup = df.slice_id[df.slice_id.duplicated()]
@@ -82,35 +89,41 @@ def scan_settings(
     s:SlicesConfig,  # the run's `slices` section
 )->ScanSettings:
     "The per-scan slicing settings of a `slices` section."
-    return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, every=s.every, default_window=tuple(s.default_window))
+    return ScanSettings(ct_planes=list(s.ct_planes), mri_planes=s.mri_planes, trim_empty=s.trim_empty, every=s.every,
+                        default_window=tuple(s.default_window))
 
+# %% ../nbs/03_slices.ipynb #51383da0
 def scan_inputs(
-    scan,                   # a `list_scans` row (from `itertuples`)
+    scan,                   # a `list_scans` row (from `itertuples`) whose image was found
     settings:ScanSettings,  # slicing settings
-)->dict:  # files (name -> [size, mtime_ns]), meta (the meta.csv row), settings
+)->dict:                    # files (name -> [size, mtime_ns]), meta (the meta.csv row), settings
     "Everything slicing one scan reads: its image and mask files, its meta.csv row and the settings."
-    d = Path(scan.scan_dir)
-    files = [d/IMAGE_FILES[scan.modality]] + (sorted((d/'segmentations').iterdir()) if (d/'segmentations').is_dir() else [])
-    meta = {k: (None if pd.isna(v) else v) for k, v in scan._asdict().items() if k not in ('Index', 'scan_dir')}
+    d, seg = Path(scan.scan_dir), Path(scan.scan_dir)/'segmentations'
+    files = [d/IMAGE_FILES[scan.modality]] + (sorted(seg.iterdir()) if seg.is_dir() else [])
+    meta = {k: (None if pd.isna(v) else v) for k, v in scan._asdict().items()
+            if k not in ('Index', 'scan_dir', 'image_found')}
     return dict(files={f.relative_to(d).as_posix(): file_stamp(f) for f in files}, meta=meta, settings=asdict(settings))
 
+# %% ../nbs/03_slices.ipynb #1775faf5
 def scan_part(
     data_dir:Path,  # processed-data folder
     modality:str,   # 'ct' or 'mri'
     image_id:str,   # the scan's id
 )->Artifact:
-    "The artifact of one sliced scan: its rows under `.slices-parts/` (its PNGs are added to the files when committed)."
+    "The artifact of one sliced scan: its rows under `.slices-parts/` (its PNGs are added when committed)."
     stem = f"{PARTS}/{modality}_{image_id}"
-    return Artifact(f'slices/{modality}/{image_id}', Path(data_dir), (f'{stem}.parquet',), f'{stem}.json', step='03_slices')
+    return Artifact(f'slices/{modality}/{image_id}', Path(data_dir), (f'{stem}.parquet',), f'{stem}.json',
+                    step='03_slices')
 
+# %% ../nbs/03_slices.ipynb #437c0413
 def _slice_to_part(scan_dir:str, modality:str, study_type, settings:ScanSettings, data_dir:str, inputs:dict)->dict:
     "Worker: slice one scan, write its rows, commit its part artifact (rows + PNGs); return the scan's info."
     data_dir = Path(data_dir); image_id = Path(scan_dir).name
     part = scan_part(data_dir, modality, image_id); part.discard()
-    shutil.rmtree(data_dir/'images'/modality/image_id, ignore_errors=True)        # no PNG of an earlier slicing survives
+    shutil.rmtree(data_dir/'images'/modality/image_id, ignore_errors=True)  # no PNG of an earlier slicing survives
     rows, info = slice_scan(scan_dir, modality, data_dir, study_type, settings)
     write_parquet(part.path(part.files[0]), rows)
-    crash_point('slices:rows-written')                                          # test hook: a worker dying mid-scan
+    crash_point('slices:rows-written')                                    # test hook: a worker dying mid-scan
     dataclasses.replace(part, files=(part.files[0], *rows.image_path)).commit(inputs, info)
     return info
 
@@ -120,6 +133,7 @@ def _read_part(part:Artifact):
     if rec is None: return None
     return pd.read_parquet(part.folder/part.files[0]), rec['summary']
 
+# %% ../nbs/03_slices.ipynb #a03b1296
 def _drop_vanished(data_dir:Path, keep:set)->list:
     "Remove the parts and PNGs of scans that are no longer in the dataset; return their names."
     gone = []
@@ -135,74 +149,101 @@ def _drop_vanished(data_dir:Path, keep:set)->list:
 def slices_artifact(
     data_dir:str|Path, # processed-data folder (config `data.dir`)
 )->Artifact:
-    "The slice table of a processed-data folder: slices.parquet, scans.parquet, slice_failures.csv, recorded in slices.json."
-    return Artifact('slices', Path(data_dir), ('slices.parquet', 'scans.parquet', 'slice_failures.csv'), 'slices.json', step='03_slices')
+    "The slice table of a processed-data folder: slices.parquet, scans.parquet and slice_failures.csv (slices.json)."
+    files = ('slices.parquet', 'scans.parquet', 'slice_failures.csv')
+    return Artifact('slices', Path(data_dir), files, 'slices.json', step='03_slices')
 
-def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, compute:Compute, failures:Failures):
+# %% ../nbs/03_slices.ipynb #b64d5e22
+def _run_scans(todo:list, scans:pd.DataFrame, inputs:dict, settings, data_dir:Path, compute:Compute,
+               failures:Failures):
     "Slice the `todo` scans (names 'modality/image_id') through the configured executor, recording failures."
     by_name = {f"{r.modality}/{r.image_id}": r for r in scans.itertuples()}
-    tasks = [Task(n, 'sail.slices:_slice_to_part', (by_name[n].scan_dir, by_name[n].modality, by_name[n].study_type, settings, str(data_dir), inputs[n]))
-             for n in todo]
-    workers = compute.workers or os.cpu_count() or 1
-    return run_stage(tasks, 'slices', compute.executor, failures, workers=workers, desc='slicing scans', unit='scan', after_each='slices:scan', label='slice')
+    def args(r, n): return (r.scan_dir, r.modality, r.study_type, settings, str(data_dir), inputs[n])
+    tasks = [Task(n, 'sail.slices:_slice_to_part', args(by_name[n], n)) for n in todo]
+    return run_stage(tasks, 'slices', compute.executor, failures, workers=compute.processes, desc='slicing scans',
+                     unit='scan', after_each='slices:scan', label='slice')
 
+# %% ../nbs/03_slices.ipynb #81ff76f0
+class SliceReport(NamedTuple):
+    "What `slice_dataset` did: the counts it recorded in slices.json, and what this call sliced and removed."
+    n_scans: int               # scans listed in the configured meta.csv files
+    n_sliced: int              # scans in the slice table (stopped early: scans this call sliced)
+    n_failed: int              # scans recorded in slice_failures.csv
+    n_slices: int              # rows of slices.parquet (0 when stopped early)
+    n_default_window: int      # CT scans of an unknown study type, given the default window
+    slices_per_plane: dict     # 'modality/plane' -> number of slices
+    sliced_now: list           # the scans ('modality/image_id') this call sliced
+    removed: list              # scans no longer in the dataset whose parts and PNGs this call removed
+    executor: str              # where the scans ran, e.g. 'local (2 processes)'
+    stopped_early: bool=False  # `max_scans` stopped the call before the table was written
+
+# %% ../nbs/03_slices.ipynb #6ec391bf
+def _scan_table(scans:pd.DataFrame, loaded:list)->pd.DataFrame:
+    "One row per listed scan: its status ('sliced' or 'failed') and, when sliced, what slicing found."
+    status = scans[['modality', 'image_id']].assign(status=['sliced' if p is not None else 'failed' for p in loaded])
+    info = pd.DataFrame([p[1] for p in loaded if p is not None])
+    if not len(info): return status
+    table = status.merge(info.drop(columns=['planes'], errors='ignore'), on=['modality', 'image_id'], how='left')
+    for c in ['shape', 'voxel_mm']:
+        if c in table: table[c] = table[c].map(lambda v: json.dumps(v) if isinstance(v, list) else None)
+    return table
+
+# %% ../nbs/03_slices.ipynb #b1c01726
+def _finish(data:Path, modalities:list, scans:pd.DataFrame, parts:dict, failures:Failures, settings:ScanSettings)->dict:
+    "Assemble and write the slice table, scan table and failures from the committed parts, unless they are fresh."
+    log, art = get_logger('sail.slices'), slices_artifact(data)
+    recs = {n: p.record() for n, p in parts.items()}
+    inputs = dict(settings=asdict(settings), modalities=list(modalities),
+                  scans={n: r and r['digest'] for n, r in recs.items()}, failures=failures.rows)
+    if art.fresh(inputs):
+        log.info(f"slice table up to date in {data}")
+        if len(failures): failures.report('scans')
+        return art.record()['summary']
+    names = [f"{m}/{i}" for m, i in zip(scans.modality, scans.image_id)]
+    loaded = [_read_part(parts[n]) if n in parts else None for n in names]   # a scan without its image has no part
+    done = [p for p in loaded if p is not None]
+    table = assemble(done, scans)
+    write_parquet(art.path('slices.parquet'), table)
+    write_parquet(art.path('scans.parquet'), _scan_table(scans, loaded))
+    write_csv(art.path('slice_failures.csv'), failures.table())
+    default = sorted(f"{i['modality']}/{i['image_id']}" for _, i in done if i.get('window_source') == 'default')
+    if default: log.warning(f"{len(default)} CT scan(s) of an unknown study type got the default window "
+                            f"{list(settings.default_window)}: {default[:10]}{' ...' if len(default) > 10 else ''}")
+    per_plane = {f'{m}/{p}': int(n) for (m, p), n in table.groupby(['modality', 'plane']).size().items()}
+    summary = dict(n_scans=len(scans), n_sliced=len(done), n_failed=len(failures), n_slices=len(table),
+                   n_default_window=len(default), slices_per_plane=per_plane)
+    msg = failures.report('scans')  # logged as a warning when there are failures
+    if not len(failures): log.info(msg)
+    art.commit(inputs, summary)
+    return summary
 
 # %% ../nbs/03_slices.ipynb #c1736385
 def slice_dataset(
-    paths:RunPaths,          # the run's folders (`Config.paths`): reads `totalseg`, writes `data`
-    dataset:DataConfig,      # the `data` section: which modalities
-    slices:SlicesConfig,     # the `slices` section
-    compute:Compute,         # executor and workers (`Config.compute`)
-    force:bool=False,  # re-slice every scan, even if up to date
-    strict:bool|None=None, # stop at the first failing scan; default `slices.strict`
-    max_scans:int|None=None, # slice at most this many scans, then stop (to test resuming)
-)->dict:  # summary: counts, failures, which scans were sliced this time
+    paths:RunPaths,           # the run's folders (`Config.paths`): reads `totalseg`, writes `data`
+    dataset:DataConfig,       # the `data` section: which modalities
+    slices:SlicesConfig,      # the `slices` section
+    compute:Compute,          # executor and workers (`Config.compute`)
+    force:bool=False,         # re-slice every scan, even if up to date
+    strict:bool|None=None,    # stop at the first failing scan; default `slices.strict`
+    max_scans:int|None=None,  # slice at most this many scans, then stop (to test resuming)
+)->SliceReport:               # counts, and which scans this call sliced and removed
     "Slice the configured data into `data.dir`: exactly the scans whose inputs changed, the failed and the new ones."
     log = get_logger('sail.slices')
     data, settings = paths.data, scan_settings(slices)
     failures = Failures(slices.strict if strict is None else strict)
     scans = list_scans(paths.totalseg, dataset.modalities, failures)
-    inputs = {f"{r.modality}/{r.image_id}": scan_inputs(r, settings) for r in scans.itertuples()}
+    inputs = {f"{r.modality}/{r.image_id}": scan_inputs(r, settings) for r in scans[scans.image_found].itertuples()}
     parts = {n: scan_part(data, *n.split('/', 1)) for n in inputs}
     todo = [n for n in inputs if force or not parts[n].fresh(inputs[n])]
     vanished = _drop_vanished(data, set(inputs))
-    log.info(f"{len(scans)} scans: {len(scans) - len(todo)} up to date, {len(todo)} to slice"
+    log.info(f"{len(scans)} scans: {len(inputs) - len(todo)} up to date, {len(todo)} to slice"
              + (f"; removed {len(vanished)} no longer in the dataset" if vanished else ''))
     run = todo if max_scans is None else todo[:max_scans]
     stage = _run_scans(run, scans, inputs, settings, data, compute, failures)
-    if len(run) < len(todo): return dict(stopped_early=True, n_sliced=len(run))
-    return _finish(data, dataset.modalities, scans, parts, failures, settings) | dict(sliced_now=run, removed=vanished, executor=stage.executor)
-
-# %% ../nbs/03_slices.ipynb #6ec391bf
-def _finish(data:Path, modalities:list, scans:pd.DataFrame, parts:dict, failures:Failures, settings:ScanSettings)->dict:
-    log = get_logger('sail.slices')
-    art = slices_artifact(data)
-    recs = {n: p.record() for n, p in parts.items()}
-    inputs = dict(settings=asdict(settings), modalities=list(modalities), scans={n: r and r['digest'] for n, r in recs.items()},
-                  failures=failures.rows)
-    if art.fresh(inputs):
-        log.info(f"slice table up to date in {data}")
-        if len(failures): failures.report('scans')
-        return art.record()['summary']
-    loaded = [_read_part(parts[n]) for n in recs]
-    done = [p for p in loaded if p is not None]
-    table = assemble(done, scans)
-    info = pd.DataFrame([i for _, i in done])
-    status = scans[['modality', 'image_id']].assign(status=['sliced' if p is not None else 'failed' for p in loaded])
-    scan_table = status.merge(info.drop(columns=['planes'], errors='ignore'), on=['modality', 'image_id'], how='left') if len(info) else status
-    for c in ['shape', 'voxel_mm']:
-        if c in scan_table: scan_table[c] = scan_table[c].map(lambda v: json.dumps(v) if isinstance(v, list) else None)
-    write_parquet(art.path('slices.parquet'), table)
-    write_parquet(art.path('scans.parquet'), scan_table)
-    write_csv(art.path('slice_failures.csv'), failures.table())
-    default = sorted(f"{i['modality']}/{i['image_id']}" for _, i in done if i.get('window_source') == 'default')
-    if default: log.warning(f"{len(default)} CT scan(s) of an unknown study type got the default window {list(settings.default_window)}: {default[:10]}{' ...' if len(default) > 10 else ''}")
-    summary = dict(n_scans=len(scans), n_sliced=len(done), n_failed=len(failures), n_slices=len(table), n_default_window=len(default),
-                   slices_per_plane={f'{m}/{p}': int(n) for (m, p), n in table.groupby(['modality', 'plane']).size().items()})
-    msg = failures.report('scans')  # logged as a warning when there are failures
-    if not len(failures): log.info(msg)
-    art.commit(inputs, summary)
-    return summary
+    done = dict(sliced_now=run, removed=vanished, executor=stage.executor)
+    if len(run) < len(todo):
+        return SliceReport(len(scans), len(run), len(failures), 0, 0, {}, **done, stopped_early=True)
+    return SliceReport(**_finish(data, dataset.modalities, scans, parts, failures, settings), **done)
 
 # %% ../nbs/03_slices.ipynb #a0eb78dd
 def load_slices(
@@ -227,14 +268,17 @@ def slice_image(
     if not p.exists(): raise FileNotFoundError(f"{p}: slice image missing (re-run the slices step)")
     with Image.open(p) as im: return im.convert('L')
 
+# %% ../nbs/03_slices.ipynb #44255777
 def thumbnail(
     img:Image.Image,  # an image
     size:int=96,      # length of the longer side in pixels
 )->Image.Image:
     "`img` scaled so that its longer side is `size` pixels."
     w, h = img.size; f = size / max(w, h)
-    return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR if f > 1 else Image.Resampling.LANCZOS)
+    method = Image.Resampling.BILINEAR if f > 1 else Image.Resampling.LANCZOS
+    return img.resize((max(1, round(w * f)), max(1, round(h * f))), method)
 
+# %% ../nbs/03_slices.ipynb #3c6bd2b9
 def image_data_uri(
     img:Image.Image,  # image
     fmt:str='webp',   # 'webp' or 'png'

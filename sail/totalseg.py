@@ -23,55 +23,71 @@ from scipy import ndimage
 from PIL import Image
 
 # %% ../nbs/01_totalseg.ipynb #c470c492
-CT_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right adrenal_gland_left '
- 'lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right lung_middle_lobe_right lung_lower_lobe_right esophagus '
- 'trachea thyroid_gland small_bowel duodenum colon urinary_bladder prostate kidney_cyst_left kidney_cyst_right sacrum '
- 'vertebrae_S1 vertebrae_L5 vertebrae_L4 vertebrae_L3 vertebrae_L2 vertebrae_L1 vertebrae_T12 vertebrae_T11 vertebrae_T10 '
- 'vertebrae_T9 vertebrae_T8 vertebrae_T7 vertebrae_T6 vertebrae_T5 vertebrae_T4 vertebrae_T3 vertebrae_T2 vertebrae_T1 '
- 'vertebrae_C7 vertebrae_C6 vertebrae_C5 vertebrae_C4 vertebrae_C3 vertebrae_C2 vertebrae_C1 heart aorta pulmonary_vein '
- 'brachiocephalic_trunk subclavian_artery_right subclavian_artery_left common_carotid_artery_right '
- 'common_carotid_artery_left brachiocephalic_vein_left brachiocephalic_vein_right atrial_appendage_left '
- 'superior_vena_cava inferior_vena_cava portal_vein_and_splenic_vein iliac_artery_left iliac_artery_right '
- 'iliac_vena_left iliac_vena_right humerus_left humerus_right scapula_left scapula_right clavicula_left clavicula_right '
- 'femur_left femur_right hip_left hip_right spinal_cord gluteus_maximus_left gluteus_maximus_right gluteus_medius_left '
- 'gluteus_medius_right gluteus_minimus_left gluteus_minimus_right autochthon_left autochthon_right iliopsoas_left '
- 'iliopsoas_right brain skull rib_left_1 rib_left_2 rib_left_3 rib_left_4 rib_left_5 rib_left_6 rib_left_7 rib_left_8 '
- 'rib_left_9 rib_left_10 rib_left_11 rib_left_12 rib_right_1 rib_right_2 rib_right_3 rib_right_4 rib_right_5 '
- 'rib_right_6 rib_right_7 rib_right_8 rib_right_9 rib_right_10 rib_right_11 rib_right_12 sternum costal_cartilages').split()
-MRI_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right adrenal_gland_left '
- 'lung_left lung_right esophagus small_bowel duodenum colon urinary_bladder prostate sacrum vertebrae intervertebral_discs '
- 'spinal_cord heart aorta inferior_vena_cava portal_vein_and_splenic_vein iliac_artery_left iliac_artery_right '
- 'iliac_vena_left iliac_vena_right humerus_left humerus_right scapula_left scapula_right clavicula_left clavicula_right '
- 'femur_left femur_right hip_left hip_right gluteus_maximus_left gluteus_maximus_right gluteus_medius_left '
- 'gluteus_medius_right gluteus_minimus_left gluteus_minimus_right autochthon_left autochthon_right iliopsoas_left '
- 'iliopsoas_right brain').split()
+CT_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right '
+ 'adrenal_gland_left lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right '
+ 'lung_middle_lobe_right lung_lower_lobe_right esophagus trachea thyroid_gland small_bowel duodenum '
+ 'colon urinary_bladder prostate kidney_cyst_left kidney_cyst_right sacrum vertebrae_S1 vertebrae_L5 '
+ 'vertebrae_L4 vertebrae_L3 vertebrae_L2 vertebrae_L1 vertebrae_T12 vertebrae_T11 vertebrae_T10 '
+ 'vertebrae_T9 vertebrae_T8 vertebrae_T7 vertebrae_T6 vertebrae_T5 vertebrae_T4 vertebrae_T3 '
+ 'vertebrae_T2 vertebrae_T1 vertebrae_C7 vertebrae_C6 vertebrae_C5 vertebrae_C4 vertebrae_C3 '
+ 'vertebrae_C2 vertebrae_C1 heart aorta pulmonary_vein brachiocephalic_trunk subclavian_artery_right '
+ 'subclavian_artery_left common_carotid_artery_right common_carotid_artery_left '
+ 'brachiocephalic_vein_left brachiocephalic_vein_right atrial_appendage_left superior_vena_cava '
+ 'inferior_vena_cava portal_vein_and_splenic_vein iliac_artery_left iliac_artery_right iliac_vena_left '
+ 'iliac_vena_right humerus_left humerus_right scapula_left scapula_right clavicula_left '
+ 'clavicula_right femur_left femur_right hip_left hip_right spinal_cord gluteus_maximus_left '
+ 'gluteus_maximus_right gluteus_medius_left gluteus_medius_right gluteus_minimus_left '
+ 'gluteus_minimus_right autochthon_left autochthon_right iliopsoas_left iliopsoas_right brain skull '
+ 'rib_left_1 rib_left_2 rib_left_3 rib_left_4 rib_left_5 rib_left_6 rib_left_7 rib_left_8 rib_left_9 '
+ 'rib_left_10 rib_left_11 rib_left_12 rib_right_1 rib_right_2 rib_right_3 rib_right_4 rib_right_5 '
+ 'rib_right_6 rib_right_7 rib_right_8 rib_right_9 rib_right_10 rib_right_11 rib_right_12 sternum '
+ 'costal_cartilages').split()
+MRI_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right '
+ 'adrenal_gland_left lung_left lung_right esophagus small_bowel duodenum colon urinary_bladder '
+ 'prostate sacrum vertebrae intervertebral_discs spinal_cord heart aorta inferior_vena_cava '
+ 'portal_vein_and_splenic_vein iliac_artery_left iliac_artery_right iliac_vena_left iliac_vena_right '
+ 'humerus_left humerus_right scapula_left scapula_right clavicula_left clavicula_right femur_left '
+ 'femur_right hip_left hip_right gluteus_maximus_left gluteus_maximus_right gluteus_medius_left '
+ 'gluteus_medius_right gluteus_minimus_left gluteus_minimus_right autochthon_left autochthon_right '
+ 'iliopsoas_left iliopsoas_right brain').split()
 CLASSES = {'ct': CT_CLASSES, 'mri': MRI_CLASSES}
 ORGANS = sorted(set(CT_CLASSES) | set(MRI_CLASSES)) # the 121 organ columns of slices.parquet (spec §2.5)
 
 # %% ../nbs/01_totalseg.ipynb #d48a6084
 _REGION_MEMBERS = {  # spec §2.6: 30 regions, each class in exactly one
-    'cervical spine': [f'vertebrae_C{i}' for i in range(1, 8)], 'thoracic spine': [f'vertebrae_T{i}' for i in range(1, 13)],
+    'cervical spine': [f'vertebrae_C{i}' for i in range(1, 8)],
+    'thoracic spine': [f'vertebrae_T{i}' for i in range(1, 13)],
     'lumbar spine': [f'vertebrae_L{i}' for i in range(1, 6)], 'sacrum': ['sacrum', 'vertebrae_S1'],
-    'spinal canal': ['spinal_cord', 'intervertebral_discs', 'vertebrae'], 'paraspinal muscles': ['autochthon_left', 'autochthon_right'],
+    'spinal canal': ['spinal_cord', 'intervertebral_discs', 'vertebrae'],
+    'paraspinal muscles': ['autochthon_left', 'autochthon_right'],
     'brain': ['brain'], 'skull': ['skull'], 'thyroid': ['thyroid_gland'],
-    'lungs': ['lung_upper_lobe_left', 'lung_lower_lobe_left', 'lung_upper_lobe_right', 'lung_middle_lobe_right', 'lung_lower_lobe_right', 'lung_left', 'lung_right'],
+    'lungs': ['lung_upper_lobe_left', 'lung_lower_lobe_left', 'lung_upper_lobe_right', 'lung_middle_lobe_right',
+              'lung_lower_lobe_right', 'lung_left', 'lung_right'],
     'heart': ['heart', 'atrial_appendage_left', 'pulmonary_vein'],
-    'mediastinum': ['trachea', 'esophagus', 'brachiocephalic_trunk', 'brachiocephalic_vein_left', 'brachiocephalic_vein_right', 'superior_vena_cava',
-                    'subclavian_artery_left', 'subclavian_artery_right', 'common_carotid_artery_left', 'common_carotid_artery_right'],
+    'mediastinum': ['trachea', 'esophagus', 'brachiocephalic_trunk', 'brachiocephalic_vein_left',
+                    'brachiocephalic_vein_right', 'superior_vena_cava', 'subclavian_artery_left',
+                    'subclavian_artery_right', 'common_carotid_artery_left', 'common_carotid_artery_right'],
     'rib cage': ['sternum', 'costal_cartilages'] + [f'rib_{s}_{i}' for s in ('left', 'right') for i in range(1, 13)],
     'shoulder girdle': [f'{b}_{s}' for b in ('scapula', 'humerus', 'clavicula') for s in ('left', 'right')],
-    'liver': ['liver'], 'gallbladder': ['gallbladder'], 'spleen': ['spleen'], 'pancreas': ['pancreas'], 'stomach': ['stomach'],
-    'kidneys': ['kidney_left', 'kidney_right', 'kidney_cyst_left', 'kidney_cyst_right'], 'adrenal glands': ['adrenal_gland_left', 'adrenal_gland_right'],
-    'bowel': ['colon', 'small_bowel', 'duodenum'], 'abdominal vasculature': ['aorta', 'inferior_vena_cava', 'portal_vein_and_splenic_vein'],
-    'pelvic vasculature': ['iliac_artery_left', 'iliac_artery_right', 'iliac_vena_left', 'iliac_vena_right'], 'bony pelvis': ['hip_left', 'hip_right'],
-    'proximal femur': ['femur_left', 'femur_right'], 'gluteal muscles': [f'gluteus_{m}_{s}' for m in ('maximus', 'medius', 'minimus') for s in ('left', 'right')],
-    'hip flexors': ['iliopsoas_left', 'iliopsoas_right'], 'urinary bladder': ['urinary_bladder'], 'prostate': ['prostate']}
+    'liver': ['liver'], 'gallbladder': ['gallbladder'], 'spleen': ['spleen'], 'pancreas': ['pancreas'],
+    'stomach': ['stomach'],
+    'kidneys': ['kidney_left', 'kidney_right', 'kidney_cyst_left', 'kidney_cyst_right'],
+    'adrenal glands': ['adrenal_gland_left', 'adrenal_gland_right'],
+    'bowel': ['colon', 'small_bowel', 'duodenum'],
+    'abdominal vasculature': ['aorta', 'inferior_vena_cava', 'portal_vein_and_splenic_vein'],
+    'pelvic vasculature': ['iliac_artery_left', 'iliac_artery_right', 'iliac_vena_left', 'iliac_vena_right'],
+    'bony pelvis': ['hip_left', 'hip_right'], 'proximal femur': ['femur_left', 'femur_right'],
+    'gluteal muscles': [f'gluteus_{m}_{s}' for m in ('maximus', 'medius', 'minimus') for s in ('left', 'right')],
+    'hip flexors': ['iliopsoas_left', 'iliopsoas_right'], 'urinary bladder': ['urinary_bladder'],
+    'prostate': ['prostate']}
 REGIONS = {o: r for r, members in _REGION_MEMBERS.items() for o in members}  # class -> anatomical region
 BODY_PARTS = {  # body part -> its regions (a region may sit in two parts)
     'head': ['brain', 'skull'], 'neck': ['cervical spine', 'thyroid'],
     'thorax': ['lungs', 'heart', 'mediastinum', 'rib cage', 'shoulder girdle', 'thoracic spine'],
-    'abdomen': ['liver', 'gallbladder', 'spleen', 'pancreas', 'stomach', 'kidneys', 'adrenal glands', 'bowel', 'abdominal vasculature', 'lumbar spine'],
-    'pelvis': ['sacrum', 'bony pelvis', 'pelvic vasculature', 'urinary bladder', 'prostate', 'gluteal muscles', 'hip flexors', 'proximal femur'],
+    'abdomen': ['liver', 'gallbladder', 'spleen', 'pancreas', 'stomach', 'kidneys', 'adrenal glands', 'bowel',
+                'abdominal vasculature', 'lumbar spine'],
+    'pelvis': ['sacrum', 'bony pelvis', 'pelvic vasculature', 'urinary bladder', 'prostate', 'gluteal muscles',
+               'hip flexors', 'proximal femur'],
     'spine': ['cervical spine', 'thoracic spine', 'lumbar spine', 'sacrum', 'spinal canal', 'paraspinal muscles']}
 
 def regions_of(
@@ -94,10 +110,12 @@ IMAGE_FILES = {'ct': 'ct.nii.gz', 'mri': 'mri.nii.gz'}
 _COMMON = ['image_id', 'age', 'gender', 'institute', 'study_type', 'split', 'manufacturer', 'scanner_model']
 META_COLUMNS = {  # columns every meta.csv must have (spec §2.1)
     'ct': _COMMON + ['kvp', 'pathology', 'pathology_location'],
-    'mri': _COMMON + ['magnetic_field_strength', 'scanning_sequence', 'repetition_time', 'echo_time', 'slice_thickness', 'source']}
+    'mri': _COMMON + ['magnetic_field_strength', 'scanning_sequence', 'repetition_time', 'echo_time', 'slice_thickness',
+                      'source']}
 # the 15 per-scan metadata fields of spec §2.5 (the other two of its 17 are `modality` and the plane)
-METADATA_FIELDS = ['age', 'echo_time', 'gender', 'institute', 'kvp', 'magnetic_field_strength', 'manufacturer', 'pathology',
-                   'pathology_location', 'repetition_time', 'scanner_model', 'scanning_sequence', 'slice_thickness', 'source', 'study_type']
+METADATA_FIELDS = ['age', 'echo_time', 'gender', 'institute', 'kvp', 'magnetic_field_strength', 'manufacturer',
+                   'pathology', 'pathology_location', 'repetition_time', 'scanner_model', 'scanning_sequence',
+                   'slice_thickness', 'source', 'study_type']
 _NUMERIC = ['age', 'kvp', 'magnetic_field_strength', 'repetition_time', 'echo_time', 'slice_thickness']
 
 # %% ../nbs/01_totalseg.ipynb #d037381a
@@ -118,24 +136,32 @@ def read_meta(
 )->pd.DataFrame:   # one row per scan: modality, the metadata fields and totalseg_split
     "Read and validate a TotalSegmentator `meta.csv`."
     path = Path(path)
-    if not path.is_file(): raise DataFormatError(f"{path}: meta.csv not found (every {DATASET_DIRS[modality]}/ folder has one)")
+    if not path.is_file():
+        raise DataFormatError(f"{path}: meta.csv not found (every {DATASET_DIRS[modality]}/ folder has one)")
     try: df = pd.read_csv(path, sep=';', dtype=str, keep_default_na=False, na_values=[''])
-    except Exception as e: raise DataFormatError(f"{path}: cannot be read as a semicolon-separated table: {e}") from None
+    except Exception as e:
+        raise DataFormatError(f"{path}: cannot be read as a semicolon-separated table: {e}") from None
     missing = [c for c in META_COLUMNS[modality] if c not in df.columns]
-    if missing: raise DataFormatError(f"{path}: missing column(s) {missing}; a {modality.upper()} meta.csv has {META_COLUMNS[modality]}")
-    if df.image_id.isna().any(): raise DataFormatError(f"{path}: row {int(df.image_id.isna().values.argmax())+2} has no image_id")
+    if missing:
+        raise DataFormatError(f"{path}: missing column(s) {missing}; "
+                              f"a {modality.upper()} meta.csv has {META_COLUMNS[modality]}")
+    if df.image_id.isna().any():
+        raise DataFormatError(f"{path}: row {int(df.image_id.isna().values.argmax())+2} has no image_id")
     dup = df.image_id[df.image_id.duplicated(keep=False)]
     if len(dup):                                       # file line numbers: the header is line 1, the first row line 2
         first = dup.iloc[0]; rows = [int(i) + 2 for i in dup.index[dup == first]]
         more = dup[dup != first].nunique()
-        raise DataFormatError(f"{path}: image_id {first!r} appears more than once, in rows {', '.join(map(str, rows[:-1]))} and {rows[-1]}"
+        raise DataFormatError(f"{path}: image_id {first!r} appears more than once, in rows "
+                              f"{', '.join(map(str, rows[:-1]))} and {rows[-1]}"
                               + (f"; {more} other image_id(s) repeat too" if more else ''))
     df = df[META_COLUMNS[modality]].rename(columns={'split': 'totalseg_split'})
     for c in _NUMERIC:
         if c not in df: continue
         num = pd.to_numeric(df[c], errors='coerce')
         bad = num.isna() & df[c].notna()
-        if bad.any(): raise DataFormatError(f"{path}: row {int(bad.values.argmax())+2} (image_id {df.image_id[bad].iloc[0]}), column '{c}': expected a number, got {df[c][bad].iloc[0]!r}")
+        if bad.any():
+            raise DataFormatError(f"{path}: row {int(bad.values.argmax())+2} (image_id {df.image_id[bad].iloc[0]}), "
+                                  f"column '{c}': expected a number, got {df[c][bad].iloc[0]!r}")
         df[c] = num
     df.insert(0, 'modality', modality)
     return df.reset_index(drop=True)
@@ -204,6 +230,13 @@ def mri_to_uint8(
     if hi <= lo: hi = lo + 1.0
     return np.rint(np.clip((volume - lo) * (255.0/(hi - lo)), 0, 255)).astype(np.uint8), float(lo), float(hi)
 
+# %% ../nbs/01_totalseg.ipynb #4879711a
+def _toy_volume(shape=(6, 5, 4), codes='LPS', zoom=2.0, dtype=np.int16)->nib.Nifti1Image:
+    "A small NIfTI volume with values 0..n-1 stored in orientation `codes` (for lessons and tests)."
+    flips = np.array([-1 if c in 'LPI' else 1 for c in codes])
+    aff = np.diag([*(flips*zoom), 1.0])
+    return nib.Nifti1Image(np.arange(np.prod(shape)).reshape(shape).astype(dtype), aff)
+
 # %% ../nbs/01_totalseg.ipynb #30d99340
 PLANES = ('sagittal', 'coronal', 'axial')  # the plane whose slices are indexed by RAS axis 0, 1, 2
 
@@ -238,16 +271,9 @@ def load_canonical(
     "Read a volume and reorient it to canonical RAS without resampling."
     return _canonical(*_read(Path(path), dtype))
 
-# %% ../nbs/01_totalseg.ipynb #4879711a
-def _toy_volume(shape=(6, 5, 4), codes='LPS', zoom=2.0, dtype=np.int16)->nib.Nifti1Image:
-    "A small NIfTI volume with values 0..n-1 stored in orientation `codes` (for lessons and tests)."
-    flips = np.array([-1 if c in 'LPI' else 1 for c in codes])
-    aff = np.diag([*(flips*zoom), 1.0])
-    return nib.Nifti1Image(np.arange(np.prod(shape)).reshape(shape).astype(dtype), aff)
-
 # %% ../nbs/01_totalseg.ipynb #dec32dd1
-OBLIQUE_TOL_DEG = 10.0  # largest angle (degrees) between a voxel axis and its nearest patient axis: up to it a slice still
-                        # shows the plane it is labelled with (cos 10° = 0.985); beyond it the labels mislead
+OBLIQUE_TOL_DEG = 10.0  # largest angle (degrees) between a voxel axis and its nearest patient axis: up to it a
+                        # slice still shows the plane it is labelled with (cos 10° = 0.985); beyond it labels mislead
 
 def obliquity(
     affine:np.ndarray, # a 4×4 voxel-to-world affine
@@ -260,25 +286,26 @@ def canonical_volume(
     arr:np.ndarray,    # a 3-D image as stored
     aff:np.ndarray,    # its 4×4 voxel-to-RAS affine (mm)
     source:str|Path,   # the file or folder it came from, for messages
-)->tuple:              # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
+)->tuple:              # (RAS float32 array, RAS voxel sizes (mm), stored axis codes, affine of the RAS array)
     "An image in canonical RAS, rejecting an oblique grid and non-finite voxels (NIfTI files and DICOM series alike)."
     path, arr = source, np.asarray(arr, np.float32)
     if arr.ndim != 3: raise DataFormatError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
     angle = obliquity(aff)
     if not angle <= OBLIQUE_TOL_DEG:
-        raise DataFormatError(f"{path}: oblique image: a voxel axis is {angle:.1f}° off the nearest patient axis (tolerance "
-                              f"OBLIQUE_TOL_DEG = {OBLIQUE_TOL_DEG}°); SAIL slices axis-aligned scans only and does not resample")
+        raise DataFormatError(f"{path}: oblique image: a voxel axis is {angle:.1f}° off the nearest patient axis "
+                              f"(tolerance OBLIQUE_TOL_DEG = {OBLIQUE_TOL_DEG}°); SAIL slices axis-aligned scans only "
+                              "and does not resample")
     n_finite = np.count_nonzero(np.isfinite(arr))
     if n_finite < arr.size:
         n_bad, n_nan = arr.size - n_finite, int(np.isnan(arr).sum())
-        raise DataFormatError(f"{path}: {n_bad} non-finite voxel(s) ({n_nan} NaN, {n_bad - n_nan} infinite) of {arr.size}; "
-                              "expected finite intensities")
+        raise DataFormatError(f"{path}: {n_bad} non-finite voxel(s) ({n_nan} NaN, {n_bad - n_nan} infinite) of "
+                              f"{arr.size}; expected finite intensities")
     ras, zooms, codes, ornt = _canonical(arr, aff)
     return ras, zooms, codes, _ras_affine(aff, ornt, arr.shape)
 
 def read_image(
     path:str|Path, # a scan's ct.nii.gz or mri.nii.gz
-)->tuple:          # (float32 array in RAS order, voxel sizes in RAS order (mm), original axis codes, affine of the RAS array)
+)->tuple:          # (RAS float32 array, RAS voxel sizes (mm), stored axis codes, affine of the RAS array)
     "Read a scan's image in canonical RAS, rejecting an oblique grid and non-finite voxels."
     return canonical_volume(*_read(Path(path)), Path(path))
 
@@ -320,7 +347,8 @@ def _check_binary(arr:np.ndarray, path:Path):
     if ok: return
     bad = arr[(arr != 0) & (arr != 1)]
     vals = np.unique(bad)
-    raise DataFormatError(f"{path}: mask values must be 0 or 1; {bad.size} voxel(s) hold {vals.size} other value(s) {_some(vals.tolist(), 5)}")
+    raise DataFormatError(f"{path}: mask values must be 0 or 1; {bad.size} voxel(s) hold {vals.size} other value(s) "
+                          f"{_some(vals.tolist(), 5)}")
 
 def read_mask(
     path:str|Path,      # a segmentations/<class>.nii.gz file
@@ -329,16 +357,17 @@ def read_mask(
 )->tuple:               # (mask in RAS order, stored dtype; largest voxel-centre offset from the image's grid in mm)
     "Read one mask, check that it is binary and on its image's grid, and reorient it to RAS."
     path, affine = Path(path), np.asarray(affine)
-    if affine.shape != (4, 4): raise TypeError(f"affine: expected the image's 4×4 RAS affine (from read_image), got shape {affine.shape}")
+    if affine.shape != (4, 4):
+        raise TypeError(f"affine: expected the image's 4×4 RAS affine (from read_image), got shape {affine.shape}")
     arr, aff = _read(path, stored=True)
     m, _, _, ornt = _canonical(arr, aff)
     if m.shape != tuple(shape):
-        raise DataFormatError(f"{path}: mask shape {m.shape} differs from the image's {tuple(shape)} (both in RAS order); "
-                              "expected a mask on the image's voxel grid")
+        raise DataFormatError(f"{path}: mask shape {m.shape} differs from the image's {tuple(shape)} "
+                              "(both in RAS order); expected a mask on the image's voxel grid")
     off = _grid_offset(_ras_affine(aff, ornt, arr.shape), affine, m.shape)
     if off > AFFINE_TOL_MM:
-        raise DataFormatError(f"{path}: mask grid is {off:.3g} mm off the image's (largest voxel-centre offset; tolerance "
-                              f"AFFINE_TOL_MM = {AFFINE_TOL_MM} mm); expected the image's affine")
+        raise DataFormatError(f"{path}: mask grid is {off:.3g} mm off the image's (largest voxel-centre offset; "
+                              f"tolerance AFFINE_TOL_MM = {AFFINE_TOL_MM} mm); expected the image's affine")
     _check_binary(arr, path)
     return m, off
 
@@ -346,7 +375,7 @@ def read_mask(
 @dataclass
 class ScanSettings:
     "How one scan is sliced (the `slices` section of a configuration)."
-    ct_planes: list = field(default_factory=lambda: ['axial', 'coronal', 'sagittal']) # CT planes to export
+    ct_planes: list = field(default_factory=lambda: ['axial', 'coronal', 'sagittal'])  # CT planes to export
     mri_planes: str = 'native'  # 'native' (fewest slices) or 'all'
     trim_empty: bool = True     # drop organ-free slices before the first and after the last organ slice
     every: int = 1              # keep every n-th slice of each plane, from the first kept one (1 = all, the paper)
@@ -361,12 +390,14 @@ def _planes_for(modality:str, shape:tuple, zooms:tuple, settings:ScanSettings)->
     "RAS axes to export for a scan."
     if modality == 'ct':
         if max(zooms) - min(zooms) > settings.isotropy_tol_mm:
-            raise ScanError(f"non-isotropic CT voxels {tuple(round(z, 4) for z in zooms)} mm: SAIL slices isotropic CT only (spec §2.2) and has no CT resampling rule")
+            raise ScanError(f"non-isotropic CT voxels {tuple(round(z, 4) for z in zooms)} mm: SAIL slices isotropic CT "
+                            "only (spec §2.2) and has no CT resampling rule")
         bad = [p for p in settings.ct_planes if p not in PLANES]
         if bad: raise ScanError(f"unknown plane(s) {bad}; expected some of {PLANES}")
         return [PLANES.index(p) for p in settings.ct_planes]
     if settings.mri_planes == 'all': return [0, 1, 2]
-    if settings.mri_planes != 'native': raise ScanError(f"mri_planes must be 'native' or 'all', got {settings.mri_planes!r}")
+    if settings.mri_planes != 'native':
+        raise ScanError(f"mri_planes must be 'native' or 'all', got {settings.mri_planes!r}")
     return [int(np.argmin(shape))]
 
 def _keep_range(present:np.ndarray, trim:bool)->np.ndarray:
@@ -386,6 +417,7 @@ def slice_id(
     "Unique id of a slice: modality, scan, plane and index."
     return f"{modality}_{image_id}_{plane}_{index:04d}"
 
+# %% ../nbs/01_totalseg.ipynb #add5a6f6
 def _inplane_resample(img2d:np.ndarray, sp_rows:float, sp_cols:float, tol:float=1e-3)->tuple:
     "Resample a display slice linearly to square pixels of the finer spacing."
     if abs(sp_rows - sp_cols) <= tol: return img2d, sp_rows
@@ -393,6 +425,7 @@ def _inplane_resample(img2d:np.ndarray, sp_rows:float, sp_cols:float, tol:float=
     out = ndimage.zoom(img2d.astype(np.float32), (sp_rows/fine, sp_cols/fine), order=1, mode='nearest')
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8), fine
 
+# %% ../nbs/01_totalseg.ipynb #46fb255f
 class Intensities(NamedTuple):
     "A volume mapped to the 8-bit intensities SAIL stores, with the window that made them."
     u8: np.ndarray      # uint8 volume, same shape
@@ -403,20 +436,23 @@ class Intensities(NamedTuple):
     high: float         # intensity mapped to 255
 
 def scan_intensities(
-    vol:np.ndarray,           # image in RAS order (HU for CT)
-    modality:str,             # 'ct' or 'mri'
-    study_type:str|None=None, # CT study type (chooses the window, spec §2.2)
-    default_window:tuple=(-100., 1400.), # CT (centre, width) for study types not in the table
-    window:tuple|None=None,   # a CT (centre, width) to use instead of the study type's
+    vol:np.ndarray,                       # image in RAS order (HU for CT)
+    modality:str,                         # 'ct' or 'mri'
+    study_type:str|None=None,             # CT study type (chooses the window, spec §2.2)
+    default_window:tuple=(-100., 1400.),  # CT (centre, width) for study types not in the table
+    window:tuple|None=None,               # a CT (centre, width) to use instead of the study type's
 )->Intensities:
     "8-bit intensities of a scan: CT windowed by study type (or `window`), MR percentile-clipped (spec §2.2–2.3)."
     if modality == 'ct':
-        centre, width, source = (float(window[0]), float(window[1]), 'given') if window is not None else ct_window(study_type, default_window)
-        return Intensities(window_to_uint8(vol, centre, width), centre, width, source, centre - width/2, centre + width/2)
+        given = (float(window[0]), float(window[1]), 'given') if window is not None else None
+        centre, width, source = given or ct_window(study_type, default_window)
+        u8 = window_to_uint8(vol, centre, width)
+        return Intensities(u8, centre, width, source, centre - width/2, centre + width/2)
     if modality != 'mri': raise ValueError(f"modality must be 'ct' or 'mri', got {modality!r}")
     u8, lo, hi = mri_to_uint8(vol)
     return Intensities(u8, None, None, 'percentile', lo, hi)
 
+# %% ../nbs/01_totalseg.ipynb #f05865aa
 def plane_image(
     u8:np.ndarray,  # 8-bit volume in RAS order
     zooms:tuple,    # its voxel sizes in RAS order (mm)
@@ -427,54 +463,6 @@ def plane_image(
     rest = [i for i in range(3) if i != axis]               # display rows run along rest[1], columns along rest[0]
     return _inplane_resample(display_slice(u8, axis, index), zooms[rest[1]], zooms[rest[0]])
 
-def slice_scan(
-    scan_dir:str|Path,    # folder of one scan (holds ct.nii.gz or mri.nii.gz and segmentations/)
-    modality:str,         # 'ct' or 'mri'
-    out_dir:str|Path,     # processed-data folder; PNGs go to out_dir/images/...
-    study_type:str|None=None, # meta.csv study type (chooses the CT window)
-    settings:ScanSettings|None=None, # slicing choices
-    write_images:bool=True, # False computes rows only (for tests and benchmarks)
-)->tuple:   # (DataFrame with one row per kept slice, dict describing the scan)
-    "Slice one TotalSegmentator scan: canonical RAS, 8-bit intensities, organ flags, trimming, PNGs."
-    settings, scan_dir, out_dir = settings or ScanSettings(), Path(scan_dir), Path(out_dir)
-    image_id = scan_dir.name
-    vol, zooms, codes, ras_affine = read_image(scan_dir/IMAGE_FILES[modality])
-    axes = _planes_for(modality, vol.shape, zooms, settings)
-    u8, centre, width, wsource, lo, hi = scan_intensities(vol, modality, study_type, settings.default_window)
-    seg = scan_dir/'segmentations'
-    if not seg.is_dir(): raise ScanError(f"{seg}: segmentations folder missing")
-    files = sorted(seg.glob('*.nii.gz'))
-    if not files: raise ScanError(f"{seg}: no masks (expected one <class>.nii.gz per class of {modality.upper()})")
-    names = {f.name[:-7] for f in files}
-    unknown = [f.name for f in files if f.name[:-7] not in CLASSES[modality]]
-    if unknown: raise ScanError(f"{seg}: unknown class file(s) {_some(unknown)}; expected TotalSegmentator {modality.upper()} class names")
-    missing = [f"{c}.nii.gz" for c in CLASSES[modality] if c not in names]
-    if missing: raise ScanError(f"{seg}: {len(missing)} of the {len(CLASSES[modality])} {modality.upper()} class masks missing: "
-                                f"{_some(missing)}; every class has its file, empty where the structure is absent")
-    present = {a: np.zeros((vol.shape[a], len(ORGANS)), bool) for a in axes}
-    offset = 0.0
-    for f in files:
-        m, off = read_mask(f, vol.shape, ras_affine); offset = max(offset, off)
-        j = ORGANS.index(f.name[:-7])
-        for a, p in organ_presence(m, axes).items(): present[a][:, j] = p
-    rows = []
-    for a in axes:
-        plane = PLANES[a]
-        for idx in _keep_range(present[a], settings.trim_empty)[::settings.every]:
-            img, px = plane_image(u8, zooms, a, idx)
-            rel = f"images/{modality}/{image_id}/{plane}_{idx:04d}.png"
-            if write_images:
-                (out_dir/rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img, mode='L').save(out_dir/rel, compress_level=3)
-            rows.append((slice_id(modality, image_id, plane, idx), plane, int(idx), rel, *img.shape, px, *present[a][idx]))
-    cols = ['slice_id', 'plane', 'slice_index', 'image_path', 'rows', 'cols', 'pixel_mm'] + ORGANS
-    df = pd.DataFrame(rows, columns=cols)
-    info = dict(modality=modality, image_id=image_id, orientation=codes, shape=list(vol.shape), voxel_mm=list(zooms),
-                window_centre=centre, window_width=width, window_source=wsource, intensity_low=lo, intensity_high=hi,
-                n_masks=len(files), mask_offset_mm=offset, n_slices=len(df),
-                planes={PLANES[a]: int((df.plane == PLANES[a]).sum()) for a in axes})
-    return df, info
-
 # %% ../nbs/01_totalseg.ipynb #2b5afa11
 def _toy_scan(
     folder:Path,          # dataset folder to create the scan in
@@ -484,7 +472,7 @@ def _toy_scan(
     zoom:float=2.0,       # voxel size (mm)
     shape:tuple=(30, 24, 20), # voxels
 )->Path:
-    "Write a tiny scan with two organ blocks in TotalSegmentator layout, every other class mask empty (for lessons and tests)."
+    "Write a tiny scan with two organ blocks in TotalSegmentator layout, every other class mask empty (lessons, tests)."
     d = Path(folder)/image_id; (d/'segmentations').mkdir(parents=True, exist_ok=True)
     flips = np.array([-1 if c in 'LPI' else 1 for c in codes])
     aff = np.diag([*(flips*zoom), 1.0])
@@ -498,3 +486,67 @@ def _toy_scan(
         m = {'liver': liver, 'spleen': spleen}.get(name)
         nib.save(empty if m is None else nib.Nifti1Image(m, aff), d/'segmentations'/f'{name}.nii.gz')
     return d
+
+# %% ../nbs/01_totalseg.ipynb #412b9612
+def _class_files(seg:Path, modality:str)->list:
+    "The mask files of a scan's segmentations folder, after checking that it has exactly the modality's classes."
+    if not seg.is_dir(): raise ScanError(f"{seg}: segmentations folder missing")
+    files = sorted(seg.glob('*.nii.gz'))
+    if not files: raise ScanError(f"{seg}: no masks (expected one <class>.nii.gz per class of {modality.upper()})")
+    names = {f.name[:-7] for f in files}
+    unknown = [f.name for f in files if f.name[:-7] not in CLASSES[modality]]
+    if unknown:
+        raise ScanError(f"{seg}: unknown class file(s) {_some(unknown)}; expected TotalSegmentator {modality.upper()} "
+                        "class names")
+    missing = [f"{c}.nii.gz" for c in CLASSES[modality] if c not in names]
+    if missing:
+        raise ScanError(f"{seg}: {len(missing)} of the {len(CLASSES[modality])} {modality.upper()} class masks "
+                        f"missing: {_some(missing)}; every class has its file, empty where the structure is absent")
+    return files
+
+# %% ../nbs/01_totalseg.ipynb #7398fc87
+def _organ_flags(files:list, shape:tuple, ras_affine:np.ndarray, axes:list)->tuple:
+    "Per exported axis, a (slices, organs) array of which organs each slice shows; and the largest mask-grid offset."
+    present = {a: np.zeros((shape[a], len(ORGANS)), bool) for a in axes}
+    offset = 0.0
+    for f in files:
+        m, off = read_mask(f, shape, ras_affine); offset = max(offset, off)
+        j = ORGANS.index(f.name[:-7])
+        for a, p in organ_presence(m, axes).items(): present[a][:, j] = p
+    return present, offset
+
+# %% ../nbs/01_totalseg.ipynb #fa870445
+def slice_scan(
+    scan_dir:str|Path,                # folder of one scan (holds ct.nii.gz or mri.nii.gz and segmentations/)
+    modality:str,                     # 'ct' or 'mri'
+    out_dir:str|Path,                 # processed-data folder; PNGs go to out_dir/images/...
+    study_type:str|None=None,         # meta.csv study type (chooses the CT window)
+    settings:ScanSettings|None=None,  # slicing choices
+    write_images:bool=True,           # False computes rows only (for tests and benchmarks)
+)->tuple:                             # (DataFrame with one row per kept slice, dict describing the scan)
+    "Slice one TotalSegmentator scan: canonical RAS, 8-bit intensities, organ flags, trimming, PNGs."
+    settings, scan_dir, out_dir = settings or ScanSettings(), Path(scan_dir), Path(out_dir)
+    image_id = scan_dir.name
+    vol, zooms, codes, ras_affine = read_image(scan_dir/IMAGE_FILES[modality])
+    axes = _planes_for(modality, vol.shape, zooms, settings)
+    u8, centre, width, wsource, lo, hi = scan_intensities(vol, modality, study_type, settings.default_window)
+    files = _class_files(scan_dir/'segmentations', modality)
+    present, offset = _organ_flags(files, vol.shape, ras_affine, axes)
+    rows = []
+    for a in axes:
+        plane = PLANES[a]
+        for idx in _keep_range(present[a], settings.trim_empty)[::settings.every]:
+            img, px = plane_image(u8, zooms, a, idx)
+            rel = f"images/{modality}/{image_id}/{plane}_{idx:04d}.png"
+            if write_images:
+                (out_dir/rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img, mode='L').save(out_dir/rel, compress_level=3)
+            rows.append((slice_id(modality, image_id, plane, idx), plane, int(idx), rel, *img.shape, px,
+                         *present[a][idx]))
+    cols = ['slice_id', 'plane', 'slice_index', 'image_path', 'rows', 'cols', 'pixel_mm'] + ORGANS
+    df = pd.DataFrame(rows, columns=cols)
+    info = dict(modality=modality, image_id=image_id, orientation=codes, shape=list(vol.shape), voxel_mm=list(zooms),
+                window_centre=centre, window_width=width, window_source=wsource, intensity_low=lo, intensity_high=hi,
+                n_masks=len(files), mask_offset_mm=offset, n_slices=len(df),
+                planes={PLANES[a]: int((df.plane == PLANES[a]).sum()) for a in axes})
+    return df, info

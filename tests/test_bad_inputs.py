@@ -30,7 +30,7 @@ def test_unknown_study_type_gets_default_window(mini_copy, make_config, tmp_path
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out'), 'modalities': ['ct']},
                       slices={'default_window': [40, 400]})
     summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
-    assert summary['n_failed'] == 0
+    assert summary.n_failed == 0
     scans = pd.read_parquet(tmp_path/'out'/'scans.parquet')
     assert scans.loc[0, ['window_centre', 'window_width', 'window_source']].tolist() == [40.0, 400.0, 'default']
     slices = pd.read_parquet(tmp_path/'out'/'slices.parquet')
@@ -43,7 +43,7 @@ def test_truncated_nifti_is_recorded_and_reported(mini_copy, make_config, tmp_pa
         load_canonical(img)
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
     summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
-    assert (summary['n_scans'], summary['n_sliced'], summary['n_failed']) == (2, 1, 1)
+    assert (summary.n_scans, summary.n_sliced, summary.n_failed) == (2, 1, 1)
     failures = pd.read_csv(tmp_path/'out'/'slice_failures.csv')
     assert failures.item.tolist() == ['ct/s0000'] and 'unreadable NIfTI' in failures.reason[0]
     scans = pd.read_parquet(tmp_path/'out'/'scans.parquet')
@@ -62,7 +62,7 @@ def _recorded_failure(root, make_config, tmp_path, failed, reason):
     "Run the slicing step: `failed` ('ct/s0000' or 'mri/s0001') is recorded with `reason`, the other scan is sliced."
     cfg = make_config(data={'totalseg_root': str(root), 'dir': str(tmp_path/'out')})
     summary = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
-    assert (summary['n_scans'], summary['n_sliced'], summary['n_failed']) == (2, 1, 1)
+    assert (summary.n_scans, summary.n_sliced, summary.n_failed) == (2, 1, 1)
     failures = pd.read_csv(tmp_path/'out'/'slice_failures.csv')
     assert failures.item.tolist() == [failed] and failures.stage.tolist() == ['slice']
     assert re.search(reason, failures.reason[0]), failures.reason[0]
@@ -156,7 +156,7 @@ def test_empty_segmentations_folder(mini_copy, make_config, tmp_path):
     with pytest.raises(ScanError, match=r"s0001/segmentations: no masks"):
         slice_scan(mini_copy/'MRI_Dataset_v200'/'s0001', 'mri', tmp_path, write_images=False)
     cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
-    assert slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)['n_failed'] == 1
+    assert slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute).n_failed == 1
 
 def test_unknown_mask_name(mini_copy, tmp_path):
     seg = mini_copy/'MRI_Dataset_v200'/'s0001'/'segmentations'

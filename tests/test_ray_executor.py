@@ -203,7 +203,24 @@ def test_a_killed_driver_resumes_from_finished_artifacts(cluster, demo_data, ser
         _cluster_idle()
         assert len(list((run_paths(cfg).run/'sae').glob('*/*/*/artifact.json'))) >= 2        # at least the two families it got back
         resumed = pipeline(config)
-        assert resumed['sliced']['sliced_now'] == [broken]        # the second driver finished slicing; a failed scan is always tried again
+        assert resumed['sliced'].sliced_now == [broken]        # the second driver finished slicing; a failed scan is always tried again
         a, b = outputs(serial['cfg']), outputs(resumed['cfg'])
         assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == [], _first_difference(a, b)
     finally: shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)
+
+def test_config_step_on_ray_equals_local(cluster):
+    "A per-configuration step run as one Ray task per configuration writes what the local run writes, byte for byte."
+    from sail.steps import lesson_run
+    from sail.codes import write_codes, CODES
+    from sail.monosemanticity import MONOSEMANTICITY, score_all
+    from sail.config import Compute, EvalConfig
+    local, remote = lesson_run(), lesson_run()
+    write_codes(local.paths, local.cfg.sae)
+    on_ray = Compute(device='cpu', executor=ExecutorConfig(kind='ray'))
+    write_codes(remote.paths, remote.cfg.sae, on_ray)
+    table = score_all(remote.paths, remote.cfg.eval, on_ray)
+    assert table.equals(score_all(local.paths, local.cfg.eval))
+    for step in (CODES, MONOSEMANTICITY):
+        for ref_l, ref_r in zip(local.refs, remote.refs):
+            a, b = step.folder(local.paths, ref_l), step.folder(remote.paths, ref_r)
+            for name in step.files: assert (a/name).read_bytes() == (b/name).read_bytes(), (step.name, name)

@@ -40,14 +40,14 @@ def test_unknown_sex_or_age_are_split_80_20():
     split, report = make_split(scans, [], 0.2)
     unknown = scans.gender.isna() | scans.age.isna()
     m = split.merge(scans[unknown], on=['modality', 'image_id'])
-    assert report['n_unknown'] == unknown.sum() == len(m)
+    assert report.n_unknown == unknown.sum() == len(m)
     assert (m.split == 'train').sum() == int(np.floor(0.8 * len(m)))
 
 def test_tiny_strata_are_merged_not_a_crash():
     scans = pd.DataFrame(dict(modality=['ct', 'ct', 'mri', 'ct', 'mri'], image_id=list('abcde'), institute=list('BBCFG'),
                               gender=list('fmfmf'), age=[20., 50., 70., 90., 30.]))
     split, report = make_split(scans, ['A'], 0.2)
-    assert set(split.split) <= {'train', 'val'} and report['strata_notes']
+    assert set(split.split) <= {'train', 'val'} and report.strata_notes
     assert (split.split == 'val').sum() == 1
 
 def test_existing_split_is_kept_and_remade_only_when_needed(mini, make_config, tmp_path):

@@ -85,3 +85,26 @@ def test_mri_lps_display(mini, tmp_path):
     k = int(np.argmax(liver.sum(axis=(0, 1))))
     cols = np.flatnonzero(liver[:, :, k].T.any(0))
     assert cols.mean() < liver.shape[0] / 2                                 # the liver (patient right) on the image's left
+
+
+def test_listed_scan_without_image_is_a_failed_scan(mini_copy, make_config, tmp_path):
+    "A scan of meta.csv whose image file is missing gets a `failed` row in scans.parquet, like an unreadable one."
+    from sail.slices import slice_dataset
+    (mini_copy/'CT_Dataset_v201'/'s0000'/'ct.nii.gz').rename(tmp_path/'ct.nii.gz')
+    cfg = make_config(data={'totalseg_root': str(mini_copy), 'dir': str(tmp_path/'out')})
+    report = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
+    listed = pd.concat([pd.read_csv(mini_copy/d/'meta.csv', sep=';', dtype=str).assign(modality=m)
+                        for m, d in [('ct', 'CT_Dataset_v201'), ('mri', 'MRI_Dataset_v200')]])
+    scans = pd.read_parquet(tmp_path/'out'/'scans.parquet')
+    assert sorted(zip(scans.modality, scans.image_id)) == sorted(zip(listed.modality, listed.image_id))
+    assert scans.set_index('image_id').status.to_dict() == {'s0000': 'failed', 's0001': 'sliced'}
+    assert (report.n_scans, report.n_sliced, report.n_failed, report.sliced_now) == (2, 1, 1, ['mri/s0001'])
+    failures = pd.read_csv(tmp_path/'out'/'slice_failures.csv')
+    assert failures[['item', 'stage']].values.tolist() == [['ct/s0000', 'list']]
+    assert 's0000/ct.nii.gz not found (listed in meta.csv)' in failures.reason[0]
+    slices = pd.read_parquet(tmp_path/'out'/'slices.parquet')
+    assert set(slices.image_id) == {'s0001'}
+    (tmp_path/'ct.nii.gz').rename(mini_copy/'CT_Dataset_v201'/'s0000'/'ct.nii.gz')    # the image comes back
+    again = slice_dataset(cfg.paths, cfg.data, cfg.slices, cfg.compute)
+    assert (again.sliced_now, again.n_failed, again.n_sliced) == (['ct/s0000'], 0, 2)
+    assert pd.read_parquet(tmp_path/'out'/'scans.parquet').status.tolist() == ['sliced', 'sliced']

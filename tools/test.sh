@@ -15,6 +15,12 @@ if [ "$before" != "$after" ]; then
   exit 1
 fi
 
+echo "== style: a docment per public parameter, no line over 120 characters in sail/"
+style=0
+python tools/docments.py --check || style=1
+python tools/line_length.py || style=1
+[ $style -eq 0 ] || { echo "style check failed: fix the notebooks named above (tools/docments.py --write fixes some)" >&2; exit 1; }
+
 echo "== notebook lessons (nbdev_test)"
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --n_workers 2 --timing    # two notebooks at once on two cores: one thread each
 
