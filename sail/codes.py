@@ -161,7 +161,7 @@ def _codes_inputs(paths:RunPaths, ref:SAERef, scfg:SAEConfig)->dict:
 
 CODES = ConfigStep('codes', '09_codes', Codes,
                    {f'{s}{x}.parquet': f'{s}{x.replace(".", "_")}' for s in SPLITS for x in ('', '.stats')},
-                   codes_of, _codes_inputs, summary='summary', base='codes', sidecar='codes.json')   # summary: in the record
+                   codes_of, _codes_inputs, summary='summary', base='codes', sidecar='codes.json')   # summary: record
 
 # %% ../nbs/09_codes.ipynb #502fb0d8
 def codes_dir(

@@ -208,7 +208,7 @@ class ExplorerConfig:
 class StageResources:
     "What one task of a stage asks the Ray scheduler for."
     num_cpus: float = 1.0          # CPUs per task (fractions allowed)
-    num_gpus: float|None = None    # GPUs per task (0.5: two per GPU); None: 1 a shard, 0.5 a family or SAE if any, else 0
+    num_gpus: float|None = None    # GPUs per task (0.5: two per GPU); None: `DEFAULT_TASK_GPUS` if any, else 0
     max_retries: int = 3           # retries of a task whose worker died; a data error (an exception) is never retried
 
 @dataclasses.dataclass
@@ -222,7 +222,7 @@ class ExecutorConfig:
     slices: StageResources = default_copy(StageResources(num_cpus=1.0, num_gpus=0.0))  # one task per scan
     embed: StageResources = default_copy(StageResources())   # one task per shard of `embed.shard_rows` slices
     train: StageResources = default_copy(StageResources())   # one task per SAE family (`sae.models_per_batch` members)
-    configs: StageResources = default_copy(StageResources())   # one task per SAE of a per-configuration step (`sail.steps`)
+    configs: StageResources = default_copy(StageResources())   # one task per SAE of a per-configuration step
 
 # %% ../nbs/00a_config.ipynb #c27a78d7
 class Compute(typing.NamedTuple):

@@ -152,7 +152,7 @@ def _run_local(tasks:list, workers:int, out:_Outcomes)->tuple:
 class ExecutorError(RuntimeError):
     "The executor cannot run the stage as configured (Ray missing, resources the cluster does not have)."
 
-DEFAULT_TASK_GPUS = {'embed': 1.0, 'train': 0.5, 'configs': 0.5}   # per task when `num_gpus` is null and the cluster has GPUs
+DEFAULT_TASK_GPUS = {'embed': 1.0, 'train': 0.5, 'configs': 0.5}   # per task: `num_gpus` null, the cluster has GPUs
 
 def ray_session(
     ex:ExecutorConfig,  # the configuration's executor section

@@ -36,6 +36,7 @@ def write_field(
     if path.suffix == '.csv': return write_csv(path, value)
     raise ValueError(f"{path.name}: a step writes .parquet, .csv or .json files")
 
+# %% ../nbs/08a_steps.ipynb #c8465a97
 def read_field(
     path:Path, # a file written by `write_field`
 ):
@@ -71,9 +72,10 @@ class ConfigStep:
         ref:SAERef,     # which SAE
     )->Artifact:
         "One configuration's files, recorded in the sidecar (`artifact.json`) beside them."
-        return Artifact(f'{self.name}/{ref.name}', self.folder(paths, ref), tuple(self.files), self.sidecar, self.notebook)
+        return Artifact(f'{self.name}/{ref.name}', self.folder(paths, ref), tuple(self.files), self.sidecar,
+                        self.notebook)
 
-# %% ../nbs/08a_steps.ipynb #facf8c6c
+# %% ../nbs/08a_steps.ipynb #e55ba84f
 @patch
 def load(self:ConfigStep,
     paths:RunPaths, # the run's folders
@@ -84,16 +86,18 @@ def load(self:ConfigStep,
     kept = {self.summary: rec['summary']} if self.summary and self.summary not in self.files.values() else {}
     return self.result(**{f: read_field(art.path(n)) for n, f in self.files.items()}, **kept)
 
+# %% ../nbs/08a_steps.ipynb #91f9d891
 @patch
 def summary_of(self:ConfigStep,
     paths:RunPaths, # the run's folders
     ref:SAERef,     # which SAE (made)
 ):
     "A made configuration's summary alone: from the file holding it, or from the artifact's record."
-    art = self.artifact(paths, ref)
+    art = self.artifact(paths, ref); rec = art.require()
     held = [n for n, f in self.files.items() if f == self.summary]
-    return read_field(art.path(held[0])) if held else art.require()['summary']
+    return read_field(art.path(held[0])) if held else rec['summary']
 
+# %% ../nbs/08a_steps.ipynb #facf8c6c
 @patch
 def make(self:ConfigStep,
     paths:RunPaths,    # the run's folders
@@ -123,6 +127,7 @@ class StepRun(NamedTuple):
     executor: str        # where the configurations ran ('local (serial)', 'ray (...)')
     seconds: float       # wall time of the loop
 
+# %% ../nbs/08a_steps.ipynb #91ed0b2e
 def _make_task(step:ConfigStep, paths:RunPaths, ref:SAERef, settings, device:str, force:bool):
     "Make one configuration where the executor put it; the value is its summary (read back from its file when fresh)."
     try:
@@ -134,6 +139,7 @@ def _make_task(step:ConfigStep, paths:RunPaths, ref:SAERef, settings, device:str
         get_logger(f'sail.{step.name}').error(f"{step.name} of {ref.name} failed:\n{traceback.format_exc()}")
         raise
 
+# %% ../nbs/08a_steps.ipynb #c9c637dc
 def summary_table(
     rows:list, # each configuration's summary: a dict (one row) or a DataFrame (its rows)
 )->pd.DataFrame:
@@ -193,6 +199,7 @@ def _build_lesson(folder:Path, cfg)->None:
     embed_encoder(paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
     train_grids(paths, cfg.sae, cfg.compute, ['pixels'], ['paper'])
 
+# %% ../nbs/08a_steps.ipynb #beb58970
 def lesson_run(
     cache:Path|None=None, # where the finished run is kept (default `<root>/.cache/lesson-run`)
 )->LessonRun:
