@@ -16,23 +16,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from fastcore.basics import patch
 
 # %% ../nbs/00_core.ipynb #b918c56e
 def _is_sail_root(path:Path)->bool:
     ini = path/'settings.ini'
     return ini.is_file() and 'lib_name = sail' in ini.read_text(errors='ignore')
 
+# %% ../nbs/00_core.ipynb #57cb6fd8
 def project_root(
     start:str|Path|None=None, # where to start looking; default the working directory
 )->Path: # the folder holding SAIL's `settings.ini`
-    "The SAIL project root: `$SAIL_ROOT`, else the nearest folder above `start` with SAIL's settings.ini, else the source checkout of the installed package."
+    """The SAIL project root: `$SAIL_ROOT`, else the nearest folder above `start` with SAIL's settings.ini, else the
+    source checkout of the installed package."""
     if os.environ.get('SAIL_ROOT'): return Path(os.environ['SAIL_ROOT']).resolve()
     here = Path(start or Path.cwd()).resolve()
     for p in [here, *here.parents]:
         if _is_sail_root(p): return p
     pkg = Path(__file__).resolve().parent.parent if '__file__' in globals() else None
     if pkg is not None and _is_sail_root(pkg): return pkg
-    raise FileNotFoundError(f"No SAIL project root above {here}: expected a folder with SAIL's settings.ini (or set SAIL_ROOT).")
+    raise FileNotFoundError(f"No SAIL project root above {here}: expected a folder with SAIL's settings.ini "
+                            f"(or set SAIL_ROOT).")
 
 # %% ../nbs/00_core.ipynb #0565afdc
 def resolve(
@@ -49,7 +53,9 @@ def digest(
 )->str:  # 16 hex characters
     "Short, stable SHA-256 of `obj` (keys sorted)."
     if dataclasses.is_dataclass(obj): obj = dataclasses.asdict(obj)
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(
+        obj, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
+    ).encode()).hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #34f52b29
 @dataclasses.dataclass
@@ -66,6 +72,7 @@ class RunPaths:
     @property
     def steps(self)->Path: return self.run/'steps'
 
+# %% ../nbs/00_core.ipynb #527f914a
 def run_paths(
     cfg, # a run configuration (`sail.config.Config`: its `name` and `data` section are used)
 )->RunPaths:
@@ -80,6 +87,7 @@ def seed_everything(seed:int): # the seed for `random`, NumPy's legacy generator
     if 'torch' in sys.modules or importlib.util.find_spec('torch'):
         import torch; torch.manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #25fe8b0d
 def rng(
     seed:int, # base seed
     *names,   # strings or integers that name the purpose, e.g. 'split', or ('demo', scan_index)
@@ -100,7 +108,8 @@ def pick_device(
     import torch
     has_mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
     if pref == 'auto': return 'cuda' if torch.cuda.is_available() else 'mps' if has_mps else 'cpu'
-    if pref.startswith('cuda') and not torch.cuda.is_available(): raise RuntimeError(f"device {pref!r} requested but CUDA is not available")
+    if pref.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f"device {pref!r} requested but CUDA is not available")
     if pref == 'mps' and not has_mps: raise RuntimeError("device 'mps' requested but MPS is not available")
     return pref
 
@@ -108,8 +117,8 @@ def pick_device(
 PRECISIONS = ('auto', 'float32', 'bfloat16')   # values of embed.dtype and sae.dtype
 
 class Bf16Parity(typing.NamedTuple):
-    """How close bf16 autocast must stay to fp32 after the same steps from the same seeds (issue 14): tests/test_device_paths.py
-    asserts these on the CPU, benchmarks/gpu_check.py reports them on a GPU."""
+    """How close bf16 autocast must stay to fp32 after the same steps from the same seeds (issue 14):
+    tests/test_device_paths.py asserts these on the CPU, benchmarks/gpu_check.py reports them on a GPU."""
     r2:float = 0.01                  # |ΔR²| of validation reconstructions, absolute
     loss_rtol:float = 0.05           # final training loss, relative
     support_jaccard:float = 0.95     # codes: |support ∩| / |support ∪| over all rows, at least
@@ -117,6 +126,7 @@ class Bf16Parity(typing.NamedTuple):
     embed_cosine:float = 0.99        # every embedding's cosine to its fp32 twin, at least
 BF16_PARITY = Bf16Parity()
 
+# %% ../nbs/00_core.ipynb #70a5bca3
 def use_bf16(
     device:str,        # torch device string ('cpu', 'cuda:0', ...)
     dtype:str='auto',  # one of PRECISIONS
@@ -125,6 +135,7 @@ def use_bf16(
     if dtype not in PRECISIONS: raise ValueError(f"dtype must be one of {PRECISIONS}, got {dtype!r}")
     return dtype == 'bfloat16' or (dtype == 'auto' and str(device).startswith('cuda'))
 
+# %% ../nbs/00_core.ipynb #71459b2f
 def autocast(
     device:str,        # torch device string
     dtype:str='auto',  # one of PRECISIONS
@@ -147,6 +158,7 @@ def atomic_path(
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../nbs/00_core.ipynb #8013b7a4
 def write_json(
     path:str|Path,  # file
     obj,            # JSON-serialisable data
@@ -156,6 +168,7 @@ def write_json(
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=indent, default=str) + '\n')
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #f4fe5f92
 def write_parquet(
     path:str|Path,    # file
     df:pd.DataFrame,  # table to write (index dropped)
@@ -164,6 +177,7 @@ def write_parquet(
     with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #ac70e738
 def write_csv(
     path:str|Path,    # file
     df:pd.DataFrame,  # table to write (index dropped)
@@ -178,6 +192,7 @@ def headless()->bool:
     if os.environ.get('SAIL_HEADLESS') == '1': return True
     return 'ipykernel' not in sys.modules
 
+# %% ../nbs/00_core.ipynb #ca5dcb35
 def progress(
     iterable=None,  # what to iterate over
     desc:str='',    # label shown before the bar
@@ -191,6 +206,7 @@ def progress(
     else: from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
 
+# %% ../nbs/00_core.ipynb #ce12226e
 def get_logger(
     name:str='sail',  # logger name, usually the module's (e.g. 'sail.probes'); loggers under 'sail' share its handler
 )->logging.Logger:    # the named logger, the 'sail' stderr handler installed on first use
@@ -215,26 +231,35 @@ class PlotlyOutput:
     ):
         "Keep the figure and the height to draw it at."
         self.fig, self.height = fig, height
-    def html(
-        self,
-        js_src:str=PLOTLY_JS,    # where to load plotly.js from when the page has none
-        fig_json:str|None=None,  # the figure's JSON if already made
-    )->str:
-        "HTML that draws the figure, loading plotly.js once per page when it is not there yet."
-        j = (fig_json or self.fig.to_json()).replace('</', '<\\/')        # no '</script>' inside the script
-        uid = 'sail-' + hashlib.sha1(j.encode()).hexdigest()[:12]
-        h = self.height or self.fig.layout.height or 450
-        return (f'<div id="{uid}" class="sail-plotly" style="width:100%;height:{h}px"></div>\n<script type="text/javascript">\n'
-                f'(function(){{var fig={j};\n'
-                f'function draw(){{Plotly.newPlot("{uid}",fig.data,fig.layout,{{responsive:true,displaylogo:false}});}}\n'
-                'if(window.Plotly){draw();return;}var q=window.__sailPlotlyQueue=window.__sailPlotlyQueue||[];q.push(draw);if(q.length>1)return;\n'
-                f'var s=document.createElement("script");s.src="{js_src}";s.onload=function(){{q.forEach(function(f){{f();}});q.length=0;}};\n'
-                'document.head.appendChild(s);})();\n</script>')
 
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        j = self.fig.to_json()                                                  # serialised once, for both parts
-        return {'application/vnd.plotly.v1+json': json.loads(j), 'text/html': self.html(fig_json=j)}
+# %% ../nbs/00_core.ipynb #12833af3
+@patch
+def html(self:PlotlyOutput,
+    js_src:str=PLOTLY_JS,    # where to load plotly.js from when the page has none
+    fig_json:str|None=None,  # the figure's JSON if already made
+)->str:
+    "HTML that draws the figure, loading plotly.js once per page when it is not there yet."
+    j = (fig_json or self.fig.to_json()).replace('</', '<\\/')        # no '</script>' inside the script
+    uid = 'sail-' + hashlib.sha1(j.encode()).hexdigest()[:12]
+    h = self.height or self.fig.layout.height or 450
+    return (f'<div id="{uid}" class="sail-plotly" style="width:100%;height:{h}px"></div>\n'
+            f'<script type="text/javascript">\n'
+            f'(function(){{var fig={j};\n'
+            f'function draw(){{Plotly.newPlot("{uid}",fig.data,fig.layout,'
+            f'{{responsive:true,displaylogo:false}});}}\n'
+            'if(window.Plotly){draw();return;}'
+            'var q=window.__sailPlotlyQueue=window.__sailPlotlyQueue||[];q.push(draw);if(q.length>1)return;\n'
+            f'var s=document.createElement("script");s.src="{js_src}";'
+            f's.onload=function(){{q.forEach(function(f){{f();}});q.length=0;}};\n'
+            'document.head.appendChild(s);})();\n</script>')
 
+# %% ../nbs/00_core.ipynb #2624bed4
+@patch
+def _repr_mimebundle_(self:PlotlyOutput, include=None, exclude=None):
+    j = self.fig.to_json()                                                  # serialised once, for both parts
+    return {'application/vnd.plotly.v1+json': json.loads(j), 'text/html': self.html(fig_json=j)}
+
+# %% ../nbs/00_core.ipynb #2950d836
 def show_plotly(
     fig,                   # a plotly figure
     height:int|None=None,  # pixel height
@@ -246,32 +271,39 @@ def show_plotly(
 class Failures:
     "Per-item failures of a batch job: recorded, reported at the end, fatal only in strict mode."
     def __init__(self, strict:bool=False): self.strict, self.rows = strict, [] # strict: raise on the first failure
-    def add(
-        self,
-        item:str,                  # item id (file, scan, slice)
-        reason:str|BaseException,  # what went wrong
-        stage:str='',              # where
-    ):
-        "Record one failure (or raise it in strict mode)."
-        if isinstance(reason, BaseException):
-            if self.strict: raise reason
-            reason = f"{type(reason).__name__}: {reason}"
-        elif self.strict: raise RuntimeError(f"{item}: {reason}")
-        self.rows.append(dict(item=str(item), stage=stage, reason=str(reason)))
     def __len__(self): return len(self.rows)
-    def table(self)->pd.DataFrame:
-        "The failures as a table with columns item, stage, reason."
-        return pd.DataFrame(self.rows, columns=['item', 'stage', 'reason'])
-    def report(
-        self,
-        what:str='items',  # plural noun for the failed things, used in the message (e.g. 'scans', 'features')
-    )->str:                # "all <what> succeeded", or the count and the first 20 failures
-        "A human-readable summary, also logged as a warning when there are failures."
-        if not self.rows: return f"all {what} succeeded"
-        msg = f"{len(self.rows)} {what} failed:\n" + '\n'.join(f"  {r['item']}: {r['reason']}" for r in self.rows[:20])
-        if len(self.rows) > 20: msg += f"\n  ... and {len(self.rows)-20} more"
-        get_logger('sail').warning(msg)
-        return msg
+
+# %% ../nbs/00_core.ipynb #7b77e0cc
+@patch
+def add(self:Failures,
+    item:str,                  # item id (file, scan, slice)
+    reason:str|BaseException,  # what went wrong
+    stage:str='',              # where
+):
+    "Record one failure (or raise it in strict mode)."
+    if isinstance(reason, BaseException):
+        if self.strict: raise reason
+        reason = f"{type(reason).__name__}: {reason}"
+    elif self.strict: raise RuntimeError(f"{item}: {reason}")
+    self.rows.append(dict(item=str(item), stage=stage, reason=str(reason)))
+
+# %% ../nbs/00_core.ipynb #3c33b223
+@patch
+def table(self:Failures)->pd.DataFrame:
+    "The failures as a table with columns item, stage, reason."
+    return pd.DataFrame(self.rows, columns=['item', 'stage', 'reason'])
+
+# %% ../nbs/00_core.ipynb #72048cd1
+@patch
+def report(self:Failures,
+    what:str='items',  # plural noun for the failed things, used in the message (e.g. 'scans', 'features')
+)->str:                # "all <what> succeeded", or the count and the first 20 failures
+    "A human-readable summary, also logged as a warning when there are failures."
+    if not self.rows: return f"all {what} succeeded"
+    msg = f"{len(self.rows)} {what} failed:\n" + '\n'.join(f"  {r['item']}: {r['reason']}" for r in self.rows[:20])
+    if len(self.rows) > 20: msg += f"\n  ... and {len(self.rows)-20} more"
+    get_logger('sail').warning(msg)
+    return msg
 
 # %% ../nbs/00_core.ipynb #bdb4fa50
 _STOP_COUNTS: dict = {}
@@ -291,7 +323,8 @@ def stop_point(
     raise RuntimeError(f"stop point {want}: process {pid} did not stop this one")
 
 # %% ../nbs/00_core.ipynb #b64665b6
-_VERSIONED = ('sail', 'numpy', 'pandas', 'pyarrow', 'nibabel', 'scipy', 'scikit-learn', 'torch', 'transformers', 'papermill')
+_VERSIONED = ('sail', 'numpy', 'pandas', 'pyarrow', 'nibabel', 'scipy', 'scikit-learn', 'torch', 'transformers',
+              'papermill')
 
 def library_versions(
     names:tuple=_VERSIONED, # distribution names
@@ -303,6 +336,7 @@ def library_versions(
         except metadata.PackageNotFoundError: pass
     return out
 
+# %% ../nbs/00_core.ipynb #94363429
 def now()->str:
     "The current time as an ISO-8601 string with time zone."
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec='seconds')
@@ -317,6 +351,7 @@ def file_digest(
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()[:16]
 
+# %% ../nbs/00_core.ipynb #d4b7aa2b
 def file_stamp(
     path:str|Path, # a file
 )->list|None:  # [size in bytes, modification time in ns], or None when it does not exist
@@ -333,12 +368,16 @@ class Freshness(typing.NamedTuple):
     fresh: bool  # the recorded inputs equal the current ones and every file is as recorded
     reason: str  # what differs, for the log ('' when fresh)
 
+# %% ../nbs/00_core.ipynb #602ea22d
 def _jsonable(o): return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
-def _plain(obj): return json.loads(json.dumps(obj, sort_keys=True, default=_jsonable))  # inputs as stored: dataclasses as their fields
+# inputs as stored: dataclasses as their fields
+def _plain(obj): return json.loads(json.dumps(obj, sort_keys=True, default=_jsonable))
 
+# %% ../nbs/00_core.ipynb #5a46772c
 def _diff_keys(old:dict, new:dict)->list:
     return sorted(k for k in set(old) | set(new) if old.get(k, '<absent>') != new.get(k, '<absent>'))
 
+# %% ../nbs/00_core.ipynb #5326e7cb
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     "One output of a step: `files` in `folder`, and a sidecar recording the digest of every input that made them."
@@ -350,72 +389,88 @@ class Artifact:
 
     @property
     def sidecar(self)->Path: return self.folder/self.sidecar_name
-    def path(
-        self,
-        name:str,  # one of `files`
-    )->Path:
-        "The absolute path of one of the artifact's files."
-        if name not in self.files: raise KeyError(f"{self.name}: no file {name!r}; it has {list(self.files)}")
-        return self.folder/name
-
-    def record(self)->dict|None:
-        "The sidecar, or None when the artifact has not been made (or its record is unreadable or of another schema)."
-        try: rec = json.loads(self.sidecar.read_text())
-        except (FileNotFoundError, json.JSONDecodeError): return None
-        return rec if rec.get('schema') == ARTIFACT_SCHEMA and rec.get('name') == self.name else None
-
-    def check(
-        self,
-        inputs:dict,  # input name -> digest or settings (JSON data)
-    )->Freshness:
-        "Fresh when the recorded inputs equal `inputs` and every file is as recorded: the one freshness test of SAIL."
-        rec = self.record()
-        if rec is None: return Freshness(False, 'not made yet')
-        changed = _diff_keys(rec['inputs'], _plain(inputs))
-        if changed: return Freshness(False, f"input(s) changed: {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}")
-        for f, (sha, stamp) in rec['files'].items():
-            now_stamp = file_stamp(self.folder/f)
-            if now_stamp is None: return Freshness(False, f"{f} missing")
-            if now_stamp != stamp and (now_stamp[0] != stamp[0] or file_digest(self.folder/f) != sha):  # touched but equal is fine
-                return Freshness(False, f"{f} changed since it was written")
-        return Freshness(True, '')
-
-    def fresh(
-        self,
-        inputs:dict,  # input name -> digest or settings
-    )->bool:
-        "`check(inputs).fresh`"
-        return self.check(inputs).fresh
-
-    def commit(
-        self,
-        inputs:dict,            # input name -> digest or settings, as given to `check`
-        summary:dict|None=None, # small results worth keeping in the record (counts, metrics)
-    )->dict:  # the record
-        "Record a finished artifact: hash its files, then write the sidecar atomically (last)."
-        missing = [f for f in self.files if not (self.folder/f).exists()]
-        if missing: raise FileNotFoundError(f"{self.name}: cannot commit, file(s) {missing} not written in {self.folder}")
-        files = {f: [file_digest(self.folder/f), file_stamp(self.folder/f)] for f in self.files}
-        inputs = _plain(inputs)
-        rec = dict(schema=ARTIFACT_SCHEMA, name=self.name, step=self.step, digest=digest(dict(inputs=inputs, files={f: s for f, (s, _) in files.items()})),
-                   inputs=inputs, files=files, summary=_plain(summary or {}), created=now(), versions=library_versions())
-        write_json(self.sidecar, rec)
-        return rec
-
-    def require(self)->dict:
-        "The record of a finished artifact; a clear error naming the step to run when there is none."
-        rec = self.record()
-        if rec is None: raise FileNotFoundError(f"{self.sidecar}: {self.name} is not made yet" + (f" (run the {self.step} step)" if self.step else ''))
-        return rec
-
     @property
     def digest(self)->str:
         "The finished artifact's digest (of its inputs and its files' contents): what consumers record."
         return self.require()['digest']
 
-    def discard(self):
-        "Forget the artifact (its files stay until overwritten): the next check says it is not made."
-        self.sidecar.unlink(missing_ok=True)
+# %% ../nbs/00_core.ipynb #6a8f73bf
+@patch
+def path(self:Artifact,
+    name:str,  # one of `files`
+)->Path:
+    "The absolute path of one of the artifact's files."
+    if name not in self.files: raise KeyError(f"{self.name}: no file {name!r}; it has {list(self.files)}")
+    return self.folder/name
+
+# %% ../nbs/00_core.ipynb #b3047afe
+@patch
+def record(self:Artifact)->dict|None:
+    "The sidecar, or None when the artifact has not been made (or its record is unreadable or of another schema)."
+    try: rec = json.loads(self.sidecar.read_text())
+    except (FileNotFoundError, json.JSONDecodeError): return None
+    return rec if rec.get('schema') == ARTIFACT_SCHEMA and rec.get('name') == self.name else None
+
+# %% ../nbs/00_core.ipynb #ec50b416
+@patch
+def check(self:Artifact,
+    inputs:dict,  # input name -> digest or settings (JSON data)
+)->Freshness:
+    "Fresh when the recorded inputs equal `inputs` and every file is as recorded: the one freshness test of SAIL."
+    rec = self.record()
+    if rec is None: return Freshness(False, 'not made yet')
+    changed = _diff_keys(rec['inputs'], _plain(inputs))
+    if changed:
+        return Freshness(False, f"input(s) changed: {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}")
+    for f, (sha, stamp) in rec['files'].items():
+        now_stamp = file_stamp(self.folder/f)
+        if now_stamp is None: return Freshness(False, f"{f} missing")
+        # touched but equal is fine
+        if now_stamp != stamp and (now_stamp[0] != stamp[0] or file_digest(self.folder/f) != sha):
+            return Freshness(False, f"{f} changed since it was written")
+    return Freshness(True, '')
+
+# %% ../nbs/00_core.ipynb #1454276e
+@patch
+def fresh(self:Artifact,
+    inputs:dict,  # input name -> digest or settings
+)->bool:
+    "`check(inputs).fresh`"
+    return self.check(inputs).fresh
+
+# %% ../nbs/00_core.ipynb #26b69e16
+@patch
+def commit(self:Artifact,
+    inputs:dict,            # input name -> digest or settings, as given to `check`
+    summary:dict|None=None, # small results worth keeping in the record (counts, metrics)
+)->dict:  # the record
+    "Record a finished artifact: hash its files, then write the sidecar atomically (last)."
+    missing = [f for f in self.files if not (self.folder/f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{self.name}: cannot commit, file(s) {missing} not written in {self.folder}")
+    files = {f: [file_digest(self.folder/f), file_stamp(self.folder/f)] for f in self.files}
+    inputs = _plain(inputs)
+    rec = dict(schema=ARTIFACT_SCHEMA, name=self.name, step=self.step,
+               digest=digest(dict(inputs=inputs, files={f: s for f, (s, _) in files.items()})),
+               inputs=inputs, files=files, summary=_plain(summary or {}), created=now(), versions=library_versions())
+    write_json(self.sidecar, rec)
+    return rec
+
+# %% ../nbs/00_core.ipynb #2ca77ce7
+@patch
+def require(self:Artifact)->dict:
+    "The record of a finished artifact; a clear error naming the step to run when there is none."
+    rec = self.record()
+    if rec is None:
+        raise FileNotFoundError(f"{self.sidecar}: {self.name} is not made yet"
+                                + (f" (run the {self.step} step)" if self.step else ''))
+    return rec
+
+# %% ../nbs/00_core.ipynb #de8cf100
+@patch
+def discard(self:Artifact):
+    "Forget the artifact (its files stay until overwritten): the next check says it is not made."
+    self.sidecar.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #334f3ea4
 def show_path(
@@ -426,12 +481,15 @@ def show_path(
     p, root = Path(path).resolve(), (root or project_root()).resolve()
     return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
 
+# %% ../nbs/00_core.ipynb #52802982
 def current_step()->str:
-    "The running step's name: `$SAIL_STEP` (set by the executor), else the notebook's name in JupyterLab, else 'interactive'."
+    """The running step's name: `$SAIL_STEP` (set by the executor), else the notebook's name in JupyterLab, else
+    'interactive'."""
     if os.environ.get('SAIL_STEP'): return os.environ['SAIL_STEP']
     nb = os.environ.get('JPY_SESSION_NAME', '')
     return Path(nb).stem if nb.endswith('.ipynb') else 'interactive'
 
+# %% ../nbs/00_core.ipynb #2a5a9f27
 _LAST_RECORD: dict = {}
 
 def record_step(
@@ -441,13 +499,15 @@ def record_step(
 )->dict:
     "Write the record of the running step, keep it for the executor, and return it."
     rp = run_paths(cfg)
-    def out(v): return dict(path=show_path(v.sidecar, rp.root), digest=v.digest) if isinstance(v, Artifact) else show_path(v, rp.root)
-    rec = dict(step=current_step(), finished=now(), config_digest=digest(cfg), outputs={k: out(v) for k, v in outputs.items()},
-               summary=_plain(summary or {}))
+    def out(v): return (dict(path=show_path(v.sidecar, rp.root), digest=v.digest) if isinstance(v, Artifact)
+                        else show_path(v, rp.root))
+    rec = dict(step=current_step(), finished=now(), config_digest=digest(cfg),
+               outputs={k: out(v) for k, v in outputs.items()}, summary=_plain(summary or {}))
     write_json(rp.steps/f"{rec['step']}.json", rec)
     _LAST_RECORD.clear(); _LAST_RECORD.update(rec)
     return rec
 
+# %% ../nbs/00_core.ipynb #6b2a1b1a
 def last_record()->dict:
     "The record of the last `record_step` in this process (what the executor returns for a step)."
     return dict(_LAST_RECORD)

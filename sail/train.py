@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SAE_SCHEMA_VERSION', 'lr_factor', 'warmup_steps', 'clip_per_model_', 'evaluate', 'save_state', 'state_info',
            'load_state', 'resumable_epoch', 'train_family', 'save_sae', 'load_sae', 'export_saelens', 'training_data',
-           'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'member_inputs', 'trained_saes', 'FamilyJob', 'family_jobs',
-           'train_job', 'GridResult', 'train_grids', 'train_grid']
+           'member_inputs', 'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'FamilyJob', 'family_jobs', 'train_job',
+           'GridResult', 'train_grids', 'train_grid', 'trained_saes']
 
 # %% ../nbs/08_train.ipynb #169ec6a4
 import os, json, math, time, shutil
@@ -19,11 +19,12 @@ from safetensors.torch import save_file, load_file
 from safetensors import safe_open
 import typing
 from typing import NamedTuple
-from .core import (Failures, Artifact, RunPaths, run_paths, digest, write_json, atomic_path, progress, get_logger, library_versions, now, record_step,
-                       seed_everything, stop_point, autocast)
+from .core import (Failures, Artifact, RunPaths, run_paths, digest, write_json, atomic_path, progress, get_logger,
+                       library_versions, now, record_step, seed_everything, stop_point, autocast)
 from .config import Config, Compute, SAEConfig, load_config, dataset_label
 from .encoders import encoder_id
-from .executor import Task, StageResult, run_stage, worker_cache, drop_cached, task_device, stage_device, crash_point
+from .executor import (Task, StageResult, run_stage, worker_cache, drop_cached, task_device, stage_device,
+                           crash_point)
 from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
@@ -42,6 +43,7 @@ def lr_factor(
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * t))) / lr
 
+# %% ../nbs/08_train.ipynb #c68f79ae
 def warmup_steps(
     total:int,       # total steps
     scfg:SAEConfig,  # SAE settings
@@ -72,12 +74,13 @@ def evaluate(
     "Inference-path metrics of every model and level over a whole split."
     M, L, D = sae.n_models, len(sae.sizes), sae.sizes[-1]
     sse = torch.zeros(M, L, X.shape[1], dtype=torch.float64, device=X.device)
-    r2_ref_sum, l0 = torch.zeros(M, L, dtype=torch.float64, device=X.device), torch.zeros(M, L, dtype=torch.float64, device=X.device)
+    r2_ref_sum, l0 = (torch.zeros(M, L, dtype=torch.float64, device=X.device),
+                      torch.zeros(M, L, dtype=torch.float64, device=X.device))
     fired = torch.zeros(M, D, dtype=torch.bool, device=X.device)
     Wd = sae.decoder()
     for s in range(0, X.shape[0], batch_size):
         xb = X[s:s + batch_size].float()
-        xd = xb.double()                                 # sums over rows, then over columns: the same bits for any thread count
+        xd = xb.double()    # sums over rows, then over columns: the same bits for any thread count
         tot_ref = ((xd - xd.sum(0).sum() / xd.numel())**2).sum(0).sum()
         for l in range(L):
             for m, codes in enumerate(encode(sae, xb, l)):
@@ -108,11 +111,13 @@ def save_state(
     "Atomically write a resumable training checkpoint to folder `path`."
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     for name, p in sae.named_parameters():
-        for k, v in opt.state.get(p, {}).items(): tensors[f"opt.{name}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{name}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path/'state.safetensors') as tmp: save_file(tensors, str(tmp), metadata={'info': json.dumps(info)})
     write_json(path/'state.json', info)                                    # a readable copy; resuming reads the header
 
+# %% ../nbs/08_train.ipynb #a76262c5
 def state_info(
     path:Path,  # checkpoint folder
 )->dict|None:
@@ -122,6 +127,7 @@ def state_info(
     with safe_open(str(f), 'pt') as h: meta = h.metadata() or {}
     return json.loads(meta['info']) if 'info' in meta else None
 
+# %% ../nbs/08_train.ipynb #78786080
 def load_state(
     path:Path,                  # folder
     sae:MatryoshkaSAE,          # model(s)
@@ -173,7 +179,8 @@ def train_family(
     stop = scfg.epochs if max_epochs is None else min(scfg.epochs, start + max_epochs)
     for epoch in range(start, stop):
         sae.train()
-        order_seed = scfg.seed * 100_003 + (epoch if scfg.batch_order == 'epoch' else 0)   # 'fixed': one order for every epoch
+        # 'fixed': one order for every epoch
+        order_seed = scfg.seed * 100_003 + (epoch if scfg.batch_order == 'epoch' else 0)
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(order_seed)).to(device)
         mse_sum = torch.zeros(sae.n_models, len(sae.sizes), device=device)
         for s in range(0, N, B):
@@ -190,7 +197,8 @@ def train_family(
         val = evaluate(sae, X_val)
         if on_epoch: on_epoch(epoch + 1, (mse_sum / N).tolist(), val, opt.param_groups[0]['lr'])
         if state_dir is not None and ((epoch + 1) % scfg.checkpoint_every == 0 or epoch + 1 == scfg.epochs):
-            save_state(state_dir, sae, opt, dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, digest=settings_digest, saved=now()))
+            save_state(state_dir, sae, opt, dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
+                                                 digest=settings_digest, saved=now()))
             stop_point('train:epoch')
             crash_point('train:checkpoint')                      # test hook: a worker dying after a checkpoint
     bar.close()
@@ -207,15 +215,18 @@ def save_sae(
 )->Path:
     "Write member `m` of `sae` as `model.safetensors` + `config.json` in `folder`."
     folder.mkdir(parents=True, exist_ok=True)
-    t = dict(W=sae.W[m], b_enc=sae.b_enc[m], b_dec=sae.b_dec[m], theta=sae.theta[m:m + 1], theta_sum=sae.theta_sum[m:m + 1], theta_count=sae.theta_count[m:m + 1])
+    t = dict(W=sae.W[m], b_enc=sae.b_enc[m], b_dec=sae.b_dec[m], theta=sae.theta[m:m + 1],
+             theta_sum=sae.theta_sum[m:m + 1], theta_count=sae.theta_count[m:m + 1])
     if not sae.tied: t['W_dec'] = sae.W_dec[m]
-    with atomic_path(folder/'model.safetensors') as tmp: save_file({k: v.detach().contiguous().cpu() for k, v in t.items()}, str(tmp))
-    cfg = dict(schema_version=SAE_SCHEMA_VERSION, variant=sae.variant, tied=sae.tied, input_dim=sae.input_dim, sizes=sae.sizes,
-               k=sae.ks[m].tolist(), theta=float(sae.theta[m]), seed=sae.seeds[m], name=config_name(sae.sizes, sae.ks[m].tolist()),
-               versions=library_versions(), saved=now()) | meta
+    with atomic_path(folder/'model.safetensors') as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in t.items()}, str(tmp))
+    cfg = dict(schema_version=SAE_SCHEMA_VERSION, variant=sae.variant, tied=sae.tied, input_dim=sae.input_dim,
+               sizes=sae.sizes, k=sae.ks[m].tolist(), theta=float(sae.theta[m]), seed=sae.seeds[m],
+               name=config_name(sae.sizes, sae.ks[m].tolist()), versions=library_versions(), saved=now()) | meta
     write_json(folder/'config.json', cfg)
     return folder
 
+# %% ../nbs/08_train.ipynb #8f571284
 def load_sae(
     folder:str|Path,          # SAE folder
     input_dim:int|None=None,  # expected embedding size
@@ -223,9 +234,12 @@ def load_sae(
 )->MatryoshkaSAE:
     "A trained SAE from `save_sae`'s folder (no pickles)."
     folder = Path(folder); cfg = json.loads((folder/'config.json').read_text())
-    if cfg.get('schema_version') != SAE_SCHEMA_VERSION: raise ValueError(f"{folder}/config.json: schema version {cfg.get('schema_version')}, expected {SAE_SCHEMA_VERSION}")
+    if cfg.get('schema_version') != SAE_SCHEMA_VERSION:
+        raise ValueError(f"{folder}/config.json: schema version {cfg.get('schema_version')}, "
+                         f"expected {SAE_SCHEMA_VERSION}")
     if input_dim is not None and input_dim != cfg['input_dim']:
-        raise ValueError(f"{folder}: this SAE takes {cfg['input_dim']}-d embeddings (trained on {cfg.get('encoder', '?')}), got {input_dim}-d")
+        raise ValueError(f"{folder}: this SAE takes {cfg['input_dim']}-d embeddings "
+                         f"(trained on {cfg.get('encoder', '?')}), got {input_dim}-d")
     sae = MatryoshkaSAE(cfg['input_dim'], cfg['sizes'], [cfg['k']], cfg['variant'], cfg['tied'], seeds=[cfg['seed']])
     t = load_file(str(folder/'model.safetensors'))
     with torch.no_grad():
@@ -248,10 +262,13 @@ def export_saelens(
     if sae.variant == 'paper': w |= dict(b_enc=sae.b_enc[0], threshold=sae.theta[0].expand(D))
     else: w |= dict(b_enc=sae.b_enc[0] - sae.theta[0])
     save_file({k: v.detach().contiguous().float() for k, v in w.items()}, str(out/'sae_weights.safetensors'))
-    meta = dict(model_name=cfg.get('encoder', 'sail'), hook_name=f"sail.{cfg.get('encoder', 'embedding')}.l2_normalised", dataset_path=None,
-                sail_config=cfg['name'], sail_variant=cfg['variant'], input_note='inputs are L2-normalised foundation-model embeddings')
-    scfg = dict(architecture='jumprelu' if sae.variant == 'paper' else 'standard', d_in=d, d_sae=D, dtype='float32', device='cpu',
-                apply_b_dec_to_input=True, normalize_activations='none', reshape_activations='none', metadata=meta)
+    meta = dict(model_name=cfg.get('encoder', 'sail'),
+                hook_name=f"sail.{cfg.get('encoder', 'embedding')}.l2_normalised", dataset_path=None,
+                sail_config=cfg['name'], sail_variant=cfg['variant'],
+                input_note='inputs are L2-normalised foundation-model embeddings')
+    scfg = dict(architecture='jumprelu' if sae.variant == 'paper' else 'standard', d_in=d, d_sae=D, dtype='float32',
+                device='cpu', apply_b_dec_to_input=True, normalize_activations='none', reshape_activations='none',
+                metadata=meta)
     (out/'cfg.json').write_text(json.dumps(scfg, indent=1))
     return out
 
@@ -267,53 +284,24 @@ def training_data(
     s = split_of(slices, data)
     tr, va = np.asarray(s == 'train'), np.asarray(s == 'val')
     out = {}
-    for name, rows in (('train', tr), ('val', va)):            # straight from the memory map into each split: no whole-table copy
+    # straight from the memory map into each split: no whole-table copy
+    for name, rows in (('train', tr), ('val', va)):
         X = out[name] = torch.empty((int(rows.sum()), emb.shape[1]), dtype=torch.float32)
         at = 0
         for i in range(0, len(emb), 65536):
             pick = np.flatnonzero(rows[i:i + 65536])
-            if len(pick): X[at:at + len(pick)] = F.normalize(torch.from_numpy(np.ascontiguousarray(emb[i + pick], np.float32)), dim=-1); at += len(pick)
-    fp = dict(encoder=enc_id, embeddings=embeddings_artifact(data, enc_id).digest, dim=int(emb.shape[1]), n_train=int(tr.sum()), n_val=int(va.sum()),
-              split=split_artifact(data).digest)
+            if len(pick):
+                X[at:at + len(pick)] = F.normalize(torch.from_numpy(np.ascontiguousarray(emb[i + pick], np.float32)),
+                                                   dim=-1)
+                at += len(pick)
+    fp = dict(encoder=enc_id, embeddings=embeddings_artifact(data, enc_id).digest, dim=int(emb.shape[1]),
+              n_train=int(tr.sum()), n_val=int(va.sum()), split=split_artifact(data).digest)
     return out['train'].to(device), out['val'].to(device), fp
 
-def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
-    "The digest a family's resumable checkpoint must match (the members trained together in one batched model)."
-    return digest([member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(ks, seeds)])
-
-_NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every', 'models_per_batch')  # settings that do not change a trained model
-
-def sae_dir(
-    paths:RunPaths, # the run's folders (`Config.paths`)
-    enc_id:str,     # encoder id
-    variant:str,    # variant
-)->Path:
-    "runs/<name>/sae/<encoder>/<variant>/"
-    return paths.run/'sae'/enc_id/variant
-
-class SAERef(typing.NamedTuple):
-    "One trained SAE of a run: which encoder, variant and configuration, and its folder (resolved once)."
-    encoder: str   # encoder id
-    variant: str   # 'paper' or 'released'
-    config: str    # configuration name, e.g. 'D_8_32_K_2_4'
-    folder: Path   # runs/<name>/sae/<encoder>/<variant>/<config>/
-    @property
-    def name(self)->str: return f"{self.encoder}/{self.variant}/{self.config}"
-
-def sae_ref(
-    paths:RunPaths, # the run's folders (`Config.paths`)
-    encoder:str,   # encoder id
-    variant:str,   # variant
-    config:str,    # configuration name
-)->SAERef:
-    "The reference to one SAE of the run."
-    return SAERef(encoder, variant, config, sae_dir(paths, encoder, variant)/config)
-
-def sae_artifact(
-    ref:SAERef,    # which SAE
-)->Artifact:
-    "A trained SAE: model.safetensors, config.json and metrics.jsonl in its folder, recorded in artifact.json."
-    return Artifact(f'sae/{ref.name}', ref.folder, ('model.safetensors', 'config.json', 'metrics.jsonl'), step='08_train')
+# %% ../nbs/08_train.ipynb #eed08950
+# settings that do not change a trained model
+_NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every',
+                'models_per_batch')
 
 def member_inputs(
     scfg:SAEConfig,  # settings
@@ -323,15 +311,52 @@ def member_inputs(
     variant:str,     # variant
     fp:dict,         # data fingerprint
 )->dict:
-    "What one trained SAE is made from: the data (embeddings and split digests), the training settings, its shape and seed."
-    return dict(data=fp, training={k_: v for k_, v in vars(scfg).items() if k_ not in _NOT_RESULTS}, sizes=list(sizes), k=list(k), seed=seed, variant=variant)
+    """What one trained SAE is made from: the data (embeddings and split digests), the training settings, its shape
+    and seed."""
+    return dict(data=fp, training={k_: v for k_, v in vars(scfg).items() if k_ not in _NOT_RESULTS},
+                sizes=list(sizes), k=list(k), seed=seed, variant=variant)
 
-def trained_saes(
+# %% ../nbs/08_train.ipynb #b520df72
+def _family_digest(scfg:SAEConfig, sizes, ks, seeds, variant, fp)->str:
+    "The digest a family's resumable checkpoint must match (the members trained together in one batched model)."
+    return digest([member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(ks, seeds)])
+
+# %% ../nbs/08_train.ipynb #569708d1
+def sae_dir(
     paths:RunPaths, # the run's folders (`Config.paths`)
-)->list:  # [SAERef] in a fixed order
-    "Every SAE of the configured grid that has been trained in the run."
-    refs = [sae_ref(paths, *f.parent.parts[-3:]) for f in sorted((paths.run/'sae').glob('*/*/*/artifact.json'))]
-    return [r for r in refs if sae_artifact(r).record() is not None]
+    enc_id:str,     # encoder id
+    variant:str,    # variant
+)->Path:
+    "runs/<name>/sae/<encoder>/<variant>/"
+    return paths.run/'sae'/enc_id/variant
+
+# %% ../nbs/08_train.ipynb #a0b73d7b
+class SAERef(typing.NamedTuple):
+    "One trained SAE of a run: which encoder, variant and configuration, and its folder (resolved once)."
+    encoder: str   # encoder id
+    variant: str   # 'paper' or 'released'
+    config: str    # configuration name, e.g. 'D_8_32_K_2_4'
+    folder: Path   # runs/<name>/sae/<encoder>/<variant>/<config>/
+    @property
+    def name(self)->str: return f"{self.encoder}/{self.variant}/{self.config}"
+
+# %% ../nbs/08_train.ipynb #13301355
+def sae_ref(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+    encoder:str,   # encoder id
+    variant:str,   # variant
+    config:str,    # configuration name
+)->SAERef:
+    "The reference to one SAE of the run."
+    return SAERef(encoder, variant, config, sae_dir(paths, encoder, variant)/config)
+
+# %% ../nbs/08_train.ipynb #3ebe0842
+def sae_artifact(
+    ref:SAERef,    # which SAE
+)->Artifact:
+    "A trained SAE: model.safetensors, config.json and metrics.jsonl in its folder, recorded in artifact.json."
+    return Artifact(f'sae/{ref.name}', ref.folder, ('model.safetensors', 'config.json', 'metrics.jsonl'),
+                    step='08_train')
 
 # %% ../nbs/08_train.ipynb #47e6b760
 def _write_metrics(folder:Path, rows:list, start:int):
@@ -340,6 +365,7 @@ def _write_metrics(folder:Path, rows:list, start:int):
     old = [l for l in p.read_text().splitlines() if json.loads(l)['epoch'] <= start] if p.exists() else []
     with atomic_path(p) as tmp: tmp.write_text(''.join(l + '\n' for l in old + [json.dumps(r) for r in rows]))
 
+# %% ../nbs/08_train.ipynb #af05b3c2
 class FamilyJob(NamedTuple):
     "One family of SAEs trained together as one batched model: the unit of work of the training step."
     encoder: str      # encoder id
@@ -348,8 +374,10 @@ class FamilyJob(NamedTuple):
     patterns: list    # k per level, one list per member
     seeds: list       # seed of each member
     @property
-    def name(self)->str: return f"{self.encoder}/{self.variant} D={'_'.join(map(str, self.sizes))} k={self.patterns[0][-1]}..{self.patterns[-1][-1]}"
+    def name(self)->str: return (f"{self.encoder}/{self.variant} D={'_'.join(map(str, self.sizes))} "
+                                 f"k={self.patterns[0][-1]}..{self.patterns[-1][-1]}")
 
+# %% ../nbs/08_train.ipynb #ea8c995b
 def family_jobs(
     scfg:SAEConfig,   # the `sae` section
     compute:Compute,  # device and executor (`Config.compute`): one member per family on a CPU
@@ -359,10 +387,13 @@ def family_jobs(
     "The families of the grid: `sae.models_per_batch` members each (default: every k pattern on CUDA, one on a CPU)."
     cuda = stage_device(compute.executor, 'train', compute.device) == 'cuda'
     per_batch = scfg.models_per_batch or (len(scfg.k_patterns) if cuda else 1)
-    return [FamilyJob(e, v, tuple(sizes), patterns[i:i + per_batch], [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
+    return [FamilyJob(e, v, tuple(sizes), patterns[i:i + per_batch],
+                      [scfg.seed + j for j in range(i, min(i + per_batch, len(patterns)))])
             for e in enc_ids for v in variants
-            for sizes, patterns in grid(scfg.families, scfg.k_patterns).items() for i in range(0, len(patterns), per_batch)]
+            for sizes, patterns in grid(scfg.families, scfg.k_patterns).items()
+            for i in range(0, len(patterns), per_batch)]
 
+# %% ../nbs/08_train.ipynb #fe24caa8
 def train_job(
     paths:RunPaths,     # the run's folders (`Config.paths`)
     scfg:SAEConfig,     # the `sae` section
@@ -386,18 +417,21 @@ def train_job(
     for a in arts: a.discard()
     state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
     if force: shutil.rmtree(state, ignore_errors=True)
-    sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef, scfg.aux_dead_samples).to(device)
+    sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef,
+                        scfg.aux_dead_samples).to(device)
     history = {n: [] for n in names}
     def on_epoch(epoch, train_mse, val, lr):
         for n, tm, v in zip(names, train_mse, val): history[n].append(dict(epoch=epoch, lr=lr, train_mse=tm, val=v))
         if epoch % scfg.checkpoint_every == 0 or epoch == scfg.epochs:
             for n in names: _write_metrics(base/n, history[n], epoch - len(history[n])); history[n].clear()
-    train_family(sae, X_train, X_val, scfg, state, fd, on_epoch, max_epochs, desc=f"{enc_id}/{variant} D={sizes[-1]} x{len(names)}")
+    train_family(sae, X_train, X_val, scfg, state, fd, on_epoch, max_epochs,
+                 desc=f"{enc_id}/{variant} D={sizes[-1]} x{len(names)}")
     if resumable_epoch(state, fd) < scfg.epochs: return None                     # stopped early on request
     rows = []
     for m, n in enumerate(names):
         last = json.loads((base/n/'metrics.jsonl').read_text().splitlines()[-1])
-        final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1], train_mse=last['train_mse'][-1],
+        final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1],
+                     train_mse=last['train_mse'][-1],
                      **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in last['val'].items()})
         save_sae(sae, m, base/n, dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
         arts[m].commit(inputs[m], final)
@@ -405,18 +439,25 @@ def train_job(
     shutil.rmtree(state, ignore_errors=True)
     return rows
 
-def _train_job_task(paths:RunPaths, scfg:SAEConfig, device:str, job:FamilyJob, force:bool, max_epochs:int|None)->list|None:
+# %% ../nbs/08_train.ipynb #715beef9
+def _train_job_task(paths:RunPaths, scfg:SAEConfig, device:str, job:FamilyJob, force:bool,
+                    max_epochs:int|None)->list|None:
     "An executor task: train one family on its encoder's embeddings (loaded once per process and encoder)."
     device, data = task_device(device), paths.data
     seed_everything(scfg.seed)
-    key = ('training-data', str(data), job.encoder, embeddings_artifact(data, job.encoder).digest, split_artifact(data).digest, device)
-    return train_job(paths, scfg, job, worker_cache(key, lambda: training_data(data, job.encoder, device), keep_one=True), device, force, max_epochs)
+    key = ('training-data', str(data), job.encoder, embeddings_artifact(data, job.encoder).digest,
+           split_artifact(data).digest, device)
+    return train_job(paths, scfg, job,
+                     worker_cache(key, lambda: training_data(data, job.encoder, device), keep_one=True),
+                     device, force, max_epochs)
 
+# %% ../nbs/08_train.ipynb #27572323
 class GridResult(NamedTuple):
     "The trained grid: final metrics per configuration, and how the families ran."
     table: pd.DataFrame   # one row per configuration: final validation metrics
     stage: StageResult    # where each family ran (executor, placement) and how long the stage took
 
+# %% ../nbs/08_train.ipynb #93390c9c
 def train_grids(
     paths:RunPaths,       # the run's folders (`Config.paths`): embeddings and split in `data`, SAEs written under `run`
     scfg:SAEConfig,       # the `sae` section
@@ -428,11 +469,14 @@ def train_grids(
 )->GridResult:
     "Train every configuration of the grid for each encoder and variant: one executor task per family."
     jobs = family_jobs(scfg, compute, enc_ids, variants)
-    try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task', (paths, scfg, compute.device, j, force, max_epochs)) for j in jobs], 'train', compute.executor,
-                           Failures(strict=True), desc='training SAE families', unit='family', after_each='train:family')   # a family that raises stops the step
+    try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task',
+                                 (paths, scfg, compute.device, j, force, max_epochs)) for j in jobs],
+                           'train', compute.executor, Failures(strict=True), desc='training SAE families',
+                           unit='family', after_each='train:family')   # a family that raises stops the step
     finally: drop_cached('training-data')          # a local run loaded them into this process: free them, as before
     return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
 
+# %% ../nbs/08_train.ipynb #f2b1d04f
 def train_grid(
     paths:RunPaths,       # the run's folders (`Config.paths`)
     scfg:SAEConfig,       # the `sae` section
@@ -444,3 +488,11 @@ def train_grid(
 )->pd.DataFrame:  # one row per configuration: final validation metrics
     "Train every configuration of the grid on one encoder's embeddings, family by family."
     return train_grids(paths, scfg, compute, [enc_id], [variant], force, max_epochs).table
+
+# %% ../nbs/08_train.ipynb #ea3a5cdd
+def trained_saes(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+)->list:  # [SAERef] in a fixed order
+    "Every SAE of the configured grid that has been trained in the run."
+    refs = [sae_ref(paths, *f.parent.parts[-3:]) for f in sorted((paths.run/'sae').glob('*/*/*/artifact.json'))]
+    return [r for r in refs if sae_artifact(r).record() is not None]
