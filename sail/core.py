@@ -497,11 +497,14 @@ def record_step(
     outputs:dict,           # name -> path, or `Artifact`, of every output the step wrote or reused
     summary:dict|None=None, # small numbers worth keeping (counts, failures)
 )->dict:
-    "Write the record of the running step, keep it for the executor, and return it."
+    "Write the record of the running step (named by `current_step`, else by its outputs' step), keep it, return it."
     rp = run_paths(cfg)
     def out(v): return (dict(path=show_path(v.sidecar, rp.root), digest=v.digest) if isinstance(v, Artifact)
                         else show_path(v, rp.root))
-    rec = dict(step=current_step(), finished=now(), config_digest=digest(cfg),
+    step = current_step()
+    if step == 'interactive':              # plain papermill sets nothing: the step that makes the outputs names itself
+        step = next((v.step for v in outputs.values() if isinstance(v, Artifact) and v.step), step)
+    rec = dict(step=step, finished=now(), config_digest=digest(cfg),
                outputs={k: out(v) for k, v in outputs.items()}, summary=_plain(summary or {}))
     write_json(rp.steps/f"{rec['step']}.json", rec)
     _LAST_RECORD.clear(); _LAST_RECORD.update(rec)

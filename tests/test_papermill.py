@@ -44,8 +44,6 @@ def test_papermill_runs_the_step_with_the_parameter(by_papermill):
              for o in c.get('outputs', []) if o['output_type'] == 'execute_result']
     assert shown, 'the run cells showed no result'
 
-@pytest.mark.xfail(strict=True, reason="under plain papermill `sail.core.current_step()` has no $SAIL_STEP and returns "
-                   "'interactive', so the record lands in steps/interactive.json (fix in nbs/00_core.ipynb)")
 def test_papermill_records_the_step_under_its_name(by_papermill):
     pm, smoke = by_papermill
     p = smoke.run/'steps'/f'{STEP}.json'
