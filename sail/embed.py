@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'SLAB_COLUMNS', 'SliceImages', 'slice_windows', 'slab_positions', 'slab_rows', 'slice_columns',
-           'shard_ranges', 'Shard', 'parse_shard', 'slice_ids_digest', 'embeddings_artifact', 'embed_inputs',
-           'embed_encoder', 'merge_embeddings', 'Embeddings', 'load_embeddings', 'embed_images']
+           'shard_ranges', 'Shard', 'parse_shard', 'EmbedResult', 'slice_ids_digest', 'embeddings_artifact',
+           'embed_inputs', 'embed_encoder', 'merge_embeddings', 'Embeddings', 'load_embeddings', 'embed_images']
 
 # %% ../nbs/06_embed.ipynb #32938a53
-import os, json, time, shutil, hashlib, dataclasses
+import json, time, shutil, hashlib, dataclasses
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger, record_step, pick_device,
+from .core import (Failures, Artifact, run_paths, digest, write_json, atomic_path, progress, get_logger,
+                       record_step, pick_device,
                        stop_point, autocast)
 from .config import Config, Compute, EmbedConfig, EncoderConfig, load_config, dataset_label
 from .totalseg import _toy_scan
@@ -34,19 +35,22 @@ class SliceImages(torch.utils.data.Dataset):
         paths:list,  # image paths relative to it
         prepare,     # Encoder.preparer: (image, window) -> (S, S) tensor
         size:int,    # S
-        windows:list|None=None, # per path: the (low, high) HU window of a CT slice, None for MRI (only for `Encoder.uses_window`)
-        dtype=torch.uint8, # dtype `prepare` returns (Encoder.prepared_dtype), also of the blank image of an unreadable slice
-        slabs:np.ndarray|None=None, # (N, D) rows whose images make each row's slab (`slab_rows`), for `Encoder.slab`; None: each row alone
+        windows:list|None=None, # per path: a CT slice's (low, high) HU window, None for MRI (for `Encoder.uses_window`)
+        dtype=torch.uint8, # dtype `prepare` returns (Encoder.prepared_dtype), also of an unreadable slice's blank image
+        slabs:np.ndarray|None=None, # (N, D) rows making each row's slab (`slab_rows`, `Encoder.slab`); None: rows alone
     ):
         self.root, self.paths, self.prepare, self.size, self.dtype = Path(root), list(paths), prepare, size, dtype
         self.windows = list(windows) if windows is not None else [None] * len(self.paths)
-        if len(self.windows) != len(self.paths): raise ValueError(f"{len(self.windows)} windows for {len(self.paths)} images")
+        if len(self.windows) != len(self.paths):
+            raise ValueError(f"{len(self.windows)} windows for {len(self.paths)} images")
         self.slabs = slabs
-        if slabs is not None and len(slabs) != len(self.paths): raise ValueError(f"{len(slabs)} slabs for {len(self.paths)} images")
+        if slabs is not None and len(slabs) != len(self.paths):
+            raise ValueError(f"{len(slabs)} slabs for {len(self.paths)} images")
     def __len__(self): return len(self.paths)
     def _prepared(self, j:int, i:int)->torch.Tensor:
         try:
-            with Image.open(self.root/self.paths[j]) as im: return self.prepare(np.asarray(im.convert('L')), self.windows[j])
+            with Image.open(self.root/self.paths[j]) as im:
+                return self.prepare(np.asarray(im.convert('L')), self.windows[j])
         except Exception as e:
             if j == i: raise
             raise OSError(f"neighbour {self.paths[j]} of its slab: {type(e).__name__}: {e}") from None
@@ -60,6 +64,7 @@ class SliceImages(torch.utils.data.Dataset):
 
 WINDOW_COLUMNS = ['window_centre', 'window_width']  # slice-table columns of a CT slice's display window (NaN for MRI)
 
+# %% ../nbs/06_embed.ipynb #426e06c3
 def slice_windows(
     slices:pd.DataFrame, # slice table with `WINDOW_COLUMNS`
 )->list:  # per row: (low, high) in HU, or None where the slice has no HU window (MRI)
@@ -69,14 +74,16 @@ def slice_windows(
     return [None if pd.isna(c) or pd.isna(w) else (float(c) - float(w) / 2, float(c) + float(w) / 2)
             for c, w in zip(slices.window_centre, slices.window_width)]
 
-SLAB_COLUMNS = ['modality', 'image_id', 'plane', 'slice_index']  # slice-table columns that place a slice among its neighbours
+# slice-table columns that place a slice among its neighbours
+SLAB_COLUMNS = ['modality', 'image_id', 'plane', 'slice_index']
 
+# %% ../nbs/06_embed.ipynb #777bfac3
 def slab_positions(
     group:np.ndarray,  # (N,) which stack each row belongs to (a scan's plane)
     order:np.ndarray,  # (N,) its position along the stack's normal (slice_index): consecutive integers within a stack
     radius:int,        # neighbours on each side
     names:np.ndarray|None=None, # (N,) what to call each row in an error (slice ids); default 'row i'
-)->np.ndarray:         # (N, 2·radius + 1) row numbers, lowest index first; past a stack's first or last slice its edge slice repeats
+)->np.ndarray:         # (N, 2·radius + 1) row numbers, lowest index first; a stack's edge slice repeats past it
     "Each row's slab: the rows of its stack at the `radius` positions before and after it."
     group, order = np.asarray(group), np.asarray(order)
     o = np.lexsort((order, group)); g, k = group[o], order[o]
@@ -84,27 +91,30 @@ def slab_positions(
     bad = np.flatnonzero(same & (k[1:] - k[:-1] != 1))
     if len(bad):
         r = o[bad[0] + 1]
-        raise ValueError(f"{f'slice {names[r]}' if names is not None else f'row {r}'}: slice {k[bad[0] + 1]} follows slice {k[bad[0]]} "
+        raise ValueError(f"{f'slice {names[r]}' if names is not None else f'row {r}'}: slice {k[bad[0] + 1]} follows "
+                         f"slice {k[bad[0]]} "
                          "of its stack (a slab needs consecutive slices)")
     start, end = np.searchsorted(g, g, 'left'), np.searchsorted(g, g, 'right')
     at = np.clip(np.arange(len(o))[:, None] + np.arange(-radius, radius + 1), start[:, None], end[:, None] - 1)
     out = np.empty((len(o), 2 * radius + 1), np.int64); out[o] = o[at]
     return out
 
+# %% ../nbs/06_embed.ipynb #e3057ff2
 def slab_rows(
-    slices:pd.DataFrame,  # slice table with `SLAB_COLUMNS` (a plane's stored slices are consecutive: trimming only drops its ends)
+    slices:pd.DataFrame,  # slice table with `SLAB_COLUMNS` (a plane's stored slices are consecutive)
     radius:int,           # neighbours on each side (`Encoder.slab`)
-)->np.ndarray:            # (N, 2·radius + 1) row numbers of each row's slab, in slice order (axial: inferior first, as Astra's depth)
+)->np.ndarray:            # (N, 2·radius + 1) rows of each slab, in slice order (axial: inferior first, as Astra's)
     "The slab of every slice: its scan's plane's slices around it, the first or last stored slice repeated at the ends."
     missing = [c for c in SLAB_COLUMNS if c not in slices]
     if missing: raise KeyError(f"slice table lacks {missing}, which a slab encoder needs")
     group = slices.groupby(SLAB_COLUMNS[:3], sort=False).ngroup().to_numpy()
     return slab_positions(group, slices.slice_index.to_numpy(), radius, slices.slice_id.to_numpy())
 
+# %% ../nbs/06_embed.ipynb #7e57e13e
 def slice_columns(
     enc:Encoder,  # a built encoder
 )->list:          # the slice-table columns its embedding reads
-    "What the embedding step loads of the slice table for `enc`: ids and paths, the CT window (`uses_window`), the slab's placement (`slab`)."
+    "What the embedding step loads of the slice table for `enc`: ids, paths, CT window (`uses_window`), slab (`slab`)."
     return ['slice_id', 'image_path'] + (WINDOW_COLUMNS if enc.uses_window else []) + (SLAB_COLUMNS if enc.slab else [])
 
 # %% ../nbs/06_embed.ipynb #98142185
@@ -115,11 +125,13 @@ def shard_ranges(
     "[(start, stop)] of every shard."
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
+# %% ../nbs/06_embed.ipynb #736d130c
 class Shard(NamedTuple):
     "Which part of a sharded job this process does."
     i: int  # this shard, 0-based
     n: int  # number of shards
 
+# %% ../nbs/06_embed.ipynb #8952e2be
 def parse_shard(
     spec:str|None,  # 'i/n' (0-based i) or None
 )->Shard:
@@ -130,12 +142,14 @@ def parse_shard(
     if not 0 <= i < n: raise ValueError(f"shard {spec!r}: need 0 <= i < n")
     return Shard(i, n)
 
+# %% ../nbs/06_embed.ipynb #60cb0948
 def _shard_file(d:Path, k:int)->Path: return d/f"{k:05d}.parquet"
 
 def _embedding_table(ids, emb:np.ndarray)->pa.Table:
     "slice_id + fixed_size_list<float32>[d] table."
     flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
-    return pa.table({'slice_id': pa.array(list(ids), pa.string()), 'embedding': pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+    return pa.table({'slice_id': pa.array(list(ids), pa.string()),
+                     'embedding': pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
 
 # %% ../nbs/06_embed.ipynb #de51a149
 def _batches(todo:list, batch_size:int)->list:
@@ -146,23 +160,28 @@ def _forward(enc:Encoder, x:torch.Tensor, device:str, dtype:str)->torch.Tensor:
     "One prepared batch through the encoder on `device` at the step's precision: (B, dim) float32."
     with autocast(device, dtype): return enc(x.to(device, non_blocking=True)).float()
 
+# %% ../nbs/06_embed.ipynb #d0942ec5
 def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, shard_dir:Path, batch_size:int,
                   device:str, dtype:str, workers:int, failures:Failures, stop_event:str|None='embed:shard'):
     "Embed the rows of the shards in `todo` [(k, (start, stop))], writing each shard when it is complete."
-    ds = SliceImages(data_dir, slices.image_path.tolist(), enc.preparer, enc.image_size, slice_windows(slices) if enc.uses_window else None,
+    ds = SliceImages(data_dir, slices.image_path.tolist(), enc.preparer, enc.image_size,
+                     slice_windows(slices) if enc.uses_window else None,
                      enc.prepared_dtype, slab_rows(slices, enc.slab) if enc.slab else None)
     dl = torch.utils.data.DataLoader(ds, batch_sampler=_batches(todo, batch_size), num_workers=workers,
                                      pin_memory=device.startswith('cuda'))
     enc = enc.to(device)
     ends = {e: (k, s) for k, (s, e) in todo}
     rows, embs, errs = [], [], []
-    bar = progress(total=sum(e - s for _, (s, e) in todo), desc=f"embedding {enc.description.get('encoder', '')}", unit='img')
+    bar = progress(total=sum(e - s for _, (s, e) in todo), desc=f"embedding {enc.description.get('encoder', '')}",
+                   unit='img')
     with torch.inference_mode():
         for idx, x, err in dl:
             e = _forward(enc, x, device, dtype)
             keep = torch.tensor([not m for m in err])
             bad = torch.nonzero(~torch.isfinite(e).all(1) & keep.to(e.device)).flatten().tolist()
-            if bad: raise FloatingPointError(f"non-finite embedding for slice {slices.slice_id.iat[int(idx[bad[0]])]} ({enc.description.get('encoder')})")
+            if bad:
+                raise FloatingPointError(f"non-finite embedding for slice {slices.slice_id.iat[int(idx[bad[0]])]} "
+                                         f"({enc.description.get('encoder')})")
             rows += idx[keep].tolist(); embs.append(e[keep.to(e.device)].cpu().numpy())
             errs += [(int(i), m) for i, m in zip(idx.tolist(), err) if m]
             bar.update(len(idx))
@@ -177,21 +196,46 @@ def _embed_shards(enc:Encoder, slices:pd.DataFrame, data_dir:Path, todo:list, sh
 
 def _write_shard(shard_dir:Path, k:int, slices:pd.DataFrame, rows:list, embs:list, errs:list, dim:int):
     "Write one finished shard: failures first, then the table (whose presence marks the shard done)."
-    write_json(shard_dir/f"{k:05d}.failures.json", [dict(slice_id=slices.slice_id.iat[i], image_path=slices.image_path.iat[i], reason=m) for i, m in errs])
+    write_json(shard_dir/f"{k:05d}.failures.json",
+               [dict(slice_id=slices.slice_id.iat[i], image_path=slices.image_path.iat[i], reason=m) for i, m in errs])
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-    with atomic_path(_shard_file(shard_dir, k)) as tmp: pq.write_table(_embedding_table(slices.slice_id.iloc[rows], emb), tmp)
+    with atomic_path(_shard_file(shard_dir, k)) as tmp:
+        pq.write_table(_embedding_table(slices.slice_id.iloc[rows], emb), tmp)
 
 def _embed_shard_task(data_dir:str, embed:EmbedConfig, device:str, ec:EncoderConfig, k:int, rows:tuple)->list:
-    "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; its unreadable images (`Failures` rows)."
+    "An executor task: embed shard `k` (slice rows [start, stop)) with the encoder of `ec`; its unreadable images."
     data = Path(data_dir)
     enc = worker_cache(('encoder', digest(dataclasses.asdict(ec))), lambda: build_encoder(ec))
     cols = slice_columns(enc)
-    slices = worker_cache(('slices', str(data), slices_artifact(data).digest, tuple(cols)), lambda: load_slices(data, cols))
+    slices = worker_cache(('slices', str(data), slices_artifact(data).digest, tuple(cols)),
+                          lambda: load_slices(data, cols))
     unreadable = Failures()
-    _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(data, ec), embed.batch_size, task_device(device), embed.dtype, 0,
+    _embed_shards(enc, slices, data, [(k, rows)], _shard_dir(data, ec), embed.batch_size, task_device(device),
+                  embed.dtype, 0,
                   unreadable, stop_event=None)
     crash_point('embed:shard-written')                   # test hook: a worker dying after writing its shard
     return unreadable.rows
+
+# %% ../nbs/06_embed.ipynb #bd29662f
+class EmbedResult(NamedTuple):
+    "What the step did for one encoder: its merged embeddings (the artifact's summary), or the shards still to do."
+    encoder: str                   # encoder id
+    merged: bool                   # True once `embeddings/<encoder>.parquet` is written
+    shards_missing: int = 0        # shards still to embed before the merge (0 once merged)
+    shards_total: int|None = None  # shards of the slice table (None when read back from an up-to-date artifact)
+    description: dict|None = None  # what the encoder says it is (model, weights, preprocessing)
+    dtype: str|None = None         # stored precision of the vectors ('float32')
+    dim: int|None = None           # embedding size
+    n_rows: int|None = None        # embeddings written (the slices less the failures)
+    n_slices: int|None = None      # slices in the slice table
+    slices_digest: str|None = None # `slice_ids_digest` of the slice table
+    failures: list|None = None     # unreadable slices: slice_id, image_path, reason
+    seconds: float|None = None     # embedding time
+
+# %% ../nbs/06_embed.ipynb #23f8d9ad
+def _merged(summary:dict)->EmbedResult:
+    "The result of a finished encoder from its artifact's summary."
+    return EmbedResult(merged=True, **{k: v for k, v in summary.items() if k in EmbedResult._fields})
 
 # %% ../nbs/06_embed.ipynb #7be18da6
 def slice_ids_digest(
@@ -200,13 +244,16 @@ def slice_ids_digest(
     "Digest of the slice ids in order: embeddings belong to exactly this table."
     return hashlib.sha256('\n'.join(slices.slice_id).encode()).hexdigest()[:16]
 
+# %% ../nbs/06_embed.ipynb #b22a37e7
 def embeddings_artifact(
     data_dir:str|Path, # processed-data folder (config `data.dir`)
     enc_id:str,        # encoder id, e.g. 'pixels'
 )->Artifact:
-    "One encoder's embeddings of the slice table: `embeddings/<encoder>.parquet`, recorded in `embeddings/<encoder>.json`."
-    return Artifact(f'embeddings/{enc_id}', Path(data_dir)/'embeddings', (f'{enc_id}.parquet',), f'{enc_id}.json', step='06_embed')
+    "One encoder's embeddings of the slice table: `embeddings/<encoder>.parquet`, recorded in `<encoder>.json`."
+    return Artifact(f'embeddings/{enc_id}', Path(data_dir)/'embeddings', (f'{enc_id}.parquet',), f'{enc_id}.json',
+                    step='06_embed')
 
+# %% ../nbs/06_embed.ipynb #d3bac4bf
 def _shard_dir(data:Path, ec:EncoderConfig)->Path: return Path(data)/'embeddings'/f".{encoder_id(ec)}-shards"
 def _shards(data:Path, ec:EncoderConfig)->Artifact:
     "The set of unfinished shards: its record says which inputs they belong to (each shard file is written atomically)."
@@ -223,6 +270,7 @@ def embed_inputs(
     return dict(slices=slices_artifact(data_dir).digest, encoder=dataclasses.asdict(ec), description=enc.description,
                 dtype=embed.dtype, device=stage_device(compute.executor, 'embed', compute.device))
 
+# %% ../nbs/06_embed.ipynb #17d8e3de
 def embed_encoder(
     data_dir:str|Path,      # processed-data folder holding the slice table (`Config.paths.data`)
     embed:EmbedConfig,      # the `embed` section
@@ -232,7 +280,7 @@ def embed_encoder(
     shard:str|None=None,    # 'i/n': do only shards k with k % n == i
     max_shards:int|None=None, # stop after this many new shards (to test resuming)
     encoder:Encoder|None=None, # an already built encoder (default: `build_encoder(ec)`)
-)->dict:  # the sidecar (after a merge) or a progress note
+)->EmbedResult:  # the merged embeddings' summary, or the shards still to do
     "Embed the slice table with one encoder, resumably; merge when every shard is done."
     log, data = get_logger('sail.embed'), Path(data_dir)
     art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(data, ec)
@@ -240,7 +288,7 @@ def embed_encoder(
     slices = load_slices(data, slice_columns(enc))
     inputs = embed_inputs(data, embed, compute, ec, enc)
     if not force and art.fresh(inputs):
-        log.info(f"{art.name} up to date"); return art.record()['summary']
+        log.info(f"{art.name} up to date"); return _merged(art.record()['summary'])
     shards, shard_inputs = _shards(data, ec), dict(inputs, shard_rows=embed.shard_rows)
     if force or not shards.fresh(shard_inputs):                    # shards of other inputs are discarded
         shutil.rmtree(shard_dir, ignore_errors=True)
@@ -256,16 +304,19 @@ def embed_encoder(
         log.info(f"{encoder_id(ec)}: {len(todo)} of {len(ranges)} shard(s) to embed on {where}")
         if compute.executor.kind == 'local':
             _embed_shards(enc, slices, data, todo, shard_dir, embed.batch_size, device, embed.dtype,
-                          min(compute.workers or os.cpu_count() or 1, 8), failures)
-        else:                                   # one task per shard; a shard that raises stops the step, as it does locally
-            stage = run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task', (str(data), embed, compute.device, ec, k, r)) for k, r in todo], 'embed',
-                              compute.executor, Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard', after_each='embed:shard')
+                          min(compute.processes, 8), failures)
+        # one task per shard; a shard that raises stops the step, as it does locally
+        else:
+            stage = run_stage([Task(f"{encoder_id(ec)} shard {k}", 'sail.embed:_embed_shard_task',
+                                    (str(data), embed, compute.device, ec, k, r)) for k, r in todo], 'embed',
+                              compute.executor, Failures(strict=True), desc=f"embedding {encoder_id(ec)}", unit='shard',
+                              after_each='embed:shard')
             for k, _ in todo:
                 for f in stage.values[f"{encoder_id(ec)} shard {k}"]: failures.add(f['item'], f['reason'], f['stage'])
     seconds = time.time() - t0
     if failures: failures.report('images')
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]
-    if missing: return dict(merged=False, shards_missing=len(missing), shards_total=len(ranges))
+    if missing: return EmbedResult(encoder_id(ec), False, len(missing), len(ranges))
     return merge_embeddings(data, embed, ec, seconds)
 
 # %% ../nbs/06_embed.ipynb #1516f101
@@ -274,17 +325,19 @@ def merge_embeddings(
     embed:EmbedConfig,     # the `embed` section (its `shard_rows`)
     ec:EncoderConfig,      # which encoder
     seconds:float|None=None, # embedding time to record
-)->dict:  # the artifact's summary
+)->EmbedResult:  # the artifact's summary, as a record
     "Merge finished shards into `embeddings/<encoder>.parquet` after checking every slice is present exactly once."
     data = Path(data_dir)
     art, shard_dir = embeddings_artifact(data, encoder_id(ec)), _shard_dir(data, ec)
     out = art.path(f'{encoder_id(ec)}.parquet')
-    if _shards(data, ec).record() is None: raise FileNotFoundError(f"{shard_dir}: no shards to merge (run `sail embed` first)")
+    if _shards(data, ec).record() is None:
+        raise FileNotFoundError(f"{shard_dir}: no shards to merge (run `sail embed` first)")
     inputs = {k: v for k, v in _shards(data, ec).record()['inputs'].items() if k != 'shard_rows'}
     slices = load_slices(data, ['slice_id', 'image_path'])
     ranges = shard_ranges(len(slices), embed.shard_rows)
     missing = [k for k in range(len(ranges)) if not _shard_file(shard_dir, k).exists()]
-    if missing: raise FileNotFoundError(f"{shard_dir}: shard(s) {missing[:10]} not done yet; run every shard before merging")
+    if missing:
+        raise FileNotFoundError(f"{shard_dir}: shard(s) {missing[:10]} not done yet; run every shard before merging")
     tables = [pq.read_table(_shard_file(shard_dir, k)) for k in range(len(ranges))]
     failed = [f for k in range(len(ranges)) for f in json.loads((shard_dir/f"{k:05d}.failures.json").read_text())]
     table = pa.concat_tables(tables).combine_chunks()
@@ -293,8 +346,10 @@ def merge_embeddings(
     got = table.column('slice_id').to_pylist()
     if got != expected:
         pos = next((j for j, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
-        raise ValueError(f"{shard_dir}: shards hold {len(got)} embeddings for {len(expected)} expected slices; first difference at row {pos} "
-                         f"({got[pos] if pos < len(got) else 'end'} vs {expected[pos] if pos < len(expected) else 'end'})")
+        raise ValueError(f"{shard_dir}: shards hold {len(got)} embeddings for {len(expected)} expected slices; first "
+                         f"difference at row {pos} "
+                         f"({got[pos] if pos < len(got) else 'end'} vs "
+                         f"{expected[pos] if pos < len(expected) else 'end'})")
     dim = table.schema.field('embedding').type.list_size
     with atomic_path(out) as tmp: pq.write_table(table, tmp, compression='none')   # float32 noise does not compress
     _ipc_copy(out)
@@ -303,7 +358,7 @@ def merge_embeddings(
                 seconds=None if seconds is None else round(seconds, 2))
     art.commit(inputs, meta)
     shutil.rmtree(shard_dir, ignore_errors=True)
-    return meta
+    return EmbedResult(merged=True, shards_total=len(ranges), **meta)
 
 # %% ../nbs/06_embed.ipynb #4d47158a
 def _ipc_copy(parquet:Path)->Path:
@@ -312,7 +367,8 @@ def _ipc_copy(parquet:Path)->Path:
     if not ipc.exists() or ipc.stat().st_mtime < parquet.stat().st_mtime:
         table = pq.read_table(parquet).combine_chunks()
         with atomic_path(ipc) as tmp:
-            with pa.OSFile(str(tmp), 'wb') as f, pa.ipc.new_file(f, table.schema) as w: w.write_table(table, max_chunksize=max(table.num_rows, 1))
+            with pa.OSFile(str(tmp), 'wb') as f, pa.ipc.new_file(f, table.schema) as w:
+                w.write_table(table, max_chunksize=max(table.num_rows, 1))
     return ipc
 
 class Embeddings(NamedTuple):
@@ -320,6 +376,7 @@ class Embeddings(NamedTuple):
     X: np.ndarray          # (n, d) float32, memory-mapped from the Arrow copy (zero-copy, read-only)
     slices: pd.DataFrame   # the n slice-table rows (slice_id and the requested columns), aligned with `X`
 
+# %% ../nbs/06_embed.ipynb #93667b74
 def load_embeddings(
     data_dir:str|Path,   # processed-data folder (config `data.dir`)
     encoder:str,         # encoder id, e.g. 'pixels' or 'random-dinov3'
@@ -338,7 +395,8 @@ def load_embeddings(
     ids = table.column('slice_id').to_numpy(zero_copy_only=False)
     if len(ids) != len(slices) or not np.array_equal(ids, slices.slice_id.to_numpy(dtype=object)):
         pos = next((j for j, (a, b) in enumerate(zip(ids, slices.slice_id)) if a != b), min(len(ids), len(slices)))
-        raise ValueError(f"{p}: {len(ids)} embeddings do not match the {len(slices)} slices of {data_dir/'slices.parquet'} "
+        raise ValueError(f"{p}: {len(ids)} embeddings do not match the {len(slices)} slices of "
+                         f"{data_dir/'slices.parquet'} "
                          f"(count, ids or order differ from row {pos}); re-run the embed step")
     return Embeddings(arr, slices)
 
@@ -346,7 +404,7 @@ def load_embeddings(
 def embed_images(
     enc:Encoder,             # a built encoder (`build_encoder`)
     images:list,             # (H, W) uint8 slices, as the slices step stores them
-    windows:list|None=None,  # per image: the CT (low, high) HU window it was stored with, None for MR (read by `Encoder.uses_window` encoders)
+    windows:list|None=None,  # per image: the CT (low, high) HU window it was stored with, None for MR (`uses_window`)
     device:str='cpu',        # where to run the encoder
     dtype:str='float32',     # precision (`embed.dtype`: auto, float32, bfloat16)
     batch_size:int=32,       # images per forward pass
@@ -356,15 +414,21 @@ def embed_images(
     windows = list(windows) if windows is not None else [None] * len(images)
     if len(windows) != len(images): raise ValueError(f"{len(windows)} windows for {len(images)} images")
     slabs = slab_positions(np.zeros(len(images), int), np.arange(len(images)), enc.slab) if enc.slab else None
-    prepared = [enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None) for im, w in zip(images, windows)] if enc.slab else None
+    prepared = ([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
+                 for im, w in zip(images, windows)] if enc.slab else None)
     enc, out = enc.to(device), []
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
-            if slabs is None: x = torch.stack([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
-                                               for im, w in zip(images[s:s + batch_size], windows[s:s + batch_size])])
-            else: x = torch.stack([torch.stack([prepared[j] for j in slabs[i]]) for i in range(s, min(s + batch_size, len(images)))])
+            if slabs is None:
+                x = torch.stack([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
+                                 for im, w in zip(images[s:s + batch_size], windows[s:s + batch_size])])
+            else:
+                x = torch.stack([torch.stack([prepared[j] for j in slabs[i]])
+                                 for i in range(s, min(s + batch_size, len(images)))])
             e = _forward(enc, x, device, dtype)
             bad = torch.nonzero(~torch.isfinite(e).all(1)).flatten().tolist()
-            if bad: raise FloatingPointError(f"non-finite embedding of image {s + bad[0]} ({enc.description.get('encoder')})")
+            if bad:
+                raise FloatingPointError(f"non-finite embedding of image {s + bad[0]} "
+                                         f"({enc.description.get('encoder')})")
             out.append(e.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, enc.dim), np.float32)

@@ -18,8 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .core import get_logger
 from .config import EncoderConfig, SLAB_ENCODERS, MAX_SLAB
-from .backbones import (WeightsUnavailable, file_sha256, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE, effnet_weights_path, load_efficientnet_lite0,
-                        effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, ASTRA_DEPTH_STRIDE, load_astra, collapse_to_2d,
+from .backbones import (WeightsUnavailable, file_sha256, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE,
+                            effnet_weights_path, load_efficientnet_lite0,
+                        effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, ASTRA_DEPTH_STRIDE, load_astra,
+                            collapse_to_2d,
                         astra_preprocess, slab_features)
 
 # %% ../nbs/05_encoders.ipynb #df367945
@@ -28,14 +30,16 @@ def letterbox(
     size:int,  # side of the output square
     fill:float=0.0, # value of the bars
 )->torch.Tensor: # (size, size) float32
-    "Centre a slice on a square of `fill` whose side is its longer side, then resize it (bilinear, antialiased) to `size`."
-    x = image if isinstance(image, torch.Tensor) else torch.tensor(np.asarray(image))     # a copy: PNG arrays are read-only
+    "Centre a slice on a square of `fill` as wide as its longer side, then resize it (bilinear, antialiased) to `size`."
+    # a copy: PNG arrays are read-only
+    x = image if isinstance(image, torch.Tensor) else torch.tensor(np.asarray(image))
     if x.ndim != 2: raise ValueError(f"expected a 2-D grayscale slice, got shape {tuple(x.shape)}")
     h, w = x.shape; side = max(h, w); top, left = (side - h)//2, (side - w)//2
     x = F.pad(x[None, None].float(), (left, side - w - left, top, side - h - top), value=fill)
     if side != size: x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
     return x[0, 0]
 
+# %% ../nbs/05_encoders.ipynb #34468077
 def square_resize(
     image,     # (H, W) uint8 array or tensor: one grayscale slice
     size:int,  # side of the output square
@@ -54,13 +58,15 @@ def normalize(
     scale:float=1/255,  # rescale factor applied first
 )->torch.Tensor:        # (B, 3, S, S) float32
     "Rescale a grayscale uint8 batch, repeat it to RGB and normalise per channel."
-    m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1); s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
+    m = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
     return (batch[:, None].float() * scale - m) / s
 
 # %% ../nbs/05_encoders.ipynb #e978b56b
 class EncoderUnavailable(RuntimeError):
     "An encoder whose code or weights are not available here; the message says what to install or download."
 
+# %% ../nbs/05_encoders.ipynb #ea05eb8b
 def _square(image, window=None, *, size:int)->torch.Tensor: return square_resize(image, size)
 
 class Encoder(nn.Module):
@@ -68,7 +74,8 @@ class Encoder(nn.Module):
     dim: int = 0
     image_size: int = 0
     uses_window: bool = False        # True: `prepare` needs each CT slice's display window to recover Hounsfield units
-    slab: int = 0                    # neighbouring slices on each side `forward` sees with each slice (2.5-D); 0: the slice alone
+    # neighbouring slices on each side `forward` sees with each slice (2.5-D); 0: the slice alone
+    slab: int = 0
     prepared_dtype = torch.uint8     # dtype of what `prepare` returns
     def __init__(self, description:dict): super().__init__(); self.description = description # what made the embeddings
     def prepare(
@@ -85,7 +92,8 @@ class Encoder(nn.Module):
 class PixelsEncoder(Encoder):
     "Model-free baseline: the letterboxed slice downsampled to `size`² values in [0, 1]."
     def __init__(self, size:int=32): # side of the downsampled image
-        super().__init__(dict(encoder='pixels', weights='none', feature=f'letterboxed slice, {size}x{size} antialiased bilinear, /255',
+        super().__init__(dict(encoder='pixels', weights='none',
+                              feature=f'letterboxed slice, {size}x{size} antialiased bilinear, /255',
                               image_size=size, dim=size*size))
         self.image_size, self.dim = size, size*size
     def forward(
@@ -97,7 +105,8 @@ class PixelsEncoder(Encoder):
 # %% ../nbs/05_encoders.ipynb #bcbc90dc
 DINOV3_DEFAULT = 'facebook/dinov3-vitl16-pretrain-lvd1689m'  # spec §3.4
 DINOV3_ARCHS = {  # DINOv3ViTConfig keyword arguments of architectures that can be built without a download
-    'vitl16': dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
+    'vitl16': dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                   patch_size=16,
                    num_register_tokens=4, layerscale_value=1e-5, use_gated_mlp=False, rope_theta=100.0),
     'tiny': dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3, patch_size=16,
                  num_register_tokens=4, layerscale_value=1.0, use_gated_mlp=False, rope_theta=100.0)}
@@ -112,9 +121,11 @@ class HFBackboneEncoder(Encoder):
     ):
         super().__init__(description)
         self.model, self.image_size, self.dim = model.eval(), image_size, int(model.config.hidden_size)
-        arch = {k: v for k, v in model.config.to_dict().items() if not k.startswith('_') and k not in ('transformers_version', 'dtype', 'torch_dtype')}
+        arch = {k: v for k, v in model.config.to_dict().items()
+                if not k.startswith('_') and k not in ('transformers_version', 'dtype', 'torch_dtype')}
         self.description |= dict(image_size=image_size, dim=self.dim, mean=IMAGENET_MEAN, std=IMAGENET_STD, config=arch,
-                                 preprocessing='letterbox to square, bilinear antialiased resize, /255, ImageNet normalisation',
+                                 preprocessing='letterbox to square, bilinear antialiased resize, /255, ImageNet '
+                                 'normalisation',
                                  feature='pooler_output (CLS token after the final LayerNorm)')
     def forward(
         self,
@@ -136,7 +147,8 @@ def load_hf_backbone(
     except (OSError, ValueError) as e:
         hint = ' (not in the local Hugging Face cache)' if local_files_only else ''
         raise EncoderUnavailable(f"cannot load {model_id!r}{hint}: {type(e).__name__}: {str(e).splitlines()[0]}. "
-                                 f"Gated models need `huggingface-cli login` or HF_TOKEN in the environment and an accepted licence.") from None
+                                 f"Gated models need `huggingface-cli login` or HF_TOKEN in the environment and an "
+                                 f"accepted licence.") from None
 
 # %% ../nbs/05_encoders.ipynb #983a0113
 RANDOM_INIT_STD = 0.02  # spec §3.3 (timm trunc_normal_, bounds ±2)
@@ -150,13 +162,15 @@ def reinit_(
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             with torch.no_grad():
-                m.weight.copy_(torch.nn.init.trunc_normal_(torch.empty_like(m.weight), std=RANDOM_INIT_STD, a=-2, b=2, generator=g))
+                m.weight.copy_(torch.nn.init.trunc_normal_(torch.empty_like(m.weight), std=RANDOM_INIT_STD, a=-2, b=2,
+                                                           generator=g))
                 if m.bias is not None: m.bias.zero_()
         elif isinstance(m, nn.LayerNorm):
             if m.weight is not None: nn.init.ones_(m.weight)
             if m.bias is not None: nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/05_encoders.ipynb #c7df0713
 def dinov3_config(
     arch:str='vitl16',   # architecture name in DINOV3_ARCHS
     image_size:int=224,  # nominal input side
@@ -166,10 +180,19 @@ def dinov3_config(
     if arch not in DINOV3_ARCHS: raise KeyError(f"unknown DINOv3 architecture {arch!r}; known: {sorted(DINOV3_ARCHS)}")
     return DINOv3ViTConfig(image_size=image_size, **DINOV3_ARCHS[arch])
 
+# %% ../nbs/05_encoders.ipynb #449d48f7
+class _TinyFocalStandIn(nn.Module):
+    "Same interface as BiomedParse's backbone for the adapter: tokens through a last-stage `norm3` (tests only)."
+    def __init__(self, dim:int=1536):
+        super().__init__(); self.patch = nn.Conv2d(3, dim, 32, stride=32); self.norm3 = nn.LayerNorm(dim)
+    def forward(self, x): return {'res5': self.norm3(self.patch(x).flatten(2).transpose(1, 2))}
+
 # %% ../nbs/05_encoders.ipynb #0dcf2158
 BIOMEDPARSE_HUB = 'hf_hub:microsoft/BiomedParse'
-BIOMEDPARSE_INSTALL = ("BiomedParse is not installed (it is not on PyPI). Clone https://github.com/microsoft/BiomedParse, "
-                       "install its assets/requirements/requirements.txt (with the detectron2-xyz fork), and put the clone on "
+BIOMEDPARSE_INSTALL = ("BiomedParse is not installed (it is not on PyPI). Clone "
+                       "https://github.com/microsoft/BiomedParse, "
+                       "install its assets/requirements/requirements.txt (with the detectron2-xyz fork), and put the "
+                       "clone on "
                        "PYTHONPATH; weights are fetched from hf_hub:microsoft/BiomedParse (spec §3.2).")
 
 class BiomedParseEncoder(Encoder):
@@ -185,7 +208,8 @@ class BiomedParseEncoder(Encoder):
         super().__init__(description)
         self.backbone, self.image_size, self.dim, self.hook = backbone.eval(), image_size, dim, hook
         self.description |= dict(image_size=image_size, dim=dim, mean=BIOMEDPARSE_MEAN, std=BIOMEDPARSE_STD,
-                                 preprocessing='letterbox to square, bilinear antialiased resize, normalisation on the 0-255 scale',
+                                 preprocessing='letterbox to square, bilinear antialiased resize, normalisation on the '
+                                 '0-255 scale',
                                  feature=f'mean over tokens of backbone.{hook} output')
     def forward(
         self,
@@ -198,13 +222,6 @@ class BiomedParseEncoder(Encoder):
         t = captured[-1]
         if t.ndim == 4: t = t.flatten(2).transpose(1, 2)      # (B, C, H, W) -> (B, HW, C)
         return t.float().mean(1)
-
-# %% ../nbs/05_encoders.ipynb #449d48f7
-class _TinyFocalStandIn(nn.Module):
-    "Same interface as BiomedParse's backbone for the adapter: tokens through a last-stage `norm3` (tests only)."
-    def __init__(self, dim:int=1536):
-        super().__init__(); self.patch = nn.Conv2d(3, dim, 32, stride=32); self.norm3 = nn.LayerNorm(dim)
-    def forward(self, x): return {'res5': self.norm3(self.patch(x).flatten(2).transpose(1, 2))}
 
 # %% ../nbs/05_encoders.ipynb #852dcf28
 def load_biomedparse(
@@ -236,8 +253,10 @@ class EfficientNetEncoder(Encoder):
     ):
         super().__init__(description)
         self.model, self.image_size, self.dim = model.eval(), image_size, int(model._bn1.num_features)
-        self.description |= dict(image_size=image_size, dim=self.dim, architecture='EfficientNet-Lite0 (TF SAME padding)',
-                                 preprocessing='letterbox to square, bilinear antialiased resize, (x - 127) / 128, grey to RGB',
+        self.description |= dict(image_size=image_size, dim=self.dim,
+                                 architecture='EfficientNet-Lite0 (TF SAME padding)',
+                                 preprocessing='letterbox to square, bilinear antialiased resize, (x - 127) / 128, '
+                                 'grey to RGB',
                                  feature='global average of the head convolution after BN and ReLU6')
     def forward(
         self,
@@ -247,13 +266,15 @@ class EfficientNetEncoder(Encoder):
 
 # %% ../nbs/05_encoders.ipynb #dd18ab6d
 def _astra_prepare(image, window=None, *, size:int, hu_range:tuple)->torch.Tensor:
-    x = torch.as_tensor(np.asarray(image)).float() / 255 if window is None else astra_preprocess(image, window, hu_range)[0, 0]
+    x = (torch.as_tensor(np.asarray(image)).float() / 255 if window is None
+         else astra_preprocess(image, window, hu_range)[0, 0])
     return letterbox(x, size)
 
 class AstraEncoder(Encoder):
-    """Astra's CT ResNet-152 on slices: stored slice → HU → Astra's window → letterbox; global average of layer4 (2048-d).
-    2-D (`slab` 0): the depth-summed collapse on the slice. 2.5-D (`slab` r): the 3-D network on the slice and its r
-    neighbours on each side (`slab_features`: edge-replicated to the network's 33-slice depth field, output at the middle)."""
+    """Astra's CT ResNet-152 on slices: stored slice → HU → Astra's window → letterbox; global average of layer4
+    (2048-d). 2-D (`slab` 0): the depth-summed collapse on the slice. 2.5-D (`slab` r): the 3-D network on the slice
+    and its r neighbours on each side (`slab_features`: edge-replicated to the network's 33-slice depth field, output
+    at the middle)."""
     uses_window = True
     prepared_dtype = torch.float32
     def __init__(
@@ -266,19 +287,22 @@ class AstraEncoder(Encoder):
     ):
         super().__init__(description)
         if not 0 <= slab <= MAX_SLAB: raise ValueError(f"slab must be 0...{MAX_SLAB} slices on each side, got {slab}")
-        self.net, self.image_size, self.dim, self.hu_range, self.slab = net.eval(), image_size, 2048, tuple(hu_range), slab
+        self.net, self.image_size, self.dim, self.hu_range, self.slab = (net.eval(), image_size, 2048, tuple(hu_range),
+                                                                         slab)
         feature = ('global average of layer4 of the depth-summed 2-D collapse' if not slab else
-                   f'3-D network on {2 * slab + 1} neighbouring slices (edge-replicated to {2 * ASTRA_DEPTH_STRIDE + 1}, depth padding replicated), '
+                   f'3-D network on {2 * slab + 1} neighbouring slices (edge-replicated to '
+                   f'{2 * ASTRA_DEPTH_STRIDE + 1}, depth padding replicated), '
                    'global in-plane average of layer4 at the middle output depth')
         self.description |= dict(image_size=image_size, dim=self.dim, hu_range=list(self.hu_range), slab=slab,
-                                 preprocessing=f'stored uint8 -> HU by the slice window -> clip((HU - {hu_range[0]}) / {hu_range[1] - hu_range[0]}, 0, 1) '
+                                 preprocessing=f'stored uint8 -> HU by the slice window -> clip((HU - {hu_range[0]}) / '
+                                 f'{hu_range[1] - hu_range[0]}, 0, 1) '
                                                '(MRI: /255) -> letterbox with 0 (air), bilinear antialiased resize',
                                  feature=feature)
     @property
     def preparer(self): return functools.partial(_astra_prepare, size=self.image_size, hu_range=self.hu_range)
     def forward(
         self,
-        batch:torch.Tensor,  # (B, S, S) float32 in 0..1 (from `prepare`); with a slab (B, 2·slab + 1, S, S), the first slice the lowest index
+        batch:torch.Tensor,  # (B, S, S) float32 in 0..1 (`prepare`); with a slab (B, 2·slab + 1, S, S), lowest first
     )->torch.Tensor:         # (B, 2048) float32
         if self.slab: return slab_features(self.net, batch[:, None].float()).float()
         return self.net.features(batch[:, None].float()).float()
@@ -290,12 +314,14 @@ def encoder_id(
     "File-name-safe id of an encoder's outputs."
     return ec.id or ec.name.replace(':', '-').replace('/', '-')
 
+# %% ../nbs/05_encoders.ipynb #3436de81
 def _dinov3(ec:EncoderConfig, local_files_only:bool)->Encoder:
     model_id = ec.model or DINOV3_DEFAULT
     model = load_hf_backbone(model_id, ec.revision, local_files_only or ec.optional)
     rev = getattr(model.config, '_commit_hash', None) or ec.revision or None
     return HFBackboneEncoder(model, ec.image_size or 1024, dict(encoder=encoder_id(ec), name=ec.name, model=model_id,
-                                                                revision=rev, weights='pretrained', architecture=type(model).__name__))
+                                                                revision=rev, weights='pretrained',
+                                                                architecture=type(model).__name__))
 
 def _random_dinov3(ec:EncoderConfig, local_files_only:bool)->Encoder:
     from transformers import AutoModel
@@ -304,27 +330,36 @@ def _random_dinov3(ec:EncoderConfig, local_files_only:bool)->Encoder:
     model = reinit_(AutoModel.from_config(dinov3_config(arch)), ec.seed)
     return HFBackboneEncoder(model, ec.image_size or (1024 if arch == 'vitl16' else 112),
                              dict(encoder=encoder_id(ec), name=ec.name, model=f'DINOv3ViTConfig[{arch}]', revision=None,
-                                  weights=f'random (spec §3.3: trunc-normal std {RANDOM_INIT_STD}, seed {ec.seed})', architecture='DINOv3ViTModel'))
+                                  weights=f'random (spec §3.3: trunc-normal std {RANDOM_INIT_STD}, seed {ec.seed})',
+                                  architecture='DINOv3ViTModel'))
 
 def _biomedparse(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
     bb = load_biomedparse(pretrained, ec.seed)
     return BiomedParseEncoder(bb, dict(encoder=encoder_id(ec), name=ec.name, model=BIOMEDPARSE_HUB, revision=None,
-                                       weights='pretrained' if pretrained else f'random (spec §3.3, seed {ec.seed})'), ec.image_size or 1024)
+                                       weights='pretrained' if pretrained else f'random (spec §3.3, seed {ec.seed})'),
+                              ec.image_size or 1024)
 
+# %% ../nbs/05_encoders.ipynb #9cd07a13
 def _effnet(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
     try: model = load_efficientnet_lite0(pretrained, ec.seed)
     except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
     weights = (f"ImageNet ({EFFNET_LITE0_PACKAGE}, {file_sha256(effnet_weights_path())[:16]})" if pretrained
                else f"random (TF EfficientNet initialisation, seed {ec.seed})")
-    return EfficientNetEncoder(model, dict(encoder=encoder_id(ec), name=ec.name, model='EfficientNet-Lite0', revision=None, weights=weights),
+    return EfficientNetEncoder(model,
+                               dict(encoder=encoder_id(ec), name=ec.name, model='EfficientNet-Lite0', revision=None,
+                                    weights=weights),
                                ec.image_size or EFFNET_LITE_PARAMS['lite0'].resolution)
 
 def _astra(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
     try: net3d = load_astra(pretrained, ec.seed)
     except WeightsUnavailable as e: raise EncoderUnavailable(str(e)) from None
-    weights = f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained else f"random (torchvision ResNet initialisation with zero-initialised residual branches, seed {ec.seed})"
-    model = f'Astra I3D ResNet-152 on slabs of {2 * ec.slab + 1} slices' if ec.slab else 'Astra I3D ResNet-152, depth-summed to 2-D'
-    return AstraEncoder(net3d if ec.slab else collapse_to_2d(net3d, 'sum'), dict(encoder=encoder_id(ec), name=ec.name, model=model, revision=None,
+    weights = (f"Astra CT ({ASTRA_WEIGHTS}, sha256 {ASTRA_SHA256[:16]})" if pretrained
+               else f"random (torchvision ResNet initialisation with zero-initialised residual branches, seed "
+               f"{ec.seed})")
+    model = (f'Astra I3D ResNet-152 on slabs of {2 * ec.slab + 1} slices' if ec.slab
+             else 'Astra I3D ResNet-152, depth-summed to 2-D')
+    return AstraEncoder(net3d if ec.slab else collapse_to_2d(net3d, 'sum'),
+                        dict(encoder=encoder_id(ec), name=ec.name, model=model, revision=None,
                                   weights=weights), ec.image_size or 224, slab=ec.slab)
 
 ENCODERS = {  # name -> builder(EncoderConfig, local_files_only) -> Encoder
@@ -345,5 +380,7 @@ def build_encoder(
     "The encoder an `EncoderConfig` describes, in eval mode on the CPU."
     if isinstance(ec, str): ec = EncoderConfig(ec)
     if ec.name not in ENCODERS: raise KeyError(f"unknown encoder {ec.name!r}; known: {sorted(ENCODERS)}")
-    if ec.slab and ec.name not in SLAB_ENCODERS: raise ValueError(f"encoder {ec.name!r} embeds single slices: slab = {ec.slab} needs one of {list(SLAB_ENCODERS)}")
+    if ec.slab and ec.name not in SLAB_ENCODERS:
+        raise ValueError(f"encoder {ec.name!r} embeds single slices: slab = {ec.slab} needs one of "
+                         f"{list(SLAB_ENCODERS)}")
     return ENCODERS[ec.name](ec, local_files_only).eval()

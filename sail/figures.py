@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['FIG2_PANELS', 'RESULT_COLUMNS', 'landscape_table', 'fig2', 'encoder_weights', 'results_table', 'results_table_csv',
-           'figures_dir', 'results_markdown', 'find_chromium', 'export_static']
+           'figures_dir', 'results_markdown', 'StaticExport', 'find_chromium', 'export_static']
 
 # %% ../nbs/16_figures.ipynb #d2d6bebc
 import json, shutil
 from pathlib import Path
+from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from .core import RunPaths, run_paths, write_csv, write_json, get_logger, now, record_step, show_plotly
@@ -24,9 +25,11 @@ from .language import run_query_figure
 
 # %% ../nbs/16_figures.ipynb #ac747131
 FIG2_PANELS = [  # (column, title) of the eight panels, spec §14
-    ('val_r2', 'A  reconstruction R²'), ('sparse_val_auc', 'B  mean downstream AUC (full probe)'), ('val_alive', 'C  alive features'),
+    ('val_r2', 'A  reconstruction R²'), ('sparse_val_auc', 'B  mean downstream AUC (full probe)'),
+    ('val_alive', 'C  alive features'),
     ('M_top50_mean', 'D  monosemanticity (mean of top-50 M)'), ('val_auc_at_1', 'E  AUC with the top 1 feature'),
-    ('val_auc_at_3', 'F  AUC with the top 3 features'), ('val_auc_at_10', 'G  AUC with the top 10 features'), ('val_auc_at_50', 'H  AUC with the top 50 features')]
+    ('val_auc_at_3', 'F  AUC with the top 3 features'), ('val_auc_at_10', 'G  AUC with the top 10 features'),
+    ('val_auc_at_50', 'H  AUC with the top 50 features')]
 
 def landscape_table(
     paths:RunPaths, # the run's folders (`Config.paths`)
@@ -35,16 +38,20 @@ def landscape_table(
     rows = []
     for p in (r.folder/'config.json' for r in trained_saes(paths)):
         c = json.loads(p.read_text()); f = c['final']
-        rows.append(dict(encoder=f['encoder'], variant=f['variant'], config=c['name'], family='-'.join(map(str, c['sizes'])),
-                         k_pattern='-'.join(map(str, c['k'])), k_max=max(c['k']), **{k: f[k] for k in ('val_l0', 'val_r2', 'val_r2_ref', 'val_alive', 'val_dead')}))
+        rows.append(dict(encoder=f['encoder'], variant=f['variant'], config=c['name'],
+                         family='-'.join(map(str, c['sizes'])),
+                         k_pattern='-'.join(map(str, c['k'])), k_max=max(c['k']),
+                         **{k: f[k] for k in ('val_l0', 'val_r2', 'val_r2_ref', 'val_alive', 'val_dead')}))
     if not rows: raise FileNotFoundError(f"run {paths.run.name!r}: no trained SAEs (run the train step)")
     sae = pd.DataFrame(rows)
     rank_path = ranking_csv(paths)
     if not rank_path.exists(): raise FileNotFoundError(f"{rank_path}: no ranking (run the ranking step)")
     ranked = pd.read_csv(rank_path)
-    cols = ['encoder', 'variant', 'config', 'M_top10_mean', 'M_top50_mean', 'sparse_val_auc', 'dense_val_auc', 'sparse_pct_of_dense',
+    cols = ['encoder', 'variant', 'config', 'M_top10_mean', 'M_top50_mean', 'sparse_val_auc', 'dense_val_auc',
+            'sparse_pct_of_dense',
             'val_auc_at_1', 'val_auc_at_3', 'val_auc_at_10', 'val_auc_at_50', 'mean_n_features', 'final_rank']
-    return sae.merge(ranked[cols], on=['encoder', 'variant', 'config'], how='left').sort_values(['encoder', 'variant', 'family', 'val_l0']).reset_index(drop=True)
+    return sae.merge(ranked[cols], on=['encoder', 'variant', 'config'],
+                     how='left').sort_values(['encoder', 'variant', 'family', 'val_l0']).reset_index(drop=True)
 
 # %% ../nbs/16_figures.ipynb #47b21921
 _COLOURS = ['#008b8b', '#ff8c00', '#555555', '#6a5acd', '#c71585', '#2e8b57', '#b8860b', '#1e90ff']
@@ -58,39 +65,50 @@ def fig2(
     "The paper's Fig. 2 as one plotly figure: metrics against validation L0 for every configuration."
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
-    fig = make_subplots(rows=2, cols=4, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.06, vertical_spacing=0.14)
+    fig = make_subplots(rows=2, cols=4, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.06,
+                        vertical_spacing=0.14)
     groups = list(dict.fromkeys(t.encoder + '/' + t.variant))
     colour = {g: _COLOURS[i % len(_COLOURS)] for i, g in enumerate(groups)}
     ks = sorted(t.k_pattern.unique(), key=lambda s: [int(x) for x in s.split('-')][::-1])
     symbol = {k: _SYMBOLS[i % len(_SYMBOLS)] for i, k in enumerate(ks)}
-    dash = {f: _DASHES[i % len(_DASHES)] for i, f in enumerate(sorted(t.family.unique(), key=lambda s: int(s.split('-')[0])))}
+    dash = {f: _DASHES[i % len(_DASHES)]
+            for i, f in enumerate(sorted(t.family.unique(), key=lambda s: int(s.split('-')[0])))}
     shown = set()
     for i, (col, title) in enumerate(panels):
         r, c = i // 4 + 1, i % 4 + 1
         for (g, fam), d in t.assign(group=t.encoder + '/' + t.variant).groupby(['group', 'family'], sort=False):
             d = d.sort_values('val_l0')
-            fig.add_trace(go.Scatter(x=d.val_l0, y=d[col], mode='lines+markers', name=g, legendgroup=g, showlegend=g not in shown,
-                                     line=dict(color=colour[g], dash=dash[fam], width=1.2), marker=dict(symbol=[symbol[k] for k in d.k_pattern], size=8, color=colour[g]),
+            fig.add_trace(go.Scatter(x=d.val_l0, y=d[col], mode='lines+markers', name=g, legendgroup=g,
+                                     showlegend=g not in shown,
+                                     line=dict(color=colour[g], dash=dash[fam], width=1.2),
+                                     marker=dict(symbol=[symbol[k] for k in d.k_pattern], size=8, color=colour[g]),
                                      customdata=np.stack([d.config, d.family, d.k_pattern, d.final_rank.fillna(-1)], 1),
-                                     hovertemplate=f'<b>{g}</b><br>%{{customdata[0]}}<br>L0 %{{x:.2f}}<br>{title[3:]}: %{{y:.4f}}<br>final rank %{{customdata[3]}}<extra></extra>'), r, c)
+                                     hovertemplate=f'<b>{g}</b><br>%{{customdata[0]}}<br>L0 %{{x:.2f}}<br>{title[3:]}: '
+                                     f'%{{y:.4f}}<br>final rank %{{customdata[3]}}<extra></extra>'), r, c)
             shown.add(g)
         if col == 'sparse_val_auc':
             for g, d in t.assign(group=t.encoder + '/' + t.variant).groupby('group', sort=False):
                 if d.dense_val_auc.notna().any():
-                    fig.add_hline(y=float(d.dense_val_auc.mean()), line=dict(color=colour[g], dash='dash', width=1), row=r, col=c)
+                    fig.add_hline(y=float(d.dense_val_auc.mean()), line=dict(color=colour[g], dash='dash', width=1),
+                                  row=r, col=c)
         fig.update_xaxes(type='log', title_text='validation L0' if r == 2 else None, row=r, col=c)
     for k in ks:                                                           # marker legend for k patterns
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode='markers', marker=dict(symbol=symbol[k], color='black', size=8), name=f'k {k}', legendgroup='k'), 1, 1)
-    fig.update_layout(height=640, template='plotly_white', legend=dict(font_size=10), margin=dict(l=50, r=20, t=50, b=50),
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode='markers',
+                                 marker=dict(symbol=symbol[k], color='black', size=8), name=f'k {k}', legendgroup='k'),
+                      1, 1)
+    fig.update_layout(height=640, template='plotly_white', legend=dict(font_size=10),
+                      margin=dict(l=50, r=20, t=50, b=50),
                       hoverlabel=dict(font_size=11))
     return fig
 
 # %% ../nbs/16_figures.ipynb #46973a46
 RESULT_COLUMNS = {  # column -> (header, format) of the rendered table
-    'encoder': ('encoder', '{}'), 'weights': ('weights', '{}'), 'variant': ('variant', '{}'), 'config': ('selected configuration', '{}'),
+    'encoder': ('encoder', '{}'), 'weights': ('weights', '{}'), 'variant': ('variant', '{}'),
+    'config': ('selected configuration', '{}'),
     'dense_val_auc': ('dense probe AUC', '{:.3f}'), 'val_r2': ('SAE R²', '{:.3f}'), 'M_top10': ('M top-10', '{:.3f}'),
     'sparse_pct_of_dense': ('sparse probe % of dense', '{:.1f}'),
-    'retrieval_sparse_k5': ('retrieval k=5 sparse', '{:.3f}'), 'retrieval_dense_fp_k5': ('dense-fp', '{:.3f}'), 'retrieval_dense': ('dense', '{:.3f}'),
+    'retrieval_sparse_k5': ('retrieval k=5 sparse', '{:.3f}'), 'retrieval_dense_fp_k5': ('dense-fp', '{:.3f}'),
+    'retrieval_dense': ('dense', '{:.3f}'),
     'judge_mean_rank': ('judge mean rank', '{:.2f}'), 'judge_success': ('judge success', '{:.0%}'),
     'language_p10': ('language p@10', '{:.3f}'), 'language_chance': ('chance', '{:.3f}')}
 
@@ -100,45 +118,64 @@ def encoder_weights(
     "Whether an encoder's embeddings come from trained weights, a random-weight twin or no model."
     return 'none' if enc_id.startswith('pixels') else 'random' if enc_id.startswith('random-') else 'learned'
 
+# %% ../nbs/16_figures.ipynb #304d0682
 def results_table(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->pd.DataFrame: # one row per encoder and variant, the columns of `RESULT_COLUMNS`
     "The run's headline results for the selected configuration of every encoder and variant, from the steps' files."
-    head, rank = pd.read_csv(headline_csv(paths)), pd.read_csv(ranking_csv(paths)).set_index(['encoder', 'variant', 'config'])
-    ret = pd.read_csv(retrieval_summary_csv(paths)); t3 = pd.read_csv(table3_csv(paths)).set_index(['encoder', 'variant', 'config'])
-    lang = pd.read_csv(precision_csv(paths)); lang = lang[lang.matcher == 'embedding'].set_index(['encoder', 'variant', 'config'])
+    head, rank = (pd.read_csv(headline_csv(paths)),
+                  pd.read_csv(ranking_csv(paths)).set_index(['encoder', 'variant', 'config']))
+    ret = pd.read_csv(retrieval_summary_csv(paths))
+    t3 = pd.read_csv(table3_csv(paths)).set_index(['encoder', 'variant', 'config'])
+    lang = pd.read_csv(precision_csv(paths))
+    lang = lang[lang.matcher == 'embedding'].set_index(['encoder', 'variant', 'config'])
     rows = []
     for h in head.itertuples():
-        key, r = (h.encoder, h.variant, h.selected_config), ret[(ret.encoder == h.encoder) & (ret.variant == h.variant) & (ret.config == h.selected_config)]
-        quality = lambda method, k=None: float(r[(r.method == method) & ((r.k == k) if k is not None else True)].quality_mean.iloc[0])
+        key, r = ((h.encoder, h.variant, h.selected_config),
+                  ret[(ret.encoder == h.encoder) & (ret.variant == h.variant) & (ret.config == h.selected_config)])
+        quality = (lambda method, k=None: float(r[(r.method == method) & ((r.k == k) if k is not None else True)]
+                                                .quality_mean.iloc[0]))
         sae = sae_artifact(sae_ref(paths, h.encoder, h.variant, h.selected_config)).require()['summary']
-        rows.append(dict(encoder=h.encoder, weights=encoder_weights(h.encoder), variant=h.variant, config=h.selected_config,
-                         dense_val_auc=rank.loc[key, 'dense_val_auc'], val_r2=sae['val_r2'], M_top10=rank.loc[key, 'M_top10_mean'],
+        rows.append(dict(encoder=h.encoder, weights=encoder_weights(h.encoder), variant=h.variant,
+                         config=h.selected_config,
+                         dense_val_auc=rank.loc[key, 'dense_val_auc'], val_r2=sae['val_r2'],
+                         M_top10=rank.loc[key, 'M_top10_mean'],
                          sparse_pct_of_dense=rank.loc[key, 'sparse_pct_of_dense'],
-                         retrieval_sparse_k5=quality('sparse', 5), retrieval_dense_fp_k5=quality('dense_fingerprint', 5), retrieval_dense=quality('dense'),
+                         retrieval_sparse_k5=quality('sparse', 5),
+                         retrieval_dense_fp_k5=quality('dense_fingerprint', 5), retrieval_dense=quality('dense'),
                          judge_mean_rank=t3.loc[key, 'mean_rank'], judge_success=t3.loc[key, 'success_rate'],
                          language_p10=lang.loc[key, 'p_all'], language_chance=lang.loc[key, 'chance_all']))
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
+# %% ../nbs/16_figures.ipynb #53dc0e52
 def results_table_csv(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/results_table.csv
     "Where the figures step writes `results_table`."
     return paths.run/'results'/'results_table.csv'
 
+# %% ../nbs/16_figures.ipynb #8d65bd31
 def figures_dir(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:            # runs/<name>/results/figures/
     "Where the figures step writes fig2.csv, figures.json and the static figure files."
     return paths.run/'results'/'figures'
 
+# %% ../nbs/16_figures.ipynb #f53d6163
 def results_markdown(
     table:pd.DataFrame, # `results_table` (or the CSV it was written to)
 )->str:                 # a Markdown table
     "The results table as Markdown, each number in its column's format."
-    cells = lambda r: ['—' if pd.isna(r[c]) else RESULT_COLUMNS[c][1].format(r[c]) for c in RESULT_COLUMNS]   # — : nothing to measure
+    # — : nothing to measure
+    cells = lambda r: ['—' if pd.isna(r[c]) else RESULT_COLUMNS[c][1].format(r[c]) for c in RESULT_COLUMNS]
     out = ['| ' + ' | '.join(h for h, _ in RESULT_COLUMNS.values()) + ' |', '|' + '---|' * len(RESULT_COLUMNS)]
     return '\n'.join(out + ['| ' + ' | '.join(cells(r)) + ' |' for _, r in table.iterrows()])
+
+# %% ../nbs/16_figures.ipynb #01344117
+class StaticExport(NamedTuple):
+    "What `export_static` wrote, or why it wrote nothing."
+    written: list            # the files written
+    skipped: str|None = None # why nothing was written (no Chromium), else None
 
 # %% ../nbs/16_figures.ipynb #58b4c3f5
 def find_chromium()->str|None:
@@ -148,18 +185,19 @@ def find_chromium()->str|None:
         if name and shutil.which(name): return shutil.which(name)
     return None
 
+# %% ../nbs/16_figures.ipynb #38af85d8
 def export_static(
     figs:dict,               # name -> plotly figure
     folder:str|Path,         # where to write
     formats:tuple=('png', 'svg', 'pdf'), # file types
     scale:float=2.0,         # resolution factor for PNG
-)->dict:  # {'written': [paths], 'skipped': message or None}
+)->StaticExport:  # the files written, or why none was
     "Write every figure in every format with kaleido, or explain why nothing was written."
     chrome = find_chromium()
     if chrome is None:
         msg = "static export skipped: no Chromium found (install Debian's `chromium`, or set BROWSER_PATH)"
         get_logger('sail.figures').warning(msg)
-        return dict(written=[], skipped=msg)
+        return StaticExport([], msg)
     import os, kaleido
     os.environ.setdefault('BROWSER_PATH', chrome)
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -167,6 +205,7 @@ def export_static(
     for name, fig in figs.items():
         for fmt in formats:
             p = folder/f'{name}.{fmt}'
-            fig.write_image(p, format=fmt, scale=scale if fmt == 'png' else 1, width=fig.layout.width or 1300, height=fig.layout.height or 640)
+            fig.write_image(p, format=fmt, scale=scale if fmt == 'png' else 1, width=fig.layout.width or 1300,
+                            height=fig.layout.height or 640)
             written.append(p)
-    return dict(written=written, skipped=None)
+    return StaticExport(written)

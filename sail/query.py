@@ -6,13 +6,14 @@
 __all__ = ['NIFTI_MODALITY', 'DICOM_MODALITIES', 'DICOM_SPACING_TOL', 'DICOM_ORIENTATION_TOL', 'FEATURE_COLUMNS', 'INDEX_COLUMNS',
            'REPORT_IMAGE', 'HIT_THUMB', 'SHOWN_FEATURES', 'QueryError', 'Volume', 'read_nifti', 'read_dicom_series',
            'write_dicom_series', 'read_query_input', 'QuerySlices', 'query_planes', 'slice_query', 'read_png_slice',
-           'feature_table', 'TrainedRun', 'run_config', 'load_run', 'QueryResult', 'scan_codes', 'search_slices',
-           'search_scans', 'query_scan', 'slice_features', 'scan_heatmap', 'query_image_uri', 'hit_uris', 'slice_html',
-           'write_report', 'query_text', 'slice_position', 'query_command', 'QueryExplorer']
+           'feature_table', 'TrainedRun', 'run_config', 'query_sae', 'load_run', 'QueryResult', 'scan_codes',
+           'search_slices', 'search_scans', 'query_scan', 'slice_features', 'scan_heatmap', 'query_image_uri',
+           'hit_uris', 'slice_html', 'write_report', 'query_text', 'slice_position', 'query_command', 'QueryExplorer']
 
 # %% ../nbs/17a_query.ipynb #e2a15690
 import json, html, shutil, tempfile
 from dataclasses import dataclass
+from fastcore.basics import patch
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -22,13 +23,14 @@ import nibabel as nib
 from PIL import Image
 from .core import run_paths, pick_device, show_plotly, atomic_path, now, project_root
 from .config import Config, load_config
-from .totalseg import (DataFormatError, PLANES, DATASET_DIRS, IMAGE_FILES, ScanSettings, canonical_volume, read_image, scan_intensities, plane_image,
+from .totalseg import (DataFormatError, PLANES, DATASET_DIRS, IMAGE_FILES, ScanSettings, canonical_volume,
+                           read_image, scan_intensities, plane_image,
                        _planes_for, _some, _toy_scan)
 from .slices import scan_settings, slice_image, thumbnail, image_data_uri
 from .encoders import Encoder, EncoderUnavailable, build_encoder, encoder_id
 from .embed import embed_images, embeddings_artifact
 from .sae import MatryoshkaSAE
-from .train import sae_ref, sae_artifact, load_sae
+from .train import SAERef, sae_ref, sae_artifact, load_sae
 from .codes import compute_codes, load_codes, feature_stats
 from .split import scan_index, load_split, SPLITS
 from .monosemanticity import mono_artifact
@@ -40,6 +42,7 @@ from .retrieval import Bank, fingerprints, sweep_retrieve
 class QueryError(ValueError):
     "A query that cannot be answered as asked; the message names the file, run or setting and what was expected."
 
+# %% ../nbs/17a_query.ipynb #5a6b4445
 class Volume(NamedTuple):
     "A scan read for a query: canonical RAS intensities and where they came from."
     array: np.ndarray     # (X, Y, Z) float32 in RAS order (Hounsfield units for CT)
@@ -50,8 +53,10 @@ class Volume(NamedTuple):
     source: str           # the file or folder read
     kind: str             # 'nifti' or 'dicom'
 
-NIFTI_MODALITY = {'ct.nii.gz': 'ct', 'mri.nii.gz': 'mri', 'ct.nii': 'ct', 'mri.nii': 'mri'}  # TotalSegmentator's file names
+# TotalSegmentator's file names
+NIFTI_MODALITY = {'ct.nii.gz': 'ct', 'mri.nii.gz': 'mri', 'ct.nii': 'ct', 'mri.nii': 'mri'}
 
+# %% ../nbs/17a_query.ipynb #80e2fc67
 def read_nifti(
     path:str|Path,  # a .nii or .nii.gz volume
 )->Volume:
@@ -73,43 +78,67 @@ def _dicom_files(folder:Path)->tuple:
     images, other = [], []
     for p in sorted(q for q in folder.rglob('*') if q.is_file()):
         try: ds = pydicom.dcmread(p)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError): other.append(p.name); continue
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError):
+            other.append(p.name); continue
         if 'PixelData' in ds: images.append((p, ds))
         else: other.append(p.name)                                       # a DICOMDIR, a report, a presentation state
     return images, other
 
-def read_dicom_series(
-    folder:str|Path,          # a folder holding one DICOM series (files of other series or non-DICOM files are reported)
-    series_uid:str|None=None, # which series, when the folder holds several
-)->Volume:
-    "A DICOM series as a volume in RAS order with its affine, checked for consistent orientation and spacing."
-    folder = Path(folder)
-    if not folder.is_dir(): raise DataFormatError(f"{folder}: not a folder (expected a folder of DICOM files of one series)")
-    images, other = _dicom_files(folder)
-    if not images: raise DataFormatError(f"{folder}: no DICOM image files" + (f" ({len(other)} other file(s): {_some(other, 5)})" if other else " (the folder is empty)"))
+def _dicom_series(
+    folder:Path,          # the folder read (for messages)
+    images:list,          # [(path, dataset)] of its image files
+    series_uid:str|None,  # which series, when the folder holds several
+)->list:                  # [(path, dataset)] of the one series
+    "The image files of one series, each checked for the tags a slice of a volume needs."
     uids = pd.Series([str(ds.get('SeriesInstanceUID', '')) for _, ds in images])
     if series_uid is not None:
-        if series_uid not in set(uids): raise DataFormatError(f"{folder}: no series {series_uid!r}; it holds {sorted(set(uids))}")
+        if series_uid not in set(uids):
+            raise DataFormatError(f"{folder}: no series {series_uid!r}; it holds {sorted(set(uids))}")
         images = [im for im, u in zip(images, uids) if u == series_uid]
     elif uids.nunique() > 1:
-        counts = ', '.join(f"{u or '(no SeriesInstanceUID)'}: {n} files" for u, n in uids.value_counts().sort_index().items())
-        raise DataFormatError(f"{folder}: {uids.nunique()} DICOM series in one folder ({counts}); pass series_uid= (--series) to choose one")
+        counts = ', '.join(f"{u or '(no SeriesInstanceUID)'}: {n} files"
+                           for u, n in uids.value_counts().sort_index().items())
+        raise DataFormatError(f"{folder}: {uids.nunique()} DICOM series in one folder ({counts}); pass series_uid= "
+                              f"(--series) to choose one")
     for p, ds in images:
         missing = [t for t in _DICOM_NEEDED if t not in ds]
-        if missing: raise DataFormatError(f"{p}: DICOM tag(s) {missing} missing; a slice of a volume needs {list(_DICOM_NEEDED)}")
-        if int(getattr(ds, 'NumberOfFrames', 1) or 1) > 1: raise DataFormatError(f"{p}: a multi-frame DICOM file; SAIL reads series of single-frame files")
+        if missing:
+            raise DataFormatError(f"{p}: DICOM tag(s) {missing} missing; a slice of a volume needs "
+                                  f"{list(_DICOM_NEEDED)}")
+        if int(getattr(ds, 'NumberOfFrames', 1) or 1) > 1:
+            raise DataFormatError(f"{p}: a multi-frame DICOM file; SAIL reads series of single-frame files")
+    return images
+
+# %% ../nbs/17a_query.ipynb #0fb0b631
+def _dicom_consistent(
+    folder:Path,  # the folder read (for messages)
+    images:list,  # [(path, dataset)] of one series
+):
+    "Check that every file of a series has the first one's orientation, size and pixel spacing."
     first, ds0 = images[0]
     iop0 = np.asarray(ds0.ImageOrientationPatient, float)
     for p, ds in images[1:]:
         iop = np.asarray(ds.ImageOrientationPatient, float)
         if np.abs(iop - iop0).max() > DICOM_ORIENTATION_TOL:
-            raise DataFormatError(f"{folder}: inconsistent orientation: {p.name} has ImageOrientationPatient {iop.round(5).tolist()}, "
-                                  f"{first.name} {iop0.round(5).tolist()}; expected one orientation for the whole series")
+            raise DataFormatError(f"{folder}: inconsistent orientation: {p.name} has ImageOrientationPatient "
+                                  f"{iop.round(5).tolist()}, "
+                                  f"{first.name} {iop0.round(5).tolist()}; expected one orientation for the whole "
+                                  f"series")
         for tag in ('Rows', 'Columns'):
-            if int(ds.get(tag)) != int(ds0.get(tag)): raise DataFormatError(f"{folder}: {p.name} has {tag} {ds.get(tag)}, {first.name} {ds0.get(tag)}")
+            if int(ds.get(tag)) != int(ds0.get(tag)):
+                raise DataFormatError(f"{folder}: {p.name} has {tag} {ds.get(tag)}, {first.name} {ds0.get(tag)}")
         ps, ps0 = np.asarray(ds.PixelSpacing, float), np.asarray(ds0.PixelSpacing, float)
         if np.abs(ps - ps0).max() > DICOM_SPACING_TOL * ps0.min():
-            raise DataFormatError(f"{folder}: inconsistent pixel spacing: {p.name} {ps.tolist()} mm, {first.name} {ps0.tolist()} mm")
+            raise DataFormatError(f"{folder}: inconsistent pixel spacing: {p.name} {ps.tolist()} mm, {first.name} "
+                                  f"{ps0.tolist()} mm")
+
+def _dicom_stack(
+    folder:Path,  # the folder read (for messages)
+    images:list,  # [(path, dataset)] of one consistent series
+)->tuple:         # (images sorted along the normal, (n, 3) positions, row, column and normal directions, slice step)
+    "A series sorted along its slice normal, checked for evenly spaced slices on one line."
+    ds0 = images[0][1]
+    iop0 = np.asarray(ds0.ImageOrientationPatient, float)
     row_dir, col_dir = iop0[:3], iop0[3:]
     normal = np.cross(row_dir, col_dir)
     pos = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in images])
@@ -120,31 +149,59 @@ def read_dicom_series(
     if len(images) > 1:
         steps = np.diff(depth)
         same = np.flatnonzero(steps < 1e-3)
-        if len(same): raise DataFormatError(f"{folder}: {names[same[0]]} and {names[same[0] + 1]} lie at the same position "
-                                            f"(depth {depth[same[0]]:.3f} mm); expected one slice per position")
+        if len(same):
+            raise DataFormatError(f"{folder}: {names[same[0]]} and {names[same[0] + 1]} lie at the same position "
+                                  f"(depth {depth[same[0]]:.3f} mm); expected one slice per position")
         step = float(np.median(steps))
         off = np.flatnonzero(np.abs(steps - step) > DICOM_SPACING_TOL * step)
         if len(off):
             j = off[0]
-            raise DataFormatError(f"{folder}: inconsistent slice spacing: {names[j]} to {names[j + 1]} is {steps[j]:.3f} mm, the median step "
-                                  f"{step:.3f} mm ({len(off)} step(s) off by more than DICOM_SPACING_TOL = {DICOM_SPACING_TOL:.0%}); "
+            raise DataFormatError(f"{folder}: inconsistent slice spacing: {names[j]} to {names[j + 1]} is "
+                                  f"{steps[j]:.3f} mm, the median step "
+                                  f"{step:.3f} mm ({len(off)} step(s) off by more than DICOM_SPACING_TOL = "
+                                  f"{DICOM_SPACING_TOL:.0%}); "
                                   "a missing or extra slice, or a series of several stacks")
         drift = np.abs((pos - pos[0]) - np.outer(depth - depth[0], normal)).max()
         if drift > DICOM_SPACING_TOL * step + 1e-3:
             raise DataFormatError(f"{folder}: slice positions drift {drift:.3f} mm off the line along the slice normal "
-                                  "(a gantry tilt or a non-uniform series); SAIL reads axis-aligned, evenly stacked series only")
+                                  "(a gantry tilt or a non-uniform series); SAIL reads axis-aligned, evenly stacked "
+                                  "series only")
     else: step = float(ds0.get('SliceThickness', 1.0) or 1.0)
+    return images, pos, row_dir, col_dir, normal, step
+
+# %% ../nbs/17a_query.ipynb #2d58a2c6
+def read_dicom_series(
+    folder:str|Path,          # a folder holding one DICOM series (files of other series, non-DICOM files are reported)
+    series_uid:str|None=None, # which series, when the folder holds several
+)->Volume:
+    "A DICOM series as a volume in RAS order with its affine, checked for consistent orientation and spacing."
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(f"{folder}: not a folder (expected a folder of DICOM files of one series)")
+    images, other = _dicom_files(folder)
+    if not images:
+        raise DataFormatError(f"{folder}: no DICOM image files"
+                              + (f" ({len(other)} other file(s): {_some(other, 5)})" if other
+                                 else " (the folder is empty)"))
+    images = _dicom_series(folder, images, series_uid)
+    _dicom_consistent(folder, images)
+    ds0 = images[0][1]                                                   # before sorting, as the checks saw it
+    images, pos, row_dir, col_dir, normal, step = _dicom_stack(folder, images)
     planes = []
     for p, ds in images:
         try: a = ds.pixel_array
         except Exception as e: raise DataFormatError(f"{p}: pixel data unreadable ({type(e).__name__}: {e})") from None
         if a.ndim != 2: raise DataFormatError(f"{p}: pixel data of shape {a.shape}; expected one 2-D grey-level frame")
-        planes.append((a.astype(np.float32) * float(ds.get('RescaleSlope', 1) or 1) + float(ds.get('RescaleIntercept', 0) or 0)).T)
-    vol = np.stack(planes, axis=2)                                       # (columns, rows, slices): i along the row direction
+        planes.append((a.astype(np.float32) * float(ds.get('RescaleSlope', 1) or 1)
+                       + float(ds.get('RescaleIntercept', 0) or 0)).T)
+    # (columns, rows, slices): i along the row direction
+    vol = np.stack(planes, axis=2)
     ps = np.asarray(ds0.PixelSpacing, float)                            # (between rows, between columns) in mm
-    lps = np.eye(4); lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * ps[1], col_dir * ps[0], normal * step, pos[0]
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * ps[1], col_dir * ps[0], normal * step, pos[0]
     m = str(ds0.get('Modality', '')).upper()
-    return Volume(*canonical_volume(vol, _LPS_TO_RAS @ lps, folder), DICOM_MODALITIES.get(m, m.lower() or None), str(folder), 'dicom')
+    return Volume(*canonical_volume(vol, _LPS_TO_RAS @ lps, folder), DICOM_MODALITIES.get(m, m.lower() or None),
+                  str(folder), 'dicom')
 
 # %% ../nbs/17a_query.ipynb #b39201cd
 _SOP_CLASS = {'ct': '1.2.840.10008.5.1.4.1.1.2', 'mri': '1.2.840.10008.5.1.4.1.1.4'}  # CT / MR Image Storage
@@ -158,16 +215,19 @@ def write_dicom_series(
     "Write a NIfTI volume as a DICOM series of single-frame files (LPS patient coordinates)."
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    img = nib.load(str(nifti)); arr = np.asarray(img.dataobj, np.float32); aff = _LPS_TO_RAS @ img.affine   # voxel -> LPS
+    # voxel -> LPS
+    img = nib.load(str(nifti)); arr = np.asarray(img.dataobj, np.float32); aff = _LPS_TO_RAS @ img.affine
     if arr.ndim != 3: raise DataFormatError(f"{nifti}: expected a 3-D volume, got shape {arr.shape}")
     stored = np.rint(arr - intercept)
-    if stored.min() < -32768 or stored.max() > 32767: raise ValueError(f"{nifti}: values do not fit int16 with intercept {intercept}")
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise ValueError(f"{nifti}: values do not fit int16 with intercept {intercept}")
     zooms = np.linalg.norm(aff[:3, :3], axis=0); dirs = aff[:3, :3] / zooms
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     out = []
     for k in range(arr.shape[2]):
-        meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = _SOP_CLASS[modality]; meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = _SOP_CLASS[modality]
+        meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset(); ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
@@ -176,7 +236,8 @@ def write_dicom_series(
         ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = Path(nifti).parent.name or 'anonymous', 1, k + 1
         ds.ImagePositionPatient = [float(v) for v in (aff @ [0, 0, k, 1])[:3]]
         ds.ImageOrientationPatient = [float(v) for v in np.concatenate([dirs[:, 0], dirs[:, 1]])]
-        ds.PixelSpacing = [float(zooms[1]), float(zooms[0])]             # (between rows = along j, between columns = along i)
+        # (between rows = along j, between columns = along i)
+        ds.PixelSpacing = [float(zooms[1]), float(zooms[0])]
         ds.SliceThickness = float(zooms[2])
         ds.Rows, ds.Columns = arr.shape[1], arr.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 'MONOCHROME2'
@@ -198,8 +259,10 @@ def read_query_input(
     if path.is_dir(): return read_dicom_series(path, series_uid)
     name = path.name.lower()
     if name.endswith(('.nii', '.nii.gz')): return read_nifti(path)
-    if name.endswith('.dcm'): raise DataFormatError(f"{path}: one DICOM file; pass the folder of its series (a volume needs all its slices)")
-    raise DataFormatError(f"{path}: not a readable volume: expected a NIfTI file (.nii, .nii.gz), a DICOM series folder or a PNG slice")
+    if name.endswith('.dcm'):
+        raise DataFormatError(f"{path}: one DICOM file; pass the folder of its series (a volume needs all its slices)")
+    raise DataFormatError(f"{path}: not a readable volume: expected a NIfTI file (.nii, .nii.gz), a DICOM series "
+                          f"folder or a PNG slice")
 
 # %% ../nbs/17a_query.ipynb #9bec2b71
 class QuerySlices(NamedTuple):
@@ -214,6 +277,7 @@ class QuerySlices(NamedTuple):
     source: str           # the file or folder read
     shape: tuple          # the volume's shape in RAS order ((rows, cols, 1) for a PNG)
 
+# %% ../nbs/17a_query.ipynb #d4b1f283
 def query_planes(
     settings:ScanSettings, # the run's slicing settings (`sail.slices.scan_settings`)
     modality:str,          # 'ct' or 'mri'
@@ -222,6 +286,7 @@ def query_planes(
     "The planes a run slices for a scan of this modality and shape (CT voxel isotropy is not asked of a query)."
     return [PLANES[a] for a in _planes_for(modality, shape, (1.0, 1.0, 1.0), settings)]
 
+# %% ../nbs/17a_query.ipynb #363067b6
 def slice_query(
     vol:Volume,               # the scan (`read_query_input`)
     modality:str,             # 'ct' or 'mri'
@@ -236,14 +301,17 @@ def slice_query(
     if plane not in PLANES: raise QueryError(f"plane {plane!r}: expected one of {list(PLANES)}")
     if plane not in allowed:
         raise QueryError(f"{vol.source}: plane {plane!r} is not one the run sliced for {modality.upper()} ({allowed}"
-                         + ("; for MR the native plane, the one with the fewest slices" if modality == 'mri' and settings.mri_planes == 'native' else '')
+                         + ("; for MR the native plane, the one with the fewest slices"
+                            if modality == 'mri' and settings.mri_planes == 'native' else '')
                          + "); its SAE has seen no other")
     inten = scan_intensities(vol.array, modality, study_type, tuple(settings.default_window), window)
     axis = PLANES.index(plane)
     made = [plane_image(inten.u8, vol.zooms, axis, i) for i in range(vol.array.shape[axis])]
-    return QuerySlices([np.ascontiguousarray(m[0]) for m in made], np.arange(len(made)), plane, modality, made[0][1] if made else None,
+    return QuerySlices([np.ascontiguousarray(m[0]) for m in made], np.arange(len(made)), plane, modality,
+                       made[0][1] if made else None,
                        None if modality != 'ct' else (inten.low, inten.high),
-                       dict(centre=inten.centre, width=inten.width, source=inten.source, low=inten.low, high=inten.high),
+                       dict(centre=inten.centre, width=inten.width, source=inten.source, low=inten.low,
+                            high=inten.high),
                        vol.source, tuple(vol.array.shape))
 
 # %% ../nbs/17a_query.ipynb #1839cce0
@@ -261,17 +329,22 @@ def read_png_slice(
     except FileNotFoundError: raise FileNotFoundError(f"{path}: no such file") from None
     except Exception as e: raise DataFormatError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     plane = plane or 'axial'
-    allowed = PLANES if modality == 'mri' and settings.mri_planes == 'native' else query_planes(settings, modality, (2, 2, 2))
-    if plane not in allowed: raise QueryError(f"{path}: plane {plane!r} is not one the run sliced for {modality.upper()} ({list(allowed)})")
+    allowed = (PLANES if modality == 'mri' and settings.mri_planes == 'native'
+               else query_planes(settings, modality, (2, 2, 2)))
+    if plane not in allowed:
+        raise QueryError(f"{path}: plane {plane!r} is not one the run sliced for {modality.upper()} ({list(allowed)})")
     c, w = (window if window is not None else settings.default_window) if modality == 'ct' else (None, None)
     win = (float(c) - float(w) / 2, float(c) + float(w) / 2) if modality == 'ct' else None
     src = 'given' if window is not None else ('default' if modality == 'ct' else 'as stored')
     return QuerySlices([arr], np.arange(1), plane, modality, None, win,
-                       dict(centre=c, width=w, source=src, low=win[0] if win else None, high=win[1] if win else None), str(path), (*arr.shape, 1))
+                       dict(centre=c, width=w, source=src, low=win[0] if win else None, high=win[1] if win else None),
+                       str(path), (*arr.shape, 1))
 
 # %% ../nbs/17a_query.ipynb #b97dd9af
-FEATURE_COLUMNS = ['feature', 'description', 'judge_rank', 'success', 'M10', 'frac_active']  # what a query says of a feature
-INDEX_COLUMNS = ['modality', 'image_id', 'plane', 'slice_index', 'image_path', 'age', 'gender', 'institute', 'study_type',
+# what a query says of a feature
+FEATURE_COLUMNS = ['feature', 'description', 'judge_rank', 'success', 'M10', 'frac_active']
+INDEX_COLUMNS = ['modality', 'image_id', 'plane', 'slice_index', 'image_path', 'age', 'gender', 'institute',
+                 'study_type',
                  'manufacturer', 'pathology']  # slice metadata a retrieval shows
 
 def feature_table(
@@ -282,13 +355,17 @@ def feature_table(
 )->pd.DataFrame:  # D rows indexed by feature: FEATURE_COLUMNS
     "One row per feature: its description and judge rank (where autointerp described it), M₁₀ and how often it fires."
     t = pd.DataFrame(dict(feature=np.arange(n_features), description=pd.Series([None] * n_features, dtype=object),
-                          judge_rank=pd.array([pd.NA] * n_features, dtype='Int64'), success=pd.array([pd.NA] * n_features, dtype='boolean'),
-                          M10=np.full(n_features, np.nan), frac_active=np.asarray(frac_active, float))).set_index('feature', drop=False)
-    if scores is not None and len(scores): t.loc[scores.feature.to_numpy(), 'M10'] = scores.monosemanticity_10.to_numpy(float)
+                          judge_rank=pd.array([pd.NA] * n_features, dtype='Int64'),
+                          success=pd.array([pd.NA] * n_features, dtype='boolean'),
+                          M10=np.full(n_features, np.nan),
+                          frac_active=np.asarray(frac_active, float))).set_index('feature', drop=False)
+    if scores is not None and len(scores):
+        t.loc[scores.feature.to_numpy(), 'M10'] = scores.monosemanticity_10.to_numpy(float)
     if descriptions is not None and len(descriptions):
         d = descriptions.set_index('feature')
         t.loc[d.index, 'description'] = d.description.astype(object).to_numpy()
-        t.loc[d.index, 'judge_rank'] = pd.array(d.true_rank, dtype='Int64'); t.loc[d.index, 'success'] = pd.array(d.success, dtype='boolean')
+        t.loc[d.index, 'judge_rank'] = pd.array(d.true_rank, dtype='Int64')
+        t.loc[d.index, 'success'] = pd.array(d.success, dtype='boolean')
     return t[FEATURE_COLUMNS]
 
 # %% ../nbs/17a_query.ipynb #327d492b
@@ -296,7 +373,7 @@ def feature_table(
 class TrainedRun:
     "What a query reads of a finished run: encoder, one SAE, its features' interpretation and the indexed slices."
     name: str                 # the run's name (or a label for a run built from parts)
-    sae_name: str             # 'encoder/variant/config'
+    ref: SAERef               # which SAE of the run (`ref.name` is 'encoder/variant/config')
     encoder: Encoder          # the encoder that made the run's embeddings
     sae: MatryoshkaSAE        # the SAE (one member)
     features: pd.DataFrame    # `feature_table`: one row per feature
@@ -316,55 +393,75 @@ class TrainedRun:
         self.bank = Bank(self.codes)                                # candidates laid out for fingerprint products
         st = feature_stats(self.codes)
         self.exclude = st.always_active.to_numpy()                  # features never used in a fingerprint (spec §11)
-        self.scan_banks = {}                                        # plane -> the indexed scans' mean codes (`search_scans`)
+        # plane -> the indexed scans' mean codes (`search_scans`)
+        self.scan_banks = {}
 
 # %% ../nbs/17a_query.ipynb #1c037b6e
 def run_config(
-    run:str|Path|Config,  # a configuration name, a YAML path, a run folder (runs/<name>, with its manifest.json) or a Config
+    run:str|Path|Config,  # a configuration name, a YAML path, a run folder (runs/<name>, with manifest.json), a Config
 )->Config:
     "The configuration of a run named any of the ways a user names one."
     if isinstance(run, Config): return run
     p = Path(run)
     if p.is_dir() and (p/'manifest.json').exists():
         src = json.loads((p/'manifest.json').read_text()).get('config')
-        if not src: raise QueryError(f"{p/'manifest.json'}: records no configuration file; name the run by its configuration instead")
+        if not src:
+            raise QueryError(f"{p/'manifest.json'}: records no configuration file; name the run by its configuration "
+                             f"instead")
         return load_config(src)
-    if p.is_dir(): raise QueryError(f"{p}: a folder without manifest.json: not a run (name a run by its configuration, or its runs/<name> folder)")
+    if p.is_dir():
+        raise QueryError(f"{p}: a folder without manifest.json: not a run (name a run by its configuration, or its "
+                         f"runs/<name> folder)")
     return load_config(run)
 
+# %% ../nbs/17a_query.ipynb #360f77c5
+def query_sae(
+    cfg:Config,               # the run's configuration
+    sae:SAERef|str|None=None, # an SAE of the run, or its name 'encoder/variant/config' (the command line's spelling)
+)->SAERef:
+    "The SAE a query uses: the one given, or the ranking's selection for the first encoder."
+    if isinstance(sae, SAERef): return sae
+    if sae is None: return selected_configs(cfg.paths, cfg.interpret)[0]
+    parts = sae.split('/')
+    if len(parts) != 3:
+        raise QueryError(f"sae {sae!r}: expected 'encoder/variant/config', e.g. 'pixels/paper/D_8_32_K_2_4'")
+    return sae_ref(cfg.paths, *parts)
+
+# %% ../nbs/17a_query.ipynb #f46ade35
 def load_run(
     run:str|Path|Config,   # the run (see `run_config`)
-    sae:str|None=None,     # 'encoder/variant/config'; default the ranking's selection for the first encoder
+    sae:SAERef|str|None=None, # its SAE (see `query_sae`); default the ranking's selection for the first encoder
     splits:tuple=SPLITS,   # which splits' slices to index
     device:str|None=None,  # where to run the encoder and the SAE (default the run's `device`)
 )->TrainedRun:
     "A finished run, loaded read-only for queries."
     cfg = run_config(run); rp = cfg.paths                 # a whole run is opened: this reads several sections
-    if sae is None: enc_id, var, conf = selected_configs(rp, cfg.interpret)[0]
-    else:
-        parts = sae.split('/')
-        if len(parts) != 3: raise QueryError(f"sae {sae!r}: expected 'encoder/variant/config', e.g. 'pixels/paper/D_8_32_K_2_4'")
-        enc_id, var, conf = parts
-    ref = sae_ref(rp, enc_id, var, conf); sae_artifact(ref).require()
-    ec = next((e for e in cfg.embed.encoders if encoder_id(e) == enc_id), None)
-    if ec is None: raise QueryError(f"{cfg.source}: no encoder {enc_id!r} in embed.encoders ({[encoder_id(e) for e in cfg.embed.encoders]})")
-    made = embeddings_artifact(rp.data, enc_id).require()['inputs']['description']
+    ref = query_sae(cfg, sae); sae_artifact(ref).require()
+    ec = next((e for e in cfg.embed.encoders if encoder_id(e) == ref.encoder), None)
+    if ec is None:
+        raise QueryError(f"{cfg.source}: no encoder {ref.encoder!r} in embed.encoders "
+                         f"({[encoder_id(e) for e in cfg.embed.encoders]})")
+    made = embeddings_artifact(rp.data, ref.encoder).require()['inputs']['description']
     try: enc = build_encoder(ec, local_files_only=True)
-    except EncoderUnavailable as e: raise QueryError(f"run {cfg.name}: the encoder {enc_id!r} of its SAE cannot be loaded here: {e}") from None
+    except EncoderUnavailable as e:
+        raise QueryError(f"run {cfg.name}: the encoder {ref.encoder!r} of its SAE cannot be loaded here: {e}") from None
     built = json.loads(json.dumps(enc.description, sort_keys=True, default=str))
     if built != made:
         keys = sorted(k for k in set(built) | set(made) if built.get(k) != made.get(k))
-        raise QueryError(f"run {cfg.name}: encoder {enc_id!r} built here differs from the one that embedded the run in {keys} "
-                         f"(here {[built.get(k) for k in keys]}, the run {[made.get(k) for k in keys]}); its features would not mean the same")
+        raise QueryError(f"run {cfg.name}: encoder {ref.encoder!r} built here differs from the one that embedded the "
+                         f"run in {keys} "
+                         f"(here {[built.get(k) for k in keys]}, the run {[made.get(k) for k in keys]}); its features "
+                         f"would not mean the same")
     model = load_sae(ref.folder, enc.dim)
-    parts = [load_codes(rp, enc_id, var, conf, s, INDEX_COLUMNS) for s in splits]
+    parts = [load_codes(rp, ref, s, INDEX_COLUMNS) for s in splits]
     codes = sp.vstack([p.codes for p in parts]).tocsr()
     rows = pd.concat([p.rows.assign(split=s) for p, s in zip(parts, splits)], ignore_index=True)
-    mono, ai = mono_artifact(rp, enc_id, var, conf), autointerp_artifact(rp, enc_id, var, conf)
+    mono, ai = mono_artifact(rp, ref), autointerp_artifact(rp, ref)
     scores = pd.read_parquet(mono.path('feature_scores.parquet')) if mono.record() else None
     desc = pd.read_parquet(ai.path('descriptions.parquet')) if ai.record() else None
     feats = feature_table(codes.shape[1], feature_stats(codes).frac_active.to_numpy(), scores, desc)
-    return TrainedRun(cfg.name, ref.name, enc, model, feats, codes, rows, scan_settings(cfg.slices), list(cfg.data.modalities), rp.data,
+    return TrainedRun(cfg.name, ref, enc, model, feats, codes, rows, scan_settings(cfg.slices),
+                      list(cfg.data.modalities), rp.data,
                       (rp.run, rp.data), cfg.retrieval.figure_k, cfg.retrieval.top_n, pick_device(device or cfg.device),
                       cfg.embed.dtype, cfg.sae.dtype)
 
@@ -372,22 +469,29 @@ def load_run(
 class QueryResult(NamedTuple):
     "What a query found: the slices, their codes, their retrievals and the most similar scans."
     run: str                   # the run's name
-    sae: str                   # 'encoder/variant/config'
+    ref: SAERef                # the SAE that coded them (`ref.name` is 'encoder/variant/config')
     slices: QuerySlices        # the query's slices
     codes: sp.csr_matrix       # (n, D) their codes
-    hits: pd.DataFrame         # per slice the most similar indexed slices: slice (position), rank, similarity, slice_id, split, INDEX_COLUMNS
-    scan_hits: pd.DataFrame    # the most similar indexed scans: rank, similarity, modality, image_id, n_slices, metadata
+    # per slice the most similar indexed slices: slice (position), rank, similarity, slice_id, split, INDEX_COLUMNS
+    hits: pd.DataFrame
+    # the most similar indexed scans: rank, similarity, modality, image_id, n_slices, metadata
+    scan_hits: pd.DataFrame
     seconds: dict              # time per part: read, slice, embed, encode, retrieve
 
+# %% ../nbs/17a_query.ipynb #b8d5d7fe
 def _modality(vol_modality:str|None, given:str|None, source:str, trained:list, name:str)->str:
     "The query's modality: given, or what the file says; one the run was trained on."
     if given is not None and given not in ('ct', 'mri'): raise QueryError(f"modality {given!r}: expected 'ct' or 'mri'")
-    if given and vol_modality and given != vol_modality: raise QueryError(f"{source}: the file says {vol_modality!r}, the query says {given!r}")
+    if given and vol_modality and given != vol_modality:
+        raise QueryError(f"{source}: the file says {vol_modality!r}, the query says {given!r}")
     m = given or vol_modality
     if m is None:
         if len(trained) == 1: return trained[0]
-        raise QueryError(f"{source}: the file does not say whether it is CT or MR; say modality='ct' or 'mri' (--modality)")
-    if m not in trained: raise QueryError(f"{source}: a {m.upper()} scan, but run {name} was trained on {[t.upper() for t in trained]} only")
+        raise QueryError(f"{source}: the file does not say whether it is CT or MR; say modality='ct' or 'mri' "
+                         f"(--modality)")
+    if m not in trained:
+        raise QueryError(f"{source}: a {m.upper()} scan, but run {name} was trained on {[t.upper() for t in trained]} "
+                         f"only")
     return m
 
 def _with_rows(run:TrainedRun, rows:np.ndarray)->pd.DataFrame:
@@ -395,7 +499,8 @@ def _with_rows(run:TrainedRun, rows:np.ndarray)->pd.DataFrame:
     cols = [c for c in ['slice_id', 'split'] + INDEX_COLUMNS if c in run.rows.columns]
     return run.rows.iloc[rows][cols].reset_index(drop=True)
 
-def _retrieve(bank:Bank, codes:sp.csr_matrix, k:int, exclude:np.ndarray, scans:np.ndarray, n:int, skip:np.ndarray|None=None)->tuple:
+def _retrieve(bank:Bank, codes:sp.csr_matrix, k:int, exclude:np.ndarray, scans:np.ndarray, n:int,
+              skip:np.ndarray|None=None)->tuple:
     "(rows (B, n), similarities (B, n)) of fingerprint retrieval, one candidate per `scans` value."
     idx, vals, _ = fingerprints(codes, k, exclude)
     [(_, _, rows, sims)] = sweep_retrieve(bank, idx, vals, [k], scans, n, skip)
@@ -411,6 +516,7 @@ def scan_codes(
     G = sp.csr_matrix((1.0 / count[inv], (inv, sel)), shape=(len(uniq), run.codes.shape[0]))
     return (G @ run.codes).tocsr().astype(np.float32), sel[first]
 
+# %% ../nbs/17a_query.ipynb #d27d0b75
 def search_slices(
     run:TrainedRun,               # the run
     codes:sp.csr_matrix,          # (n, D) codes of query slices
@@ -422,13 +528,16 @@ def search_slices(
     n, k = n or run.top_n, k or run.fingerprint_k
     skip = None
     if exclude_scan is not None:
-        own = np.flatnonzero((run.rows.modality.astype(str) == exclude_scan[0]).to_numpy() & (run.rows.image_id.astype(str) == exclude_scan[1]).to_numpy())
+        own = np.flatnonzero((run.rows.modality.astype(str) == exclude_scan[0]).to_numpy()
+                             & (run.rows.image_id.astype(str) == exclude_scan[1]).to_numpy())
         if not len(own): raise QueryError(f"exclude_scan {exclude_scan}: no such scan in the index of run {run.name}")
         skip = np.full(codes.shape[0], run.scans[own[0]])
     rows, sims = _retrieve(run.bank, codes, k, run.exclude, run.scans, n, skip)
     q, r = np.nonzero(rows >= 0)
-    return pd.concat([pd.DataFrame(dict(slice=q, rank=r + 1, similarity=sims[q, r])), _with_rows(run, rows[q, r])], axis=1)
+    return pd.concat([pd.DataFrame(dict(slice=q, rank=r + 1, similarity=sims[q, r])), _with_rows(run, rows[q, r])],
+                     axis=1)
 
+# %% ../nbs/17a_query.ipynb #37328efa
 def search_scans(
     run:TrainedRun,        # the run
     codes:sp.csr_matrix,   # (n, D) codes of the query's slices
@@ -440,13 +549,15 @@ def search_scans(
     n, k = n or run.top_n, k or run.fingerprint_k
     if plane not in run.scan_banks:                             # made once per plane and run: later queries reuse it
         means, first = scan_codes(run, plane)
-        run.scan_banks[plane] = (Bank(means), first, pd.Series(run.scans[run.rows.plane.astype(str).to_numpy() == plane]).value_counts())
+        run.scan_banks[plane] = (Bank(means), first,
+                                 pd.Series(run.scans[run.rows.plane.astype(str).to_numpy() == plane]).value_counts())
     bank, first, per_scan = run.scan_banks[plane]
     if not len(first): return pd.DataFrame(columns=['rank', 'similarity', 'n_slices', 'modality', 'image_id'])
     q = sp.csr_matrix(np.asarray(codes.mean(0), np.float32))
     rows, sims = _retrieve(bank, q, k, run.exclude, np.arange(len(first)), n)
     ok = rows[0] >= 0
-    found = _with_rows(run, first[rows[0][ok]]).drop(columns=['slice_id', 'plane', 'slice_index', 'image_path'], errors='ignore')
+    found = _with_rows(run, first[rows[0][ok]]).drop(columns=['slice_id', 'plane', 'slice_index', 'image_path'],
+                                                     errors='ignore')
     return pd.concat([pd.DataFrame(dict(rank=np.arange(1, ok.sum() + 1), similarity=sims[0][ok],
                                         n_slices=per_scan[run.scans[first[rows[0][ok]]]].to_numpy())), found], axis=1)
 
@@ -482,7 +593,7 @@ def query_scan(
     t['encode'] = time.perf_counter() - t1; t1 = time.perf_counter()
     hits, scan_hits = search_slices(run, codes, exclude_scan=exclude_scan), search_scans(run, codes, qs.plane)
     t['retrieve'] = time.perf_counter() - t1
-    return QueryResult(run.name, run.sae_name, qs, codes, hits, scan_hits, {k: round(v, 3) for k, v in t.items()})
+    return QueryResult(run.name, run.ref, qs, codes, hits, scan_hits, {k: round(v, 3) for k, v in t.items()})
 
 # %% ../nbs/17a_query.ipynb #63d5ca20
 def slice_features(
@@ -495,9 +606,11 @@ def slice_features(
     row = result.codes[i]
     order = np.lexsort((row.indices, -row.data))[:top]
     f = row.indices[order]
-    return pd.concat([pd.DataFrame(dict(activation=row.data[order].astype(float))), run.features.iloc[f].reset_index(drop=True)], axis=1)[
+    return pd.concat([pd.DataFrame(dict(activation=row.data[order].astype(float))),
+                      run.features.iloc[f].reset_index(drop=True)], axis=1)[
         ['feature', 'activation', 'description', 'judge_rank', 'success', 'M10', 'frac_active']]
 
+# %% ../nbs/17a_query.ipynb #2de143b0
 def scan_heatmap(
     run:TrainedRun,      # the run
     result:QueryResult,  # a query
@@ -510,12 +623,17 @@ def scan_heatmap(
     feats = [int(f) for f in np.argsort(-peak, kind='stable')[:n_features] if peak[f] > 0]
     z = C[:, feats].toarray().T if feats else np.zeros((0, C.shape[0]))
     desc = [str(run.features.description.iat[f] or '(not described)') for f in feats]
-    fig = go.Figure(go.Heatmap(z=z, x=[int(i) for i in result.slices.indices], y=[f'#{f}' for f in feats], colorscale='Viridis',
-                               customdata=np.array([[d] * z.shape[1] for d in desc], dtype=object).reshape(len(feats), -1) if feats else None,
-                               hovertemplate='slice %{x} · feature %{y}<br>%{customdata}<br>activation %{z:.3f}<extra></extra>',
+    fig = go.Figure(go.Heatmap(z=z, x=[int(i) for i in result.slices.indices], y=[f'#{f}' for f in feats],
+                               colorscale='Viridis',
+                               customdata=np.array([[d] * z.shape[1] for d in desc], dtype=object).reshape(len(feats),
+                                       -1) if feats else None,
+                               hovertemplate='slice %{x} · feature %{y}<br>%{customdata}<br>activation '
+                               '%{z:.3f}<extra></extra>',
                                colorbar=dict(title='act')))
-    fig.update_layout(height=max(260, 16 * len(feats) + 110), margin=dict(l=60, r=20, t=40, b=40), template='plotly_white',
-                      title=f'{result.slices.plane} slices × the {len(feats)} strongest features', xaxis_title=f'{result.slices.plane} slice', yaxis=dict(autorange='reversed'))
+    fig.update_layout(height=max(260, 16 * len(feats) + 110), margin=dict(l=60, r=20, t=40, b=40),
+                      template='plotly_white',
+                      title=f'{result.slices.plane} slices × the {len(feats)} strongest features',
+                      xaxis_title=f'{result.slices.plane} slice', yaxis=dict(autorange='reversed'))
     return fig
 
 # %% ../nbs/17a_query.ipynb #271357c9
@@ -523,10 +641,14 @@ REPORT_IMAGE = 192   # longer side (px) of a query slice in the report and the w
 HIT_THUMB = 96       # longer side (px) of a retrieved slice
 SHOWN_FEATURES = 12  # features listed per slice
 
-def query_image_uri(img:np.ndarray, size:int=REPORT_IMAGE)->str:  # a (rows, cols) uint8 slice, the longer side in px
+def query_image_uri(
+    img:np.ndarray,         # a (rows, cols) uint8 slice
+    size:int=REPORT_IMAGE,  # the longer side in px
+)->str:
     "A query slice as a WebP data URI."
     return image_data_uri(thumbnail(Image.fromarray(img), size), quality=75)
 
+# %% ../nbs/17a_query.ipynb #d4c2c524
 def hit_uris(
     run:TrainedRun,    # the run (its slice images)
     slice_ids,         # indexed slice ids
@@ -537,46 +659,62 @@ def hit_uris(
     paths = run.rows.set_index('slice_id').image_path
     return {s: image_data_uri(thumbnail(slice_image(run.data_dir, paths[s]), size)) for s in dict.fromkeys(slice_ids)}
 
+# %% ../nbs/17a_query.ipynb #974e0ba0
 def _esc(v)->str: return html.escape('' if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
 
 def _hit_caption(h)->str:
     sex = {'f': 'F', 'm': 'M'}.get(str(h.get('gender')), '?'); age = h.get('age')
     age = '' if age is None or pd.isna(age) else f' {int(age)}'
-    return (f"{_esc(str(h.get('modality', '')).upper())} {_esc(h.get('image_id'))} · {_esc(h.get('plane'))} {_esc(h.get('slice_index'))}<br>"
+    return (f"{_esc(str(h.get('modality', '')).upper())} {_esc(h.get('image_id'))} · {_esc(h.get('plane'))} "
+            f"{_esc(h.get('slice_index'))}<br>"
             f"{sex}{age} · inst. {_esc(h.get('institute'))} · {_esc(h.get('split'))}")
 
 def slice_html(
     run:TrainedRun,       # the run
     result:QueryResult,   # a query
     i:int,                # position of the slice in the query
-    uris:dict|None=None,  # slice_id -> thumbnail URI; None: images get `data-sid` attributes for a page's script to fill
+    uris:dict|None=None,  # slice_id -> thumbnail URI; None: images get `data-sid` attributes a page's script fills
     query_uri:str|None=None, # the query slice's image URI (default made here)
 )->str:
     "One query slice as HTML: the slice, its features and its retrievals."
     qs = result.slices
     feats = slice_features(run, result, i, SHOWN_FEATURES)
-    def img(sid): return f'<img src="{uris.get(sid, "")}" alt="{_esc(sid)}">' if uris is not None else f'<img data-sid="{_esc(sid)}" alt="{_esc(sid)}">'
-    rows = ''.join(f"<tr><td>#{int(r.feature)}</td><td>{r.activation:.3f}</td><td class='desc'>{_esc(r.description) or '<i>not described</i>'}</td>"
-                   f"<td>{'' if pd.isna(r.judge_rank) else f'{int(r.judge_rank)} of 5'}</td><td>{'' if pd.isna(r.M10) else f'{r.M10:.3f}'}</td>"
+    def img(sid):
+        return (f'<img src="{uris.get(sid, "")}" alt="{_esc(sid)}">' if uris is not None
+                else f'<img data-sid="{_esc(sid)}" alt="{_esc(sid)}">')
+    rows = ''.join(f"<tr><td>#{int(r.feature)}</td><td>{r.activation:.3f}</td><td "
+                   f"class='desc'>{_esc(r.description) or '<i>not described</i>'}</td>"
+                   f"<td>{'' if pd.isna(r.judge_rank) else f'{int(r.judge_rank)} of 5'}</td>"
+                   f"<td>{'' if pd.isna(r.M10) else f'{r.M10:.3f}'}</td>"
                    f"<td>{100 * r.frac_active:.1f} %</td></tr>" for r in feats.itertuples())
-    table = (f"<table class='feats'><tr><th>feature</th><th>activation</th><th>description</th><th>judge rank</th><th>M₁₀</th><th>fires on</th></tr>{rows}</table>"
+    table = (f"<table class='feats'><tr><th>feature</th><th>activation</th><th>description</th><th>judge "
+             f"rank</th><th>M₁₀</th><th>fires on</th></tr>{rows}</table>"
              if len(feats) else '<p>no feature is active on this slice</p>')
     hits = result.hits[result.hits.slice == i].to_dict('records')
-    cells = ''.join(f"<div class='hit'>{img(h['slice_id'])}<div>sim {h['similarity']:.3f}</div><div>{_hit_caption(h)}</div></div>" for h in hits)
+    cells = ''.join(f"<div class='hit'>{img(h['slice_id'])}<div>sim {h['similarity']:.3f}</div><div>{_hit_caption(h)}"
+                    f"</div></div>" for h in hits)
     n_active = result.codes[i].nnz
-    return (f"<div class='sail-query-slice'><h3>{_esc(qs.plane)} slice {int(qs.indices[i])} ({i + 1} of {len(qs.images)}) · {n_active} active features</h3>"
-            f"<div class='row'><img class='query' src=\"{query_uri or query_image_uri(qs.images[i])}\" alt='query slice'>{table}</div>"
-            f"<h4>most similar slices of the indexed run (one per scan, fingerprint of {run.fingerprint_k} features)</h4><div class='hits'>{cells or '<p>none</p>'}</div></div>")
+    return (f"<div class='sail-query-slice'><h3>{_esc(qs.plane)} slice {int(qs.indices[i])} ({i + 1} of "
+            f"{len(qs.images)}) · {n_active} active features</h3>"
+            f"<div class='row'><img class='query' src=\"{query_uri or query_image_uri(qs.images[i])}\" alt='query "
+            f"slice'>{table}</div>"
+            f"<h4>most similar slices of the indexed run (one per scan, fingerprint of {run.fingerprint_k} "
+            f"features)</h4><div class='hits'>{cells or '<p>none</p>'}</div></div>")
 
 # %% ../nbs/17a_query.ipynb #58c35428
 _REPORT_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;color:#222}h1{font-size:20px;margin:0 0 4px}
-.meta{color:#555;margin:0 0 12px}.row{display:flex;gap:16px;align-items:flex-start}img.query{image-rendering:pixelated;border:1px solid #ccc}
-table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e3e3e3;padding:2px 8px;text-align:left}td.desc{max-width:420px}
-.hits{display:flex;flex-wrap:wrap;gap:6px}.hit{font-size:11px;text-align:center;width:130px}.hit img{height:96px;image-rendering:pixelated}
-.sail-query-slice{display:none}.sail-query-slice.on{display:block}#ctl{margin:8px 0}#ctl input{width:420px;vertical-align:middle}"""
+.meta{color:#555;margin:0 0 12px}.row{display:flex;gap:16px;align-items:flex-start}\
+img.query{image-rendering:pixelated;border:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e3e3e3;padding:2px 8px;text-align:left}\
+td.desc{max-width:420px}
+.hits{display:flex;flex-wrap:wrap;gap:6px}.hit{font-size:11px;text-align:center;width:130px}\
+.hit img{height:96px;image-rendering:pixelated}
+.sail-query-slice{display:none}.sail-query-slice.on{display:block}#ctl{margin:8px 0}\
+#ctl input{width:420px;vertical-align:middle}"""
 
 _REPORT_JS = """const D = JSON.parse(document.getElementById('sail-data').textContent);
-const secs = document.querySelectorAll('.sail-query-slice'), range = document.getElementById('slice'), label = document.getElementById('sliceLabel');
+const secs = document.querySelectorAll('.sail-query-slice'), range = document.getElementById('slice'), \
+label = document.getElementById('sliceLabel');
 function show(i){ i = Math.max(0, Math.min(secs.length - 1, i)); range.value = i;
   secs.forEach((s, j) => s.classList.toggle('on', j === i));
   secs[i].querySelectorAll('img[data-sid]').forEach(im => { if (!im.src) im.src = D.thumbs[im.dataset.sid] || ''; });
@@ -591,6 +729,7 @@ def _inside(p:Path, folders)->bool:
     p = Path(p).resolve()
     return any(p == Path(f).resolve() or p.is_relative_to(Path(f).resolve()) for f in folders)
 
+# %% ../nbs/17a_query.ipynb #48de00c9
 def write_report(
     run:TrainedRun,       # the run
     result:QueryResult,   # a query
@@ -600,7 +739,9 @@ def write_report(
     "A self-contained HTML report of a query that opens from disk."
     from sail.explorer import _plotly_js
     folder = Path(folder)
-    if _inside(folder, run.protected): raise QueryError(f"{folder}: inside the run it reads ({', '.join(map(str, run.protected))}); a query writes its report elsewhere")
+    if _inside(folder, run.protected):
+        raise QueryError(f"{folder}: inside the run it reads ({', '.join(map(str, run.protected))}); a query writes "
+                         f"its report elsewhere")
     folder.mkdir(parents=True, exist_ok=True); _plotly_js(folder)
     qs, n = result.slices, len(result.slices.images)
     start = n // 2 if start is None else start
@@ -610,22 +751,29 @@ def write_report(
     data = dict(thumbs=hit_uris(run, result.hits.slice_id), heatmap=json.loads(heatmap.to_json()),
                 indices=[int(i) for i in qs.indices], start=start)
     sh = result.scan_hits
-    scans = ''.join(f"<tr><td>{r['rank']}</td><td>{r['similarity']:.3f}</td><td>{_esc(str(r.get('modality', '')).upper())} {_esc(r.get('image_id'))}</td>"
-                    f"<td>{_esc(r.get('split'))}</td><td>{r['n_slices']}</td><td>{_esc(r.get('age'))}</td><td>{_esc(r.get('gender'))}</td><td>{_esc(r.get('institute'))}</td>"
+    scans = ''.join(f"<tr><td>{r['rank']}</td><td>{r['similarity']:.3f}</td>"
+                    f"<td>{_esc(str(r.get('modality', '')).upper())} {_esc(r.get('image_id'))}</td>"
+                    f"<td>{_esc(r.get('split'))}</td><td>{r['n_slices']}</td><td>{_esc(r.get('age'))}</td>"
+                    f"<td>{_esc(r.get('gender'))}</td><td>{_esc(r.get('institute'))}</td>"
                     f"<td>{_esc(r.get('study_type'))}</td></tr>" for r in sh.to_dict('records'))
-    win = (f"window {qs.intensity['centre']:g}/{qs.intensity['width']:g} HU ({qs.intensity['source']})" if qs.modality == 'ct' and qs.intensity.get('centre') is not None
+    win = (f"window {qs.intensity['centre']:g}/{qs.intensity['width']:g} HU ({qs.intensity['source']})"
+           if qs.modality == 'ct' and qs.intensity.get('centre') is not None
            else f"intensity {qs.intensity['source']}")
     body = (f"<h1>SAIL query · {_esc(Path(qs.source).name)}</h1>"
-            f"<p class='meta'>run <b>{_esc(result.run)}</b> · SAE {_esc(result.sae)} · {qs.modality.upper()} {_esc(qs.plane)} · {n} slice(s) · "
+            f"<p class='meta'>run <b>{_esc(result.run)}</b> · SAE {_esc(result.ref.name)} · {qs.modality.upper()} "
+            f"{_esc(qs.plane)} · {n} slice(s) · "
             f"volume {'×'.join(map(str, qs.shape))} · {win} · made {now()}</p>"
             f"<div id='heatmap' style='height:{heatmap.layout.height}px'></div>"
-            f"<div id='ctl'>slice <input type='range' id='slice' min='0' max='{n - 1}' value='{start}'> <span id='sliceLabel'></span></div>{sections}"
-            f"<h2>Most similar scans (mean code of the {qs.plane} slices)</h2><table><tr><th>rank</th><th>similarity</th><th>scan</th><th>split</th>"
+            f"<div id='ctl'>slice <input type='range' id='slice' min='0' max='{n - 1}' value='{start}'> <span "
+            f"id='sliceLabel'></span></div>{sections}"
+            f"<h2>Most similar scans (mean code of the {qs.plane} slices)</h2><table><tr><th>rank</th><th>similarity"
+            f"</th><th>scan</th><th>split</th>"
             f"<th>slices</th><th>age</th><th>sex</th><th>institute</th><th>study type</th></tr>{scans}</table>")
     payload = json.dumps(data).replace('</', '<\\/')               # no '</script>' inside the data
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>SAIL query · {_esc(Path(qs.source).name)}</title>"
             f"<script src='plotly.min.js'></script><style>{_REPORT_CSS}</style></head><body>{body}"
-            f"<script type='application/json' id='sail-data'>{payload}</script><script>{_REPORT_JS}</script></body></html>")
+            f"<script type='application/json' id='sail-data'>{payload}</script><script>{_REPORT_JS}</script></body>"
+            f"</html>")
     out = folder/'report.html'
     with atomic_path(out) as tmp_: tmp_.write_text(page, encoding='utf-8')
     return out
@@ -639,15 +787,19 @@ def query_text(
     "A plain-text account of one query slice: its features, its retrievals and the most similar scans."
     qs = result.slices
     pd_opts = dict(index=False, max_colwidth=48)
-    feats = slice_features(run, result, i, SHOWN_FEATURES).assign(activation=lambda d: d.activation.round(4), M10=lambda d: d.M10.round(3),
+    feats = slice_features(run, result, i, SHOWN_FEATURES).assign(activation=lambda d: d.activation.round(4),
+                                                                  M10=lambda d: d.M10.round(3),
                                                                   frac_active=lambda d: (100 * d.frac_active).round(1))
-    hits = result.hits[result.hits.slice == i].drop(columns=['slice', 'image_path'], errors='ignore').assign(similarity=lambda d: d.similarity.round(4))
+    hits = result.hits[result.hits.slice == i].drop(columns=['slice', 'image_path'],
+                                                    errors='ignore').assign(similarity=lambda d: d.similarity.round(4))
     scans = result.scan_hits.assign(similarity=lambda d: d.similarity.round(4))
     t = result.seconds
     return '\n'.join([
-        f"run {result.run} · SAE {result.sae} · {Path(qs.source).name}: {qs.modality.upper()} {qs.plane}, {len(qs.images)} slice(s) "
+        f"run {result.run} · SAE {result.ref.name} · {Path(qs.source).name}: {qs.modality.upper()} {qs.plane}, "
+        f"{len(qs.images)} slice(s) "
         f"in {sum(t.values()):.2f} s (" + ', '.join(f'{k} {v:.2f}' for k, v in t.items()) + ')',
-        f"\n{qs.plane} slice {int(qs.indices[i])}: {result.codes[i].nnz} active features (strongest {min(SHOWN_FEATURES, result.codes[i].nnz)}; "
+        f"\n{qs.plane} slice {int(qs.indices[i])}: {result.codes[i].nnz} active features (strongest "
+        f"{min(SHOWN_FEATURES, result.codes[i].nnz)}; "
         "fires on = % of indexed slices)",
         feats.rename(columns={'frac_active': 'fires on %'}).to_string(**pd_opts) if len(feats) else '(none)',
         f"\nmost similar slices (one per scan, fingerprint of {run.fingerprint_k} features):",
@@ -655,6 +807,7 @@ def query_text(
         f"\nmost similar scans (mean code of the {qs.plane} slices):",
         scans.to_string(**pd_opts) if len(scans) else '(none)'])
 
+# %% ../nbs/17a_query.ipynb #5c38b931
 def slice_position(
     result:QueryResult,   # a query
     index:int|None=None,  # a slice index along the plane's axis; None = the middle slice
@@ -663,7 +816,9 @@ def slice_position(
     ix = result.slices.indices
     if index is None: return len(ix) // 2
     hit = np.flatnonzero(ix == index)
-    if not len(hit): raise QueryError(f"slice {index}: the {result.slices.plane} plane of {Path(result.slices.source).name} has slices {int(ix[0])}..{int(ix[-1])}")
+    if not len(hit):
+        raise QueryError(f"slice {index}: the {result.slices.plane} plane of {Path(result.slices.source).name} has "
+                         f"slices {int(ix[0])}..{int(ix[-1])}")
     return int(hit[0])
 
 # %% ../nbs/17a_query.ipynb #1704bb65
@@ -687,7 +842,9 @@ def query_command(
     if exclude_own:
         sid = p.parent.name if p.is_file() else p.name
         m = modality or NIFTI_MODALITY.get(p.name)
-        if m is None: raise QueryError(f"{path}: --exclude-own needs the scan's modality (--modality) and a TotalSegmentator scan folder")
+        if m is None:
+            raise QueryError(f"{path}: --exclude-own needs the scan's modality (--modality) and a TotalSegmentator "
+                             f"scan folder")
         own = (m, sid)
     res = query_scan(tr, path, plane, modality, study_type, window, own, series)
     i = slice_position(res, slice)
@@ -708,17 +865,20 @@ class QueryExplorer:
     ):
         import ipywidgets as W
         self.run, self.query, self.result, self.uris = run, query, None, {}
-        self.path = W.Text(value=str(path or ''), placeholder='NIfTI file, DICOM series folder or PNG slice', description='scan', layout=W.Layout(width='520px'))
+        self.path = W.Text(value=str(path or ''), placeholder='NIfTI file, DICOM series folder or PNG slice',
+                           description='scan', layout=W.Layout(width='520px'))
         self.upload = W.FileUpload(accept='.nii,.gz,.png,.dcm', multiple=True, description='upload')
         self.plane = W.Dropdown(options=['default'] + list(PLANES), value='default', description='plane')
         self.go = W.Button(description='query', button_style='primary')
         self.status = W.HTML()
-        self.slider = W.IntSlider(value=0, min=0, max=0, description='slice', continuous_update=False, layout=W.Layout(width='520px'))
+        self.slider = W.IntSlider(value=0, min=0, max=0, description='slice', continuous_update=False,
+                                  layout=W.Layout(width='520px'))
         self.view, self.scans, self.chart = W.HTML(), W.HTML(), W.Output()
         self.go.on_click(lambda b: self.run_query())
         self.upload.observe(lambda ch: self._uploaded(), 'value')
         self.slider.observe(lambda ch: self.show(), 'value')
-        self.widget = W.VBox([W.HBox([self.path, self.plane, self.go]), self.upload, self.status, self.chart, self.slider, self.view, self.scans])
+        self.widget = W.VBox([W.HBox([self.path, self.plane, self.go]), self.upload, self.status, self.chart,
+                              self.slider, self.view, self.scans])
         if path: self.run_query()
 
     def _uploaded(self):
@@ -730,30 +890,38 @@ class QueryExplorer:
         self.path.value = str(d if len(files) > 1 or files[0]['name'].lower().endswith('.dcm') else d/files[0]['name'])
         self.run_query()
 
-    def run_query(self):
-        "Query the scan in the path box and show its middle slice."
-        from IPython.display import display, clear_output
-        try:
-            self.result = query_scan(self.run, self.path.value, None if self.plane.value == 'default' else self.plane.value, **self.query)
-        except (QueryError, DataFormatError, FileNotFoundError, ValueError) as e:
-            self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'; return
-        r = self.result
-        self.status.value = (f'<span>{html.escape(Path(r.slices.source).name)}: {r.slices.modality.upper()} {r.slices.plane}, '
-                             f'{len(r.slices.images)} slice(s) in {sum(r.seconds.values()):.1f} s</span>')
-        self.uris = hit_uris(self.run, r.hits.slice_id)
-        with self.chart:
-            clear_output(wait=True); display(show_plotly(scan_heatmap(self.run, r)))
-        self.scans.value = '<h4>most similar scans</h4>' + r.scan_hits.drop(columns=['image_path'], errors='ignore').to_html(index=False, float_format=lambda v: f'{v:.3f}', na_rep='')
-        self.slider.max = len(r.slices.images) - 1
-        middle = len(r.slices.images) // 2
-        if self.slider.value == middle: self.show()
-        else: self.slider.value = middle
-
-    def show(self):
-        "Redraw the slice under the slider."
-        if self.result is None: return
-        self.view.value = slice_html(self.run, self.result, self.slider.value, self.uris)
-
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
+
+# %% ../nbs/17a_query.ipynb #9f47e4b6
+@patch
+def show(self:QueryExplorer):
+    "Redraw the slice under the slider."
+    if self.result is None: return
+    self.view.value = slice_html(self.run, self.result, self.slider.value, self.uris)
+
+# %% ../nbs/17a_query.ipynb #001460c8
+@patch
+def run_query(self:QueryExplorer):
+    "Query the scan in the path box and show its middle slice."
+    from IPython.display import display, clear_output
+    try:
+        self.result = query_scan(self.run, self.path.value, None if self.plane.value == 'default' else self.plane.value,
+                                 **self.query)
+    except (QueryError, DataFormatError, FileNotFoundError, ValueError) as e:
+        self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'; return
+    r = self.result
+    self.status.value = (f'<span>{html.escape(Path(r.slices.source).name)}: {r.slices.modality.upper()} '
+                         f'{r.slices.plane}, '
+                         f'{len(r.slices.images)} slice(s) in {sum(r.seconds.values()):.1f} s</span>')
+    self.uris = hit_uris(self.run, r.hits.slice_id)
+    with self.chart:
+        clear_output(wait=True); display(show_plotly(scan_heatmap(self.run, r)))
+    self.scans.value = ('<h4>most similar scans</h4>'
+                        + r.scan_hits.drop(columns=['image_path'], errors='ignore')
+                            .to_html(index=False, float_format=lambda v: f'{v:.3f}', na_rep=''))
+    self.slider.max = len(r.slices.images) - 1
+    middle = len(r.slices.images) // 2
+    if self.slider.value == middle: self.show()
+    else: self.slider.value = middle

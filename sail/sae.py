@@ -58,7 +58,7 @@ class SparseCodes:
         W:torch.Tensor,               # (D, d) decoder rows, one per code column
         vals:torch.Tensor|None=None,  # values in this object's (row-sorted) triple order, used instead of `self.vals`
     )->torch.Tensor:                  # (B, d) the product a @ W, in W's dtype
-        "Σ_j a_ij W_j for every row i — the sparse product a @ W. Values kept in bf16 (under autocast) are cast to W's dtype."
+        "Σ_j a_ij W_j for every row i — the sparse product a @ W. Values kept in bf16 (autocast) are cast to W's dtype."
         v = self.vals if vals is None else vals
         return F.embedding_bag(self.cols, W, self.offsets, mode='sum', per_sample_weights=v.to(W.dtype))
     def dense(
@@ -120,7 +120,8 @@ class MatryoshkaSAE(nn.Module):
         if list(sizes) != sorted(set(sizes)): raise ValueError(f"sizes must be strictly increasing, got {sizes}")
         for k in ks:
             if len(k) != len(sizes): raise ValueError(f"k pattern {k} needs one k per level of {sizes}")
-            if any(kk > D or kk < 1 for kk, D in zip(k, sizes)): raise ValueError(f"k pattern {k} does not fit sizes {sizes}")
+            if any(kk > D or kk < 1 for kk, D in zip(k, sizes)):
+                raise ValueError(f"k pattern {k} does not fit sizes {sizes}")
         M, D = len(ks), sizes[-1]
         seeds = [seeds + i for i in range(M)] if isinstance(seeds, int) else list(seeds)
         if len(seeds) != M: raise ValueError(f"{len(seeds)} seeds for {M} models")
@@ -147,7 +148,8 @@ class MatryoshkaSAE(nn.Module):
         x:torch.Tensor,  # (B, d) L2-normalised embeddings
     )->torch.Tensor:
         "(M, B, D) pre-activations z = W(x − b_dec) + b_enc, without autograd."
-        with torch.no_grad(): return torch.baddbmm(self.b_enc[:, None], x[None] - self.b_dec[:, None], self.W.transpose(1, 2))
+        with torch.no_grad():
+            return torch.baddbmm(self.b_enc[:, None], x[None] - self.b_dec[:, None], self.W.transpose(1, 2))
 
 # %% ../nbs/07_sae.ipynb #739050e2
 def _level_codes(z:torch.Tensor, D_l:int, kB:int, relu:bool)->tuple:
@@ -184,7 +186,8 @@ def train_forward(
     with torch.no_grad():
         model_of = codes.rows // B
         pos = codes.vals > 0
-        mins = torch.full((M,), float('inf'), device=x.device).scatter_reduce(0, model_of[pos], codes.vals[pos].float(), 'amin')
+        mins = torch.full((M,), float('inf'), device=x.device).scatter_reduce(0, model_of[pos], codes.vals[pos].float(),
+                                                                              'amin')
         fired = torch.zeros(M * D, dtype=torch.bool, device=x.device); fired[codes.cols] = True
     aux = None
     if sae.aux_k_coef > 0:   # dead = silent for aux_dead_samples samples before this step
@@ -257,6 +260,7 @@ def project_decoder_grad(sae:MatryoshkaSAE): # the model(s), after backward
     u = F.normalize(Wd, dim=-1)
     Wd.grad -= (Wd.grad * u).sum(-1, keepdim=True) * u
 
+# %% ../nbs/07_sae.ipynb #31f9130b
 @torch.no_grad()
 def normalize_decoder(sae:MatryoshkaSAE): # the model(s), after the optimiser step
     "Rescale decoder rows to unit norm (`paper` only)."
@@ -275,6 +279,7 @@ def threshold_ready(
     if torch.isnan(sae.theta[m]): return False
     return sae.variant == 'paper' or sae.theta_loaded or int(sae.theta_count[m]) >= RELEASED_THRESHOLD_STEPS
 
+# %% ../nbs/07_sae.ipynb #678c7bf8
 @torch.no_grad()
 def encode(
     sae:MatryoshkaSAE,  # trained model(s)
@@ -296,6 +301,7 @@ def encode(
         out.append(SparseCodes(nz[:, 0], nz[:, 1], a[nz[:, 0], nz[:, 1]], x.shape[0]))
     return out
 
+# %% ../nbs/07_sae.ipynb #a2adbccb
 @torch.no_grad()
 def reconstruct(
     sae:MatryoshkaSAE,  # model(s)
@@ -314,6 +320,7 @@ def config_name(
     "The reference's configuration name, e.g. D_128_512_2048_8192_K_20_40_80_160."
     return 'D_' + '_'.join(map(str, sizes)) + '_K_' + '_'.join(map(str, ks))
 
+# %% ../nbs/07_sae.ipynb #7c6a7fbb
 def grid(
     families:list=PAPER_FAMILIES,      # dictionary families
     k_patterns:list=PAPER_K_PATTERNS,  # k patterns

@@ -73,7 +73,7 @@ def test_embed_load_zero_copy_and_aligned(sliced):
     meta = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
     emb, slices = load_embeddings(cfg.data.dir, 'pixels', ['plane'])
     assert emb.shape == (227, 256) and emb.dtype == np.float32 and not emb.flags['OWNDATA']
-    assert meta['n_rows'] == 227 and meta['failures'] == [] and meta['dim'] == 256
+    assert meta.n_rows == 227 and meta.failures == [] and meta.dim == 256 and meta.merged
     t = pq.read_table(Path(cfg.data.dir)/'embeddings'/'pixels.parquet')
     assert str(t.schema.field('embedding').type) == 'fixed_size_list<element: float>[256]'
     assert list(slices.columns) == ['slice_id', 'plane']
@@ -87,7 +87,7 @@ def test_corrupt_png_recorded_and_nan_raises(sliced):
     d = Path(cfg.data.dir); sl = pd.read_parquet(d/'slices.parquet')
     (d/sl.image_path[10]).write_bytes(b'\x89PNG\r\n\x1a\n truncated')
     meta = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, cfg.embed.encoders[0])
-    assert [f['slice_id'] for f in meta['failures']] == [sl.slice_id[10]] and sl.image_path[10] in meta['failures'][0]['image_path']
+    assert [f['slice_id'] for f in meta.failures] == [sl.slice_id[10]] and sl.image_path[10] in meta.failures[0]['image_path']
     emb, rows = load_embeddings(d, 'pixels')
     assert len(rows) == 226 and sl.slice_id[10] not in set(rows.slice_id)
 
@@ -105,12 +105,12 @@ def test_sharded_run_plus_merge_equals_single_run(sliced):
     a = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny.parquet')
     sharded = EncoderConfig('random:dinov3', arch='tiny', image_size=32, id='tiny-sharded')
     r0 = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, sharded, shard='0/2')
-    assert r0 == {'merged': False, 'shards_missing': 2, 'shards_total': 4}
+    assert (r0.encoder, r0.merged, r0.shards_missing, r0.shards_total) == ('tiny-sharded', False, 2, 4)
     with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[1, 3\] not done yet"):
         merge_embeddings(cfg.paths.data, cfg.embed, sharded)
     r1 = embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, sharded, shard='1/2')                           # the last shard merges
     b = pq.read_table(Path(cfg.data.dir)/'embeddings'/'tiny-sharded.parquet')
-    assert r1['n_rows'] == 227 and a.equals(b)
+    assert r1.merged and r1.n_rows == 227 and a.equals(b)
 
 def _yaml(tmp_path, mini, name, data, extra=''):
     p = tmp_path/f'{name}.yaml'
@@ -137,7 +137,7 @@ def test_cli_shards_and_token_never_written(mini, tmp_path):
              "{name: dinov3, model: sail-tests/gated-model, optional: true}]}\n")
     cfgp = _yaml(tmp_path, mini, f'_pytest_token_{tmp_path.name}', tmp_path/'data', extra)
     env = os.environ | {'HF_TOKEN': fake, 'HUGGING_FACE_HUB_TOKEN': fake}
-    sail = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+    sail = [sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())']
     try:
         r = subprocess.run(sail + ['run', str(cfgp), '--steps', 'slices', 'embed'], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
         assert r.returncode == 0, r.stderr
