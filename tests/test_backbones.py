@@ -1,6 +1,6 @@
 """sail.backbones on the real weights: ImageNet photos through EfficientNet-Lite0, the 2-D collapse and the 2.5-D slab
 mode of Astra's 3-D ResNet-152 against the 3-D network itself, seeded random twins, broken weight files, batch sizes.
-(The notebook nbs/05a_backbones.ipynb has the lessons; these are the heavier checks.)"""
+(The notebook nbs/04a_backbones.ipynb has the lessons; these are the heavier checks.)"""
 import importlib.metadata, sys
 import numpy as np, pytest, torch
 import torch.nn.functional as F

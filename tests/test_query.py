@@ -108,9 +108,9 @@ def test_cli_report_opens_offline_and_never_writes_into_the_run(smoke_run, brows
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert 'axial slice 5:' in r.stdout and 'most similar slices' in r.stdout and 'most similar scans' in r.stdout
     bad = sail('query', smoke_run.run, tmp_path/'nothing.nii.gz', timeout=300)
-    assert bad.returncode == 1 and 'nothing.nii.gz: no such file' in bad.stderr
+    assert bad.returncode == 2 and 'nothing.nii.gz: no such file' in bad.stderr
     inside = sail('query', smoke_run.run, nii, '--out', smoke_run.run/'q', timeout=300)
-    assert inside.returncode == 1 and 'inside the run it reads' in inside.stderr
+    assert inside.returncode == 2 and 'inside the run it reads' in inside.stderr
     assert tree_state(smoke_run.run, smoke_run.data) == before                    # nothing written, touched or removed
     page = open_local(browser, tmp_path/'rep'/'report.html', tmp_path/'rep')
     page.wait_for_load_state('load'); page.wait_for_timeout(500)
