@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 NPM_DIR := .cache/npm
 WIDGET_JS := $(NPM_DIR)/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js
 
-.PHONY: install sources demo test docs docs-deps browser refresh-docs clean-runs
+.PHONY: install sources demo test docs docs-deps browser dicom-tools refresh-docs clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ sources: $(BIN)/python
 demo: install sources
 	$(BIN)/sail run demo
 
-test: install sources docs-deps browser
+test: install sources docs-deps browser dicom-tools
 	bash tools/test.sh
 
 # the offline preview of the documentation site (Quarto cannot be installed offline; `nbdev_docs` builds the real site where it is)
@@ -48,6 +48,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "browser tests need Debian's chromium: apt-get install chromium"; fi; }
+
+# Debian's dcm2niix: the independent reference SAIL's DICOM reader is checked against (tests/test_independent.py)
+dicom-tools:
+	@command -v dcm2niix >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix >/dev/null; \
+	  else echo "the DICOM check needs Debian's dcm2niix: apt-get install dcm2niix"; fi; }
 
 clean-runs:
 	rm -rf runs data/demo data/smoke _preview

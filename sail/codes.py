@@ -40,6 +40,7 @@ class CSRArrays(typing.NamedTuple):
         "The codes as a SciPy CSR matrix (sharing the arrays)."
         return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(len(self.indptr) - 1, n_features))
 
+# %% ../nbs/09_codes.ipynb #c39f3023
 @torch.no_grad()
 def compute_codes(
     sae:MatryoshkaSAE,     # one trained SAE (M = 1)
@@ -79,6 +80,7 @@ def codes_table(
                      'values': pa.LargeListArray.from_arrays(off, pa.array(values.astype(np.float32), pa.float32()))
                                  .cast(pa.list_(pa.float32()))})
 
+# %% ../nbs/09_codes.ipynb #dc86237a
 class CodesFile(typing.NamedTuple):
     "The contents of a codes parquet file."
     codes: sp.csr_matrix  # (N, D) float32 CSR matrix
@@ -95,6 +97,7 @@ def read_csr(
     m = sp.csr_matrix((val.values.to_numpy(), ind.values.to_numpy(), indptr), shape=(t.num_rows, n_features))
     return CodesFile(m, t.column('slice_id').to_pylist())
 
+# %% ../nbs/09_codes.ipynb #520a32a3
 def to_torch_sparse(
     m:sp.csr_matrix,  # CSR matrix
 )->torch.Tensor:
@@ -122,6 +125,7 @@ def _parquet_size(t:pa.Table)->int:
     "Bytes of `t` as a Parquet file written by `pq.write_table` with its defaults."
     sink = pa.BufferOutputStream(); pq.write_table(t, sink); return sink.getvalue().size
 
+# %% ../nbs/09_codes.ipynb #a1b62980
 class Codes(typing.NamedTuple):
     "The codes of one trained SAE on every split, with per-feature statistics (`sail.steps` writes each to its file)."
     train: pa.Table              # the train split's codes (`codes_table`)
@@ -159,6 +163,7 @@ def _codes_inputs(paths:RunPaths, ref:SAERef, scfg:SAEConfig)->dict:
     return dict(sae=sae_artifact(ref).digest, embeddings=embeddings_artifact(paths.data, ref.encoder).digest,
                 split=split_artifact(paths.data).digest)
 
+# %% ../nbs/09_codes.ipynb #7169e6ef
 CODES = ConfigStep('codes', '09_codes', Codes,
                    {f'{s}{x}.parquet': f'{s}{x.replace(".", "_")}' for s in SPLITS for x in ('', '.stats')},
                    codes_of, _codes_inputs, summary='summary', base='codes', sidecar='codes.json')   # summary: record
@@ -171,6 +176,7 @@ def codes_dir(
     "Where the codes of one SAE live."
     return CODES.folder(paths, ref)
 
+# %% ../nbs/09_codes.ipynb #acffcb69
 def codes_artifact(
     paths:RunPaths, # the run's folders (`Config.paths`)
     ref:SAERef,     # which SAE
@@ -214,6 +220,7 @@ def load_codes(
     sl = load_slices(paths.data, None if columns is None else list(dict.fromkeys(['slice_id'] + columns)))
     return SplitCodes(f.codes, sl.set_index('slice_id').loc[f.slice_ids].reset_index())
 
+# %% ../nbs/09_codes.ipynb #c1fcd1dc
 class SplitData(typing.NamedTuple):
     "What a step reads of one split, aligned row by row."
     rows: pd.DataFrame                # slice-table rows: slice_id and the requested columns

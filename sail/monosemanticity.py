@@ -136,6 +136,7 @@ def top_mean(
     x = np.sort(np.asarray(x, float)[~np.isnan(np.asarray(x, float))])[::-1][:k]
     return float(x.mean()) if len(x) else float('nan')
 
+# %% ../nbs/11_monosemanticity.ipynb #a07378ce
 def config_scores(
     fs:pd.DataFrame,    # feature scores
     null:pd.DataFrame,  # null baseline
@@ -185,12 +186,14 @@ def results_dir(
     "Where the monosemanticity step writes its run-wide tables (a configuration's are in `MONOSEMANTICITY.folder`)."
     return paths.run/'results'/'monosemanticity'
 
+# %% ../nbs/11_monosemanticity.ipynb #b2dbf04d
 def config_scores_csv(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:            # runs/<name>/results/monosemanticity/config_scores.csv
     "The run's table of configuration scores (written by `score_all`): the path readers use."
     return results_dir(paths)/'config_scores.csv'
 
+# %% ../nbs/11_monosemanticity.ipynb #176309dc
 def null_artifact(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Artifact:
@@ -198,6 +201,7 @@ def null_artifact(
     return Artifact('monosemanticity/null', results_dir(paths), ('null_baselines.csv',), 'null_baselines.json',
                     step='11_monosemanticity')
 
+# %% ../nbs/11_monosemanticity.ipynb #36b3e731
 def _null(paths:RunPaths, organs:np.ndarray)->pd.DataFrame:
     "The null baselines, computed once for the validation slices of the current slice table and split."
     art, data = null_artifact(paths), paths.data
@@ -238,10 +242,12 @@ def score_config(
 def _mono_inputs(paths:RunPaths, ref:SAERef, evaluation:EvalConfig)->dict:
     return dict(codes=codes_artifact(paths, ref).digest, per_scan=evaluation.slices_per_scan)
 
+# %% ../nbs/11_monosemanticity.ipynb #6f83397b
 MONOSEMANTICITY = ConfigStep('monosemanticity', '11_monosemanticity', MonoScores,
                              {'feature_scores.parquet': 'features', 'config_scores.json': 'scores'}, score_config,
                              _mono_inputs, summary='scores')
 
+# %% ../nbs/11_monosemanticity.ipynb #d6f843a2
 def mono_artifact(
     paths:RunPaths, # the run's folders (`Config.paths`)
     ref:SAERef,     # which SAE

@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['TARGET_GROUPS', 'SOLVER_TOL', 'PROBE_PARAMS', 'TRAIN_ROWS', 'PROBE_SOLVERS', 'EVAL_CHUNK_ROWS', 'RECOVERY_N',
            'RECOVERY_LEVELS', 'SUMMARY_COLUMNS', 'PROBES', 'tasks', 'task_labels', 'enet_qp', 'class_row_weights',
-           'EnetSolution', 'enet_logistic', 'FittedProbe', 'as_classifier', 'fit_probe', 'target_classes',
+           'EnetSolution', 'enet_logistic', 'as_classifier', 'FittedProbe', 'fit_probe', 'target_classes',
            'task_metrics', 'training_rows', 'target_coefficients', 'ProbeResults', 'probe_representation',
            'recovery_curve', 'recovery_thresholds', 'probes_dir', 'summary_csv', 'target_groups', 'Recovery',
-           'recover_config', 'summary_row', 'ProbeSettings', 'ConfigProbes', 'probe_config', 'probes_artifact',
-           'probe_dense', 'run_probes']
+           'recover_config', 'summary_row', 'ProbeSettings', 'probes_artifact', 'probe_dense', 'ConfigProbes',
+           'probe_config', 'run_probes']
 
 # %% ../nbs/10_probes.ipynb #51834e8f
 import json, warnings
@@ -53,6 +53,7 @@ TARGET_GROUPS = {  # spec §7.1
     'pathology': dict(kind='multilabel', column='pathology', targets=['inflammation', 'tumor', 'trauma'],
                       modality='ct')}
 
+# %% ../nbs/10_probes.ipynb #8d9eace1
 def _values(col:pd.Series)->np.ndarray:
     "Column values as comparable strings (numbers as '120.0', spaces as underscores; missing as '<NA>')."
     if pd.api.types.is_numeric_dtype(col):
@@ -71,6 +72,7 @@ def tasks(
         else: out += [(f"{g}:{t}", g, [t]) for t in spec['targets']]
     return out
 
+# %% ../nbs/10_probes.ipynb #35d384df
 def task_labels(
     slices:pd.DataFrame,        # slice table
     group:str,                  # group
@@ -93,8 +95,16 @@ def task_labels(
 
 # %% ../nbs/10_probes.ipynb #c50c1354
 SOLVER_TOL = 1e-6  # KKT tolerance of `enet_logistic`: max |minimum-norm subgradient| of the full objective
-_CD_SOLVER = None  # the scikit-learn coordinate-descent entry point that passed `_cd_solver`'s self-test
 
+def _kkt(grad:np.ndarray, w:np.ndarray, l1:float)->np.ndarray:
+    """Per coordinate, the minimum-norm subgradient of smooth + l1·|w|₁ given the smooth part's gradient: 0 at the
+    optimum."""
+    return np.where(w != 0, np.abs(grad + l1 * np.sign(w)), np.maximum(np.abs(grad) - l1, 0))
+
+# %% ../nbs/10_probes.ipynb #f4bcd6dd
+def _qp_kkt(Q, q, w, l1, l2): return _kkt(Q @ w - q + l2 * w, w, l1)
+
+# %% ../nbs/10_probes.ipynb #e391d68b
 def _cd_private(Q, q, w, l1, l2, sweeps):
     "scikit-learn's Cython Gram coordinate descent (the 1.4-1.7 and the >= 1.8 signatures)."
     from sklearn.linear_model import _cd_fast
@@ -103,12 +113,16 @@ def _cd_private(Q, q, w, l1, l2, sweeps):
     try: return gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False, False)[0]
     except TypeError: return gram(w, l1, l2, Q, q, np.ones(1), sweeps, 0.0, rng, False, False)[0]
 
+# %% ../nbs/10_probes.ipynb #eac3504d
 def _cd_public(Q, q, w, l1, l2, sweeps):
     "The same solver through the public `enet_path` (with one sample its alpha scaling is the identity)."
     from sklearn.linear_model import enet_path
     kw = dict(l1_ratio=l1 / (l1 + l2), alphas=[l1 + l2], precompute=Q, Xy=q, coef_init=w, check_input=False, tol=0.0,
               max_iter=sweeps)
     return enet_path(np.zeros((1, len(q)), order='F'), np.ones(1), **kw)[1][:, 0]
+
+# %% ../nbs/10_probes.ipynb #52fdb7bc
+_CD_SOLVER = None  # the scikit-learn coordinate-descent entry point that passed `_cd_solver`'s self-test
 
 def _cd_solver():
     "The first entry point that solves a known problem exactly: the private one where it works, else the public one."
@@ -125,13 +139,6 @@ def _cd_solver():
         if _CD_SOLVER is None:
             raise RuntimeError("scikit-learn's Gram coordinate descent failed its self-test in this version")
     return _CD_SOLVER
-
-def _kkt(grad:np.ndarray, w:np.ndarray, l1:float)->np.ndarray:
-    """Per coordinate, the minimum-norm subgradient of smooth + l1·|w|₁ given the smooth part's gradient: 0 at the
-    optimum."""
-    return np.where(w != 0, np.abs(grad + l1 * np.sign(w)), np.maximum(np.abs(grad) - l1, 0))
-
-def _qp_kkt(Q, q, w, l1, l2): return _kkt(Q @ w - q + l2 * w, w, l1)
 
 # %% ../nbs/10_probes.ipynb #9721bfc0
 def _polish(Q, q, w, l1, l2)->tuple:
@@ -154,6 +161,7 @@ def _polish(Q, q, w, l1, l2)->tuple:
     off = np.ones(len(w), bool); off[S] = False
     return out, bool(np.all(np.abs((Q @ out - q + l2 * out)[off]) <= l1 * (1 + 1e-12)))
 
+# %% ../nbs/10_probes.ipynb #160bee6b
 def enet_qp(
     Q:np.ndarray,      # (m, m) positive semi-definite matrix
     q:np.ndarray,      # (m,) linear term
@@ -189,10 +197,13 @@ def _working_set(viol, w, ws_min, grow=True):
     if len(zv) > m: zv = zv[np.argsort(-viol[zv], kind='stable')[:m]]
     return np.sort(np.r_[nz, zv]).astype(np.intp)
 
+# %% ../nbs/10_probes.ipynb #1a5cdd16
 def _inner_tol(v, tol): return max(0.1 * v * min(1.0, v), 0.1 * tol)   # inexact Newton: each model to 0.1·v·min(1, v)
 
+# %% ../nbs/10_probes.ipynb #6148cdc1
 def _columns(X, A): return X[:, A].toarray() if sp.issparse(X) else X[:, A]
 
+# %% ../nbs/10_probes.ipynb #cfb91101
 def class_row_weights(
     y:np.ndarray,     # labels
     classes:np.ndarray, # sorted distinct labels
@@ -205,6 +216,7 @@ def class_row_weights(
     else: cw = np.array([class_weight.get(c, 1.0) for c in classes], float)
     return cw[np.searchsorted(classes, y)]
 
+# %% ../nbs/10_probes.ipynb #e83be98f
 def _line_search(obj, F, lam, trial):
     "Armijo backtracking from step 1: the first step whose objective decreases enough, halving (at most ~33 times)."
     step = 1.0
@@ -225,6 +237,7 @@ def _direction(XA, d, gA, gb, wA, l1, l2, tol):
     Xu = XA @ u; db = -(gb + d @ Xu) / sd
     return u, Xu, db, gA @ u + gb * db + l1 * (np.abs(wA + u).sum() - np.abs(wA).sum())
 
+# %% ../nbs/10_probes.ipynb #425b71f0
 def _binary(X, t, s, C, l1, l2, tol, max_iter, w0=None, b0=0.0, ws_min=100, all_columns=False):
     """Binary elastic-net logistic regression (t ∈ {0, 1}, row weights s) by proximal Newton: (w, b, converged,
     iterations)."""
@@ -332,13 +345,10 @@ def enet_logistic(
 # %% ../nbs/10_probes.ipynb #3cf3390a
 PROBE_PARAMS = dict(solver='saga', C=1.0, l1_ratio=0.5, class_weight='balanced', max_iter=1000,
                     random_state=42)  # spec §7.3
-TRAIN_ROWS = 10_000  # spec §7.3
-PROBE_SOLVERS = ('newton', 'saga')  # `enet_logistic` (the optimum) | scikit-learn's saga, PROBE_PARAMS (the reference)
 
-class FittedProbe(NamedTuple):
-    "A fitted probe and whether its solver converged."
-    clf: LogisticRegression  # the fitted probe
-    converged: bool          # False when the solver stopped at `max_iter` (it raised a ConvergenceWarning)
+TRAIN_ROWS = 10_000  # spec §7.3
+
+PROBE_SOLVERS = ('newton', 'saga')  # `enet_logistic` (the optimum) | scikit-learn's saga, PROBE_PARAMS (the reference)
 
 def as_classifier(
     sol:EnetSolution,          # a solution of `enet_logistic`
@@ -349,6 +359,12 @@ def as_classifier(
     clf.classes_, clf.coef_, clf.intercept_ = sol.classes, sol.coef, sol.intercept
     clf.n_iter_, clf.n_features_in_ = np.array([sol.n_iter], dtype=np.int32), sol.coef.shape[1]
     return clf
+
+# %% ../nbs/10_probes.ipynb #502c43d7
+class FittedProbe(NamedTuple):
+    "A fitted probe and whether its solver converged."
+    clf: LogisticRegression  # the fitted probe
+    converged: bool          # False when the solver stopped at `max_iter` (it raised a ConvergenceWarning)
 
 def fit_probe(
     X,                         # features (dense or sparse)
@@ -376,6 +392,7 @@ def target_classes(
     if len(targets) == 2: return [(f"{targets[0]} vs {targets[1]}", 0)]
     return [(t, i) for i, t in enumerate(targets)]
 
+# %% ../nbs/10_probes.ipynb #937918af
 EVAL_CHUNK_ROWS = 16_384   # rows scored at a time: a split of the paper's size is never transformed whole
 
 def task_metrics(
@@ -446,6 +463,7 @@ def _fit_task(name, group, targets, Xtr, ytr, evals, dense:bool, groups, solver:
             for k, (X, at, y) in evals.items() for m in task_metrics(model, X, y, targets, rows=at)]
     return rows, target_coefficients(clf, targets).assign(task=name)
 
+# %% ../nbs/10_probes.ipynb #3c6ec6fa
 class ProbeResults(NamedTuple):
     "The probes of one representation: metrics, coefficients, and the tasks left out."
     metrics: pd.DataFrame       # per task, target and split: roc_auc, f1, balanced_acc, converged, n_train, n_eval, ...
@@ -480,7 +498,6 @@ def probe_representation(
 
 # %% ../nbs/10_probes.ipynb #0ff57e6b
 RECOVERY_N = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)   # spec §9
-RECOVERY_LEVELS = (50, 60, 70, 80, 90, 100)          # % of the dense AUC
 
 def recovery_curve(
     Xtr,                 # training codes
@@ -520,6 +537,9 @@ def recovery_curve(
     if 'val_roc_auc' in df: df['recovery'] = df.val_roc_auc / dense_auc
     return df
 
+# %% ../nbs/10_probes.ipynb #d78acdf9
+RECOVERY_LEVELS = (50, 60, 70, 80, 90, 100)          # % of the dense AUC
+
 def recovery_thresholds(
     curve:pd.DataFrame,      # recovery curve
     levels=RECOVERY_LEVELS,  # percentages
@@ -538,12 +558,14 @@ def probes_dir(
     "The folder holding a run's probe results."
     return paths.run/'results'/'probes'
 
+# %% ../nbs/10_probes.ipynb #4910bcc8
 def summary_csv(
     paths:RunPaths, # the run's folders (`Config.paths`)
 )->Path:         # runs/<name>/results/probes/summary.csv
     "Where `run_probes` writes the run's probe summary."
     return probes_dir(paths)/'summary.csv'
 
+# %% ../nbs/10_probes.ipynb #ee4e72b9
 def target_groups(
     evaluation:EvalConfig, # the `eval` section
 )->dict:
@@ -567,6 +589,7 @@ def _curve_job(name, t, auc, rank, Xtr, ytr, evals, solver):
             dict(task=name, target=t, dense_val_roc_auc=auc, n_nonzero=len(rank),
                  max_val_roc_auc=c['val_roc_auc'].max() if 'val_roc_auc' in c else np.nan, **recovery_thresholds(c)))
 
+# %% ../nbs/10_probes.ipynb #495ca5d8
 class Recovery(NamedTuple):
     "How well one SAE configuration's top features recover the dense probes."
     curves: pd.DataFrame   # per target and number of top features: n_features, converged, val/test ROC-AUC, recovery
@@ -636,14 +659,44 @@ class ProbeSettings(NamedTuple):
     evaluation: EvalConfig  # the `eval` section: target_groups, min_dense_auc, probe_train_rows, probe_solver
     workers: int = 0        # parallel probes and recovery targets; 0 = one per CPU core (`Config.workers`)
 
-class ConfigProbes(NamedTuple):
-    "The probes of one SAE configuration's codes and their performance recovery."
-    metrics: pd.DataFrame           # per task, target and split: ROC-AUC, F1, balanced accuracy (metrics.parquet)
-    coefficients: pd.DataFrame      # the top features of every task and target (coefficients.parquet)
-    recovery: pd.DataFrame          # the recovery curves (recovery.parquet)
-    recovery_summary: pd.DataFrame  # per target: the features needed to recover 50...100 % (recovery_summary.parquet)
-    row: dict                       # the configuration's row of summary.csv (kept in the artifact's record)
+# %% ../nbs/10_probes.ipynb #88fab5d4
+def probes_artifact(
+    paths:RunPaths,        # the run's folders (`Config.paths`)
+    source:'str|SAERef',   # an encoder id (the probes of its embeddings), or an SAE (the probes of its codes)
+)->Artifact:
+    "The probes of an encoder's dense embeddings (recorded in probes.json), or of one SAE's codes with its recovery."
+    if isinstance(source, SAERef): return PROBES.artifact(paths, source)
+    return Artifact(f'probes/{source}/dense', probes_dir(paths)/source/'dense',
+                    ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
 
+# %% ../nbs/10_probes.ipynb #e2966de1
+def _dense_data(paths:RunPaths, encoder:str)->tuple:
+    "Dense embeddings and slice rows per split."
+    d = {k: split_data(paths, encoder, k, dense=True) for k in ('train', 'val', 'test')}
+    return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
+
+# %% ../nbs/10_probes.ipynb #0ee2cefb
+def probe_dense(
+    paths:RunPaths,         # the run's folders (`Config.paths`)
+    encoder:str,            # encoder id
+    settings:ProbeSettings, # the `eval` section and the process pool's size
+    force:bool=False,       # refit even when fresh
+)->Artifact:                # its metrics.parquet and coefficients.parquet
+    "The probes of one encoder's dense embeddings (standardised), fitted unless fresh."
+    ev, groups, data = settings.evaluation, target_groups(settings.evaluation), paths.data
+    art = probes_artifact(paths, encoder)
+    inputs = dict(embeddings=embeddings_artifact(data, encoder).digest, split=split_artifact(data).digest, eval=ev,
+                  groups=groups)
+    if force or not art.fresh(inputs):
+        get_logger('sail.probes').info(f"{encoder}: dense probes")
+        X, sl = _dense_data(paths, encoder)
+        res = probe_representation(X, sl, True, groups, n_jobs=settings.workers or -1, train_rows=ev.probe_train_rows,
+                                   solver=ev.probe_solver)
+        for name in ('metrics', 'coefficients'): write_parquet(art.path(f'{name}.parquet'), getattr(res, name))
+        art.commit(inputs)
+    return art
+
+# %% ../nbs/10_probes.ipynb #9fe0e4a0
 def _probe_data(paths:RunPaths, ref:SAERef)->tuple:
     "Slice rows and codes per split; the codes' rows must be the embeddings' rows the dense probes were fitted on."
     sl, Xs = {}, {}
@@ -654,6 +707,15 @@ def _probe_data(paths:RunPaths, ref:SAERef)->tuple:
             raise ValueError(f"{where}: {k} codes are not aligned with the embeddings' slices")
         Xs[k] = d.codes
     return sl, Xs
+
+# %% ../nbs/10_probes.ipynb #bbf102f9
+class ConfigProbes(NamedTuple):
+    "The probes of one SAE configuration's codes and their performance recovery."
+    metrics: pd.DataFrame           # per task, target and split: ROC-AUC, F1, balanced accuracy (metrics.parquet)
+    coefficients: pd.DataFrame      # the top features of every task and target (coefficients.parquet)
+    recovery: pd.DataFrame          # the recovery curves (recovery.parquet)
+    recovery_summary: pd.DataFrame  # per target: the features needed to recover 50...100 % (recovery_summary.parquet)
+    row: dict                       # the configuration's row of summary.csv (kept in the artifact's record)
 
 def probe_config(
     paths:RunPaths,         # the run's folders (`Config.paths`)
@@ -676,44 +738,11 @@ def _probe_inputs(paths:RunPaths, ref:SAERef, settings:ProbeSettings)->dict:
     "What makes a configuration's probes stale: its codes and its encoder's dense probes (which record the settings)."
     return dict(codes=codes_artifact(paths, ref).digest, dense=probes_artifact(paths, ref.encoder).digest)
 
+# %% ../nbs/10_probes.ipynb #d05bbd17
 PROBES = ConfigStep('probes', '10_probes', ConfigProbes, {f'{f}.parquet': f for f in ConfigProbes._fields[:4]},
                     probe_config, _probe_inputs, summary='row', sidecar='probes.json')   # the row: in the record
 
-def probes_artifact(
-    paths:RunPaths,        # the run's folders (`Config.paths`)
-    source:'str|SAERef',   # an encoder id (the probes of its embeddings), or an SAE (the probes of its codes)
-)->Artifact:
-    "The probes of an encoder's dense embeddings (recorded in probes.json), or of one SAE's codes with its recovery."
-    if isinstance(source, SAERef): return PROBES.artifact(paths, source)
-    return Artifact(f'probes/{source}/dense', probes_dir(paths)/source/'dense',
-                    ('metrics.parquet', 'coefficients.parquet'), 'probes.json', step='10_probes')
-
-# %% ../nbs/10_probes.ipynb #e2966de1
-def _dense_data(paths:RunPaths, encoder:str)->tuple:
-    "Dense embeddings and slice rows per split."
-    d = {k: split_data(paths, encoder, k, dense=True) for k in ('train', 'val', 'test')}
-    return {k: v.dense for k, v in d.items()}, {k: v.rows for k, v in d.items()}
-
-def probe_dense(
-    paths:RunPaths,         # the run's folders (`Config.paths`)
-    encoder:str,            # encoder id
-    settings:ProbeSettings, # the `eval` section and the process pool's size
-    force:bool=False,       # refit even when fresh
-)->Artifact:                # its metrics.parquet and coefficients.parquet
-    "The probes of one encoder's dense embeddings (standardised), fitted unless fresh."
-    ev, groups, data = settings.evaluation, target_groups(settings.evaluation), paths.data
-    art = probes_artifact(paths, encoder)
-    inputs = dict(embeddings=embeddings_artifact(data, encoder).digest, split=split_artifact(data).digest, eval=ev,
-                  groups=groups)
-    if force or not art.fresh(inputs):
-        get_logger('sail.probes').info(f"{encoder}: dense probes")
-        X, sl = _dense_data(paths, encoder)
-        res = probe_representation(X, sl, True, groups, n_jobs=settings.workers or -1, train_rows=ev.probe_train_rows,
-                                   solver=ev.probe_solver)
-        for name in ('metrics', 'coefficients'): write_parquet(art.path(f'{name}.parquet'), getattr(res, name))
-        art.commit(inputs)
-    return art
-
+# %% ../nbs/10_probes.ipynb #980bbb92
 def run_probes(
     paths:RunPaths,            # the run's folders (`Config.paths`)
     evaluation:EvalConfig,     # the `eval` section
