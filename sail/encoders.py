@@ -7,7 +7,7 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BIOMEDPARSE_MEAN', 'BIOMEDPARSE_STD
            'RANDOM_INIT_STD', 'BIOMEDPARSE_HUB', 'BIOMEDPARSE_INSTALL', 'ENCODERS', 'letterbox', 'square_resize',
            'normalize', 'EncoderUnavailable', 'Encoder', 'PixelsEncoder', 'HFBackboneEncoder', 'load_hf_backbone',
            'reinit_', 'dinov3_config', 'BiomedParseEncoder', 'load_biomedparse', 'EfficientNetEncoder', 'AstraEncoder',
-           'encoder_id', 'build_encoder']
+           'encoder_id', 'hub_commit', 'build_encoder']
 
 # %% ../nbs/05_encoders.ipynb #b0bc02d1
 import math, functools, importlib.util
@@ -314,11 +314,22 @@ def encoder_id(
     "File-name-safe id of an encoder's outputs."
     return ec.id or ec.name.replace(':', '-').replace('/', '-')
 
+# %% ../nbs/05_encoders.ipynb #7bf6b6d5
+def hub_commit(
+    model_id:str,      # a hub id ('facebook/dinov3-vitl16-pretrain-lvd1689m') or a local folder
+    revision:str='',   # the revision asked for ('' = the default branch)
+)->str|None:           # the commit of the cached snapshot, None for a folder or an id not in the cache
+    "The hub commit a model id resolved to, read from huggingface_hub's cache (transformers 5 no longer records it)."
+    if Path(model_id).is_dir(): return None
+    from huggingface_hub import try_to_load_from_cache
+    p = try_to_load_from_cache(model_id, 'config.json', revision=revision or None)
+    return Path(p).parent.name if isinstance(p, str) else None
+
 # %% ../nbs/05_encoders.ipynb #3436de81
 def _dinov3(ec:EncoderConfig, local_files_only:bool)->Encoder:
     model_id = ec.model or DINOV3_DEFAULT
     model = load_hf_backbone(model_id, ec.revision, local_files_only or ec.optional)
-    rev = getattr(model.config, '_commit_hash', None) or ec.revision or None
+    rev = getattr(model.config, '_commit_hash', None) or hub_commit(model_id, ec.revision) or ec.revision or None
     return HFBackboneEncoder(model, ec.image_size or 1024, dict(encoder=encoder_id(ec), name=ec.name, model=model_id,
                                                                 revision=rev, weights='pretrained',
                                                                 architecture=type(model).__name__))

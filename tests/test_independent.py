@@ -272,8 +272,6 @@ def test_dinov3_hub_id_offline_cache(offline_hub, tiny_dinov3):
 
 
 @pytest.mark.xdist_group('independent-dinov3')
-@pytest.mark.xfail(reason="transformers >= 5 no longer sets config._commit_hash, so `_dinov3` records revision "
-                   "None for a hub id; fix proposed in nbs/05_encoders.ipynb (issue 28 report)", strict=False)
 def test_dinov3_hub_id_records_commit(offline_hub):
     "The embeddings' provenance names the snapshot commit the hub id resolved to."
     from sail.config import EncoderConfig
