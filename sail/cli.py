@@ -25,6 +25,7 @@ def _run_args(r):
     r.add_argument('--cell-timeout', type=int, metavar='S',
         help="fail a step whose cell runs longer than S seconds (default: no limit)")
 
+# %% ../nbs/92_cli.ipynb #de151f8b
 def _embed_args(e):
     e.add_argument('config', nargs='?', default='demo', help="configuration name or YAML path (default: demo)")
     e.add_argument('--encoder', nargs='+', help="encoder ids to run (default: all configured)")
@@ -55,6 +56,7 @@ def _query_args(q):
         help="leave the scan itself out of the retrievals (a TotalSegmentator scan of the index)")
     q.add_argument('--out', help="report folder (default sail-query/<scan>/ here); never inside the run")
 
+# %% ../nbs/92_cli.ipynb #073c7483
 def _docs_args(d):
     d.add_argument('action', choices=['refresh', 'preview'],
         help="refresh: re-execute nbs/ on a finished run and store slim outputs; preview: build _preview/ offline")
@@ -69,8 +71,10 @@ SUBCOMMANDS = {  # name: (help, function adding its arguments)
     'query': ("a new scan through a finished run: its slices' features, similar slices and scans, an HTML report",
               _query_args),
     'steps': ('list the pipeline steps', lambda s: None),
-    'docs': ('the documentation site: refresh the notebooks on the demo run, or build the offline preview', _docs_args)}
+    'docs': ('the documentation site: refresh the notebooks on the demo run, or build the offline preview',
+             _docs_args)}
 
+# %% ../nbs/92_cli.ipynb #827499c9
 def parser()->argparse.ArgumentParser:
     "The `sail` command's argument parser."
     p = argparse.ArgumentParser(prog='sail',
@@ -100,20 +104,24 @@ RAISED_BY_SAIL = {  # built-in types that are user errors when SAIL's own code r
     'builtins.KeyError': 'check the name given (sail --help)'}
 SAIL_DIR = Path(__file__).parent if '__file__' in globals() else project_root()/'sail'
 
+# %% ../nbs/92_cli.ipynb #b64abc5c
 def _qualname(cls:type)->str: return f"{cls.__module__}.{cls.__qualname__}"
 
+# %% ../nbs/92_cli.ipynb #6fdbbc8f
 def _raised_by_sail(e:BaseException)->bool:
     tb = e.__traceback__
     if tb is None: return False
     while tb.tb_next is not None: tb = tb.tb_next
     return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(SAIL_DIR.resolve())
 
+# %% ../nbs/92_cli.ipynb #d237c50f
 def one_line(
     text:str, # a message, perhaps of several lines
 )->str:       # its non-empty lines, stripped, joined with '; '
     "A message as one line."
     return '; '.join(l.strip() for l in str(text).splitlines() if l.strip())
 
+# %% ../nbs/92_cli.ipynb #6984edcc
 def user_error(
     e:BaseException, # an exception a subcommand raised
 )->str|None:         # 'sail: <what is wrong> — <what to do>', or None for an error that is not the user's to fix
@@ -127,8 +135,6 @@ def user_error(
     return f"sail: {what}" + (f" — {hint}" if hint else '')
 
 # %% ../nbs/92_cli.ipynb #5db44286
-QUERY_SUFFIXES = ('.nii', '.nii.gz', '.png')
-
 def check_executor(
     cfg:Config, # the run's configuration
 ):
@@ -136,6 +142,9 @@ def check_executor(
     if cfg.executor.kind == 'ray' and importlib.util.find_spec('ray') is None:
         raise ExecutorError(f"{cfg.source}: executor.kind is 'ray' but Ray is not installed here; "
                             f"install it with: pip install 'sail[ray]', or set executor.kind: local")
+
+# %% ../nbs/92_cli.ipynb #c0c169ed
+QUERY_SUFFIXES = ('.nii', '.nii.gz', '.png')
 
 def check_query_input(
     path:str|Path, # what `sail query` was given
@@ -152,6 +161,7 @@ def _run(args):
     check_executor(load_config(args.config))
     run_pipeline(args.config, args.steps, args.force, args.strict, cell_timeout=args.cell_timeout)
 
+# %% ../nbs/92_cli.ipynb #63576795
 def _embed(args):
     "`sail embed`: shards and merges of the embedding step, for several processes or machines."
     from sail.embed import embed_encoder, merge_embeddings
@@ -164,8 +174,8 @@ def _embed(args):
     for ec in [ec for ec in cfg.embed.encoders if not args.encoder or encoder_id(ec) in args.encoder]:
         r = (merge_embeddings(cfg.paths.data, cfg.embed, ec) if args.merge
              else embed_encoder(cfg.paths.data, cfg.embed, cfg.compute, ec, force=args.force, shard=args.shard))
-        print(f"{encoder_id(ec)}: " + (f"merged {r['n_rows']} embeddings of dim {r['dim']}" if 'n_rows' in r
-                                       else f"{r['shards_missing']} of {r['shards_total']} shards still to do"))
+        print(f"{encoder_id(ec)}: " + (f"merged {r.n_rows} embeddings of dim {r.dim}" if r.merged
+                                       else f"{r.shards_missing} of {r.shards_total} shards still to do"))
 
 # %% ../nbs/92_cli.ipynb #350640be
 def _query(args):
@@ -174,14 +184,17 @@ def _query(args):
     query_command(args.run, args.path, args.plane, args.slice, args.sae, args.modality, args.study_type,
                   tuple(args.window) if args.window else None, args.out, args.exclude_own, args.series)
 
+# %% ../nbs/92_cli.ipynb #8a8cf3da
 def _steps(args):
     for n, p in find_steps(): print(f"{n}\t{p.relative_to(project_root())}")
 
+# %% ../nbs/92_cli.ipynb #f3d5ad22
 def _docs(args):
     from sail.docs import refresh, preview
     if args.action == 'refresh': refresh(args.config, args.notebooks)
     else: print('\n'.join(str(p) for p in preview()))
 
+# %% ../nbs/92_cli.ipynb #14b8c367
 COMMANDS = dict(run=_run, embed=_embed, query=_query, steps=_steps, docs=_docs)
 
 # %% ../nbs/92_cli.ipynb #255fb16d
@@ -190,6 +203,7 @@ def _step_status(e:StepFailed)->int:
     name = e.error.split(':', 1)[0].strip()
     return 2 if any(q.rsplit('.', 1)[1] == name for q in USER_ERRORS) else 1
 
+# %% ../nbs/92_cli.ipynb #49231d77
 def main(
     argv:list|None=None, # command-line arguments (default sys.argv[1:])
 )->int:  # exit status: 0; 1 a failed step or a bug; 2 an error the user can fix; 130/143 stopped by SIGINT/SIGTERM

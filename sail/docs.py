@@ -32,10 +32,12 @@ def _slim(outputs:list)->list:
         out.append(o)
     return out
 
+# %% ../nbs/91_docs.ipynb #732c5ba7
 def slim_outputs(
     nb:nbformat.NotebookNode,  # an executed notebook
 )->nbformat.NotebookNode:
-    "Drop stderr streams, plotly's JSON mimetype (where HTML is present) and JPEG twins of PNGs, also inside saved widget state."
+    ("Drop stderr streams, plotly's JSON mimetype (where HTML is present) and JPEG twins of PNGs, "
+     "also inside saved widget state.")
     for c in nb.cells:
         if c.cell_type == 'code': c.outputs = _slim(c.outputs)
     state = nb.metadata.get('widgets', {}).get('application/vnd.jupyter.widget-state+json', {}).get('state', {})
@@ -54,7 +56,8 @@ def execute_for_docs(
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     params = {'config': config} if 'config' in declared_parameters(nb) else {}
-    quiet = dict(TQDM_DISABLE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error')   # no progress widgets
+    # no progress widgets
+    quiet = dict(TQDM_DISABLE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error')
     run = execute_notebook(path, None, params, cells='all', cwd=path.parent, timeout=timeout, env=quiet).notebook
     by_id = {c.id: c for c in run.cells if c.cell_type == 'code'}
     for c in nb.cells:
@@ -76,25 +79,29 @@ def site_notebooks(
             else: yield from walk(it.get('contents', []))
     return [nbs/n for n in walk(side)]
 
+# %% ../nbs/91_docs.ipynb #31299fca
 def copy_explorers(
     paths:RunPaths,      # the run's folders (`Config.paths`)
     dst:Path|None=None,  # destination (default nbs/explorers)
 )->list:
     "Copy the run's explorer pages (HTML and plotly.min.js) into the site."
     src = explorer_dir(paths); dst = Path(dst or project_root()/'nbs'/'explorers')
-    if not (src/'index.html').exists(): raise FileNotFoundError(f"{src}: no explorer pages (run the explorer step: sail run {paths.run.name})")
+    if not (src/'index.html').exists():
+        raise FileNotFoundError(f"{src}: no explorer pages (run the explorer step: sail run {paths.run.name})")
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for f in sorted(src.glob('*.html')) + [src/'plotly.min.js']:
         shutil.copyfile(f, dst/f.name); out.append(dst/f.name)
     return out
 
+# %% ../nbs/91_docs.ipynb #5e5f056e
 def folder_size(
     path:Path,  # a folder
 )->int:         # bytes of all files under `path`, recursively
     "Total size of the files in a folder tree."
     return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file())
 
+# %% ../nbs/91_docs.ipynb #bd3fa934
 def refresh(
     config:str='demo',        # the run whose results the notebooks show
     notebooks:list|None=None, # notebook names to refresh (default: every site notebook)
@@ -121,12 +128,14 @@ def refresh(
     if find_chromium() is not None:                                          # the README's picture of the explorer
         (nbs/'images').mkdir(exist_ok=True)
         picture = screenshot(nbs/'explorers'/'features.html', nbs/'images'/'explorer.png', 1200, 820)
-    info = dict(config=config, notebooks=timing, explorer_pages=[p.name for p in pages], picture=str(picture), nbs_bytes=folder_size(nbs), refreshed=now())
+    info = dict(config=config, notebooks=timing, explorer_pages=[p.name for p in pages], picture=str(picture),
+                nbs_bytes=folder_size(nbs), refreshed=now())
     echo(f"nbs/ holds {info['nbs_bytes'] / 1e6:.1f} MB")
     return info
 
 # %% ../nbs/91_docs.ipynb #73d81d34
-README_MARKERS = ('<!-- results-table:start (written by `sail docs refresh` from the run; do not edit) -->', '<!-- results-table:end -->')
+README_MARKERS = ('<!-- results-table:start (written by `sail docs refresh` from the run; do not edit) -->',
+                  '<!-- results-table:end -->')
 
 def replace_block(
     text:str,                # a document holding both markers once, in order
@@ -141,6 +150,7 @@ def replace_block(
         raise ValueError(f"{name}: expected the lines {start!r} and {end!r} once each, in that order")
     return text[:a + len(start)] + '\n' + block.strip('\n') + '\n' + text[b:]
 
+# %% ../nbs/91_docs.ipynb #731626fc
 def write_block(
     doc:Path,                # a document holding both markers (the README)
     block:str,               # what goes between them
@@ -149,6 +159,7 @@ def write_block(
     "Replace what lies between the markers of a document file, in place."
     doc.write_text(replace_block(doc.read_text(), block, markers, name=str(doc)))
 
+# %% ../nbs/91_docs.ipynb #a19b7d74
 def readme_block(
     text:str,                # a document holding the markers
     markers:tuple=README_MARKERS, # (start, end) marker lines
@@ -157,6 +168,7 @@ def readme_block(
     start, end = markers
     return text[text.index(start) + len(start):text.index(end)].strip('\n')
 
+# %% ../nbs/91_docs.ipynb #75551f0c
 def results_copy(
     name:str='demo',     # run name
     nbs:Path|None=None,  # notebook folder (default <root>/nbs)
@@ -164,21 +176,27 @@ def results_copy(
     "The copy of a run's results table kept beside the notebooks (the README's source)."
     return Path(nbs or project_root()/'nbs')/'results'/f'{name}.csv'
 
+# %% ../nbs/91_docs.ipynb #966ce0cd
 def write_readme_results(
     paths:RunPaths,            # the folders of a finished run (`Config.paths`)
     readme:Path|None=None,     # the README (default <root>/README.md)
 )->Path:                       # the copy written
     "Copy the run's results table next to the notebooks and write it, rendered, into the README."
     import pandas as pd
-    src, dst, readme = results_table_csv(paths), results_copy(paths.run.name), Path(readme or project_root()/'README.md')
-    if not src.exists(): raise FileNotFoundError(f"{src}: no results table (run the figures step: sail run {paths.run.name} --steps figures)")
+    src, dst = results_table_csv(paths), results_copy(paths.run.name)
+    readme = Path(readme or project_root()/'README.md')
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no results table "
+                                f"(run the figures step: sail run {paths.run.name} --steps figures)")
     dst.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, dst)
     write_block(readme, results_markdown(pd.read_csv(dst)))
     return dst
 
 # %% ../nbs/91_docs.ipynb #7afbfa67
-STEPS_MARKERS = ('<!-- demo-steps:start (written by `sail docs refresh` from the run\'s manifest; do not edit) -->', '<!-- demo-steps:end -->')
-STEP_KEYS = ('status', 'duration_s', 'peak_rss_mb', 'child_peak_rss_mb')  # what the README's step table shows of a manifest entry
+STEPS_MARKERS = ('<!-- demo-steps:start (written by `sail docs refresh` from the run\'s manifest; do not edit) -->',
+                 '<!-- demo-steps:end -->')
+# what the README's step table shows of a manifest entry
+STEP_KEYS = ('status', 'duration_s', 'peak_rss_mb', 'child_peak_rss_mb')
 
 def steps_copy(
     name:str='demo',     # run name
@@ -187,15 +205,18 @@ def steps_copy(
     "The copy of a run's step records kept beside the notebooks (the README's step table)."
     return results_copy(name, nbs).with_name(f'{name}-steps.json')
 
+# %% ../nbs/91_docs.ipynb #05fdfdd4
 def steps_markdown(
     record:dict,  # a `steps_copy` record: run, updated, cpus and steps (step -> STEP_KEYS)
 )->str:          # the step table and a line saying when, where and how long in all
     "The README's rendering of a run's step times."
     total = sum(e.get('duration_s') or 0 for e in record['steps'].values())
     cpus = f"{record['cpus']} CPU cores" if record.get('cpus') else 'an unrecorded number of CPU cores'
-    return (step_table(record) + f"\n\n`sail run {record['run']}`: {total / 60:.1f} min for its {len(record['steps'])} steps on {cpus} "
+    return (step_table(record) + f"\n\n`sail run {record['run']}`: {total / 60:.1f} min for its {len(record['steps'])} "
+            f"steps on {cpus} "
             f"(run finished {record['updated']}); installing the packages and weight wheels is not counted.")
 
+# %% ../nbs/91_docs.ipynb #6c98fadf
 def write_readme_steps(
     paths:RunPaths,            # the folders of a finished run (`Config.paths`)
     readme:Path|None=None,     # the README (default <root>/README.md)
@@ -203,8 +224,10 @@ def write_readme_steps(
     "Keep the run's step records next to the notebooks and write them, rendered, into the README."
     m, dst, readme = read_manifest(paths), steps_copy(paths.run.name), Path(readme or project_root()/'README.md')
     bad = [n for n, e in m['steps'].items() if e.get('status') != 'done']
-    if not m['steps'] or bad: raise ValueError(f"{paths.manifest}: steps {bad or 'none'} not done; the README shows a finished run (sail run {paths.run.name})")
-    record = dict(run=m['run'], updated=m.get('updated'), cpus=m.get('cpus'), steps={n: {k: e.get(k) for k in STEP_KEYS} for n, e in m['steps'].items()})
+    if not m['steps'] or bad: raise ValueError(f"{paths.manifest}: steps {bad or 'none'} not done; the README shows "
+                                               f"a finished run (sail run {paths.run.name})")
+    record = dict(run=m['run'], updated=m.get('updated'), cpus=m.get('cpus'),
+                  steps={n: {k: e.get(k) for k in STEP_KEYS} for n, e in m['steps'].items()})
     write_json(dst, record)
     write_block(readme, steps_markdown(record), STEPS_MARKERS)
     return dst
@@ -223,37 +246,49 @@ def widget_assets(
                                 f"(npm install --prefix {base.parent} @jupyter-widgets/html-manager@1 requirejs@2)")
     return dict(dist=dist, require=req)
 
-_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+# %% ../nbs/91_docs.ipynb #0488fd3c
+_TEMPLATE = ("""{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block extra_css -%}<style>
-body { display: flex; } nav.sail-side { width: 230px; flex: none; padding: 16px 10px; font: 13px system-ui, sans-serif; border-right: 1px solid #ddd; min-height: 100vh; }
-nav.sail-side a { display: block; padding: 2px 4px; color: #24527a; text-decoration: none; } nav.sail-side a.current { font-weight: 700; background: #eef3f7; }
-nav.sail-side .sec { margin: 10px 0 2px; font-weight: 700; color: #444; } main { flex: 1; min-width: 0; padding: 0 24px; }
+body { display: flex; } nav.sail-side { width: 230px; flex: none; padding: 16px 10px; """
+"""font: 13px system-ui, sans-serif; border-right: 1px solid #ddd; min-height: 100vh; }
+nav.sail-side a { display: block; padding: 2px 4px; color: #24527a; text-decoration: none; } """
+"""nav.sail-side a.current { font-weight: 700; background: #eef3f7; }
+nav.sail-side .sec { margin: 10px 0 2px; font-weight: 700; color: #444; } """
+"""main { flex: 1; min-width: 0; padding: 0 24px; }
 </style>{%- endblock extra_css -%}
-{%- block body_header -%}<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">{{ resources.sail_nav }}<main>{%- endblock body_header -%}
-"""
+{%- block body_header -%}"""
+"""<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">"""
+"""{{ resources.sail_nav }}<main>{%- endblock body_header -%}
+""")
 
+# %% ../nbs/91_docs.ipynb #180ba1ae
+def _front(path:Path)->dict:
+    "Title and description of a notebook: its front matter (in _proc) or its title cell (in nbs)."
+    nb = nbformat.read(path, as_version=4)
+    c = nb.cells[0] if nb.cells else None
+    if c is not None and c.cell_type == 'raw' and c.source.startswith('---'):
+        return yaml.safe_load(c.source.strip('-\n')) or {}
+    if c is not None and c.cell_type == 'markdown':
+        m = re.match(r'#\s+(.+?)\n+>\s*(.+)', c.source, re.S)
+        if m: return dict(title=m.group(1).strip(), description=m.group(2).strip())
+    return {}
+
+# %% ../nbs/91_docs.ipynb #36263f10
 def _nav(nbs:Path, current:str)->str:
     side = yaml.safe_load((nbs/'sidebar.yml').read_text())['website']['sidebar']['contents']
     title = lambda n: _front(nbs/n).get('title', Path(n).stem) if (nbs/n).exists() else Path(n).stem
     out = ['<nav class="sail-side"><div class="sec">SAIL</div>']
     def walk(items):
         for it in items:
-            if isinstance(it, str): out.append(f'<a href="{Path(it).stem}.html"{" class=current" if Path(it).stem == current else ""}>{title(it)}</a>')
+            if isinstance(it, str):
+                out.append(f'<a href="{Path(it).stem}.html"{" class=current" if Path(it).stem == current else ""}>'
+                           f'{title(it)}</a>')
             else: out.append(f'<div class="sec">{it["section"]}</div>'); walk(it.get('contents', []))
-    walk(side); out.append('<div class="sec">Explorers (pages)</div><a href="explorers/index.html">all explorer pages</a></nav>')
+    walk(side)
+    out.append('<div class="sec">Explorers (pages)</div><a href="explorers/index.html">all explorer pages</a></nav>')
     return ''.join(out)
-
-def _front(path:Path)->dict:
-    "Title and description of a notebook: its front matter (in _proc) or its title cell (in nbs)."
-    nb = nbformat.read(path, as_version=4)
-    c = nb.cells[0] if nb.cells else None
-    if c is not None and c.cell_type == 'raw' and c.source.startswith('---'): return yaml.safe_load(c.source.strip('-\n')) or {}
-    if c is not None and c.cell_type == 'markdown':
-        m = re.match(r'#\s+(.+?)\n+>\s*(.+)', c.source, re.S)
-        if m: return dict(title=m.group(1).strip(), description=m.group(2).strip())
-    return {}
 
 # %% ../nbs/91_docs.ipynb #f71dc7d1
 def _as_quarto_would(cell):
@@ -287,12 +322,14 @@ def preview(
     tdir = Path(tempfile.mkdtemp()); (tdir/'sail_preview').mkdir()
     (tdir/'sail_preview'/'index.html.j2').write_text(_TEMPLATE)
     (tdir/'sail_preview'/'conf.json').write_text(json.dumps({'base_template': 'lab', 'mimetypes': {'text/html': True}}))
-    exp = HTMLExporter(extra_template_basedirs=[str(tdir)], template_name='sail_preview', exclude_input_prompt=True, exclude_output_prompt=True)
+    exp = HTMLExporter(extra_template_basedirs=[str(tdir)], template_name='sail_preview', exclude_input_prompt=True,
+                       exclude_output_prompt=True)
     exp.require_js_url, exp.widget_renderer_url = 'widgets/require.js', 'widgets/embed-amd.js'
     if out.exists(): shutil.rmtree(out)
     (out/'widgets').mkdir(parents=True)
     shutil.copyfile(assets['dist']/'embed-amd.js', out/'widgets'/'embed-amd.js')
-    fonts = out/'@jupyter-widgets'; fonts.mkdir()   # Font Awesome (button and upload icons): the manager's CSS loads them from here
+    # Font Awesome (button and upload icons): the manager's CSS loads them from here
+    fonts = out/'@jupyter-widgets'; fonts.mkdir()
     for f in assets['dist'].iterdir():
         if f.is_file() and f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg'): shutil.copyfile(f, fonts/f.name)
     shutil.copyfile(assets['require'], out/'widgets'/'require.js')
@@ -305,7 +342,8 @@ def preview(
         fm = _front(src)
         if nb.cells and nb.cells[0].cell_type == 'raw': nb.cells = nb.cells[1:]
         head = f"# {fm.get('title', p.stem)}\n\n> {fm.get('description', '')}" if fm else f'# {p.stem}'
-        if not (nb.cells and nb.cells[0].cell_type == 'markdown' and nb.cells[0].source.startswith('# ')): nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
+        if not (nb.cells and nb.cells[0].cell_type == 'markdown' and nb.cells[0].source.startswith('# ')):
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
         nb.metadata['title'] = fm.get('title', p.stem)
         nb.cells = [c for c in map(_as_quarto_would, nb.cells) if c is not None]
         body, _ = exp.from_notebook_node(nb, resources={'sail_nav': _nav(nbs, p.stem)})

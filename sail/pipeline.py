@@ -32,6 +32,7 @@ def find_steps(
         if any('parameters' in t and 'not-a-step' not in t for t in tags): steps.append((p.stem, p))
     return steps
 
+# %% ../nbs/90_pipeline.ipynb #71a94795
 def select_steps(
     steps:list,          # `find_steps` output
     wanted:list|None,    # step names, with or without the number ('slices' or '03_slices'); None = all
@@ -53,9 +54,10 @@ def read_manifest(
     if p.exists(): return json.loads(p.read_text())
     return dict(run=paths.run.name, steps={})
 
+# %% ../nbs/90_pipeline.ipynb #231a4c4c
 def _update(cfg:Config, manifest:dict, step:str, **entry)->dict:
-    manifest.update(run=cfg.name, dataset=dataset_label(cfg), config=cfg.source, config_digest=digest(cfg), updated=now(),
-                    cpus=os.cpu_count(), versions=library_versions())
+    manifest.update(run=cfg.name, dataset=dataset_label(cfg), config=cfg.source, config_digest=digest(cfg),
+                    updated=now(), cpus=os.cpu_count(), versions=library_versions())
     manifest['steps'][step] = manifest['steps'].get(step, {}) | entry
     write_json(run_paths(cfg).manifest, manifest)
     return manifest
@@ -65,20 +67,24 @@ def _directives(source:str)->set:
     "nbdev directives (`#| export`, `#| run`, ...) of a cell."
     return {l[3:].strip().split()[0] for l in source.splitlines() if l.startswith('#| ') and l[3:].strip()}
 
+# %% ../nbs/90_pipeline.ipynb #17801450
 def _imports_only(source:str)->bool:
     "True for a code cell of nothing but import statements (and directives or comments)."
     try: body = ast.parse(source).body
     except SyntaxError: return False
     return bool(body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body)
 
+# %% ../nbs/90_pipeline.ipynb #1ab1909a
 def run_cells(
     nb:nbformat.NotebookNode,  # a step notebook
 )->nbformat.NotebookNode:
-    "A copy of `nb` with markdown, export cells, import-only cells, the parameters cell and `#| run` cells; lessons dropped."
+    ("A copy of `nb` with markdown, export cells, import-only cells, the parameters cell and `#| run` cells; "
+     "lessons dropped.")
     keep = []
     for c in nb.cells:
         d = _directives(c.source) if c.cell_type == 'code' else set()
-        if (c.cell_type == 'markdown' or d & {'export', 'exporti', 'exports', 'run'} or 'parameters' in c.metadata.get('tags', [])
+        if (c.cell_type == 'markdown' or d & {'export', 'exporti', 'exports', 'run'}
+            or 'parameters' in c.metadata.get('tags', [])
             or (c.cell_type == 'code' and _imports_only(c.source))): keep.append(c)
     out = nbformat.from_dict(nb); out.cells = keep
     return out
@@ -98,13 +104,16 @@ def declared_parameters(
             if isinstance(t, ast.Name) and t.id not in names: names.append(t.id)
     return names
 
+# %% ../nbs/90_pipeline.ipynb #7e9ff600
 def _literal(name:str, value)->str:
     text = pprint.pformat(value, width=110, sort_dicts=False)
     try: same = ast.literal_eval(text) == value
     except (ValueError, SyntaxError): same = False
-    if not same: raise TypeError(f"parameter {name!r}: {type(value).__name__} value {value!r:.80} cannot be written as a Python literal")
+    if not same: raise TypeError(f"parameter {name!r}: {type(value).__name__} value {value!r:.80} "
+                                 f"cannot be written as a Python literal")
     return f"{name} = {text}"
 
+# %% ../nbs/90_pipeline.ipynb #b3c97826
 def inject_parameters(
     nb:nbformat.NotebookNode, # a notebook
     parameters:dict,          # name -> plain value (str, int, float, bool, None, list, dict)
@@ -134,6 +143,7 @@ def _die_with_parent(
         if os.getppid() != parent: os._exit(1)
     return arm
 
+# %% ../nbs/90_pipeline.ipynb #531fa805
 _GUARD_CELL = '''def _sail_guard():
     import os, sys, signal, threading, time
     parent = int(os.environ.get('SAIL_PARENT_PID') or 0)
@@ -160,6 +170,7 @@ from IPython.display import display as _sail_display
 _sail_display({'application/json': {'frames': _sail_where()}}, raw=True)
 del _sail_where, _sail_display'''
 
+# %% ../nbs/90_pipeline.ipynb #2636d703
 def _short(file:str)->str:
     "`file` relative to the project or to the `sys.path` folder that holds it; the kernel's cell files as 'the cell'."
     p = Path(file)
@@ -168,6 +179,7 @@ def _short(file:str)->str:
         if p.is_relative_to(base): return str(p.relative_to(base))
     return file
 
+# %% ../nbs/90_pipeline.ipynb #595236fc
 def exported_at(
     nb_name:str,               # the notebook's file name ('03_slices.ipynb')
     cell:nbformat.NotebookNode, # one of its `#| export` cells
@@ -215,21 +227,24 @@ class StepFailed(RuntimeError):
         cell:int|None=None,       # index of the failed cell in the notebook (None when unknown)
         source:str='',            # first line of that cell's source
         error:str='',             # the error as 'Type: message'
-        executed:Path|None=None,  # where the executed notebook, with the failing cell's output, was saved (None: not saved)
+        executed:Path|None=None,  # where the executed notebook, with the failing cell's output, was saved (None: not)
         where:str='',             # the function that raised, with file and line (`raised_at`); '' when unknown
     ):
         super().__init__(msg)
-        self.step, self.notebook, self.cell, self.source, self.error, self.executed = step, notebook, cell, source, error, executed
+        self.step, self.notebook, self.cell, self.source = step, notebook, cell, source
+        self.error, self.executed = error, executed
         self.where = where
 
+# %% ../nbs/90_pipeline.ipynb #17bec3fb
 class Executed(NamedTuple):
     "What `execute_notebook` returns."
     notebook: nbformat.NotebookNode  # the executed notebook (what was saved)
     record: dict                     # the step record the kernel kept (`sail.core.last_record()`); {} if none
     seconds: float                   # wall time, kernel start to stop
-    peak_rss_mb: float|None = None   # the kernel's peak resident memory (getrusage maxrss; None if it failed before reporting)
-    child_peak_rss_mb: float|None = None # the largest peak of any process the kernel started and reaped (loader workers, pools)
+    peak_rss_mb: float|None = None   # the kernel's peak resident memory (getrusage maxrss; None if it failed first)
+    child_peak_rss_mb: float|None = None # the largest peak of any process the kernel started and reaped (workers)
 
+# %% ../nbs/90_pipeline.ipynb #8e514abf
 RECORD_MIME = 'application/json'
 _RECORD_CELL = '''def _sail_record():
     import json, sys, resource
@@ -243,6 +258,7 @@ from IPython.display import display as _sail_display
 _sail_display({'application/json': _sail_record()}, raw=True)
 del _sail_record, _sail_display'''
 
+# %% ../nbs/90_pipeline.ipynb #fcb78228
 KERNEL_INFO_WAIT_S, KERNEL_INFO_TRIES = 20.0, 15   # a silent kernel gets 15 requests, 20 s apart, before the step fails
 
 class _Client(NotebookClient):
@@ -270,10 +286,14 @@ class _Client(NotebookClient):
         then never answered (seen under load in CI, as papermill#711 reports), and nbclient's own wait has no limit."""
         return run_sync(self._async_kernel_info)(wait, tries)
 
+# %% ../nbs/90_pipeline.ipynb #b1d8ca47
 def _first_line(src:str)->str: return next((l for l in src.splitlines() if l.strip() and not l.startswith('#|')), '')
 
-def _eval_false(src:str)->bool: return any(l.replace(' ', '').rstrip() == '#|eval:false' for l in src.splitlines() if l.startswith('#|'))
+# %% ../nbs/90_pipeline.ipynb #8fbb8d7e
+def _eval_false(src:str)->bool:
+    return any(l.replace(' ', '').rstrip() == '#|eval:false' for l in src.splitlines() if l.startswith('#|'))
 
+# %% ../nbs/90_pipeline.ipynb #906c4004
 def _all_cells(nb:nbformat.NotebookNode)->nbformat.NotebookNode:
     "A copy of `nb` with its `#| eval: false` cells turned into raw cells, so they are not executed."
     out = nbformat.from_dict(nb)
@@ -283,6 +303,7 @@ def _all_cells(nb:nbformat.NotebookNode)->nbformat.NotebookNode:
             for k in ('outputs', 'execution_count'): c.pop(k, None)
     return out
 
+# %% ../nbs/90_pipeline.ipynb #0faf0401
 def _stop_kernel(client:NotebookClient, abrupt:bool):
     "Stop the kernel hard: SIGKILL to its process group (the kernel and all it started), reap it, free its resources."
     km = client.km
@@ -306,6 +327,7 @@ def _stop_kernel(client:NotebookClient, abrupt:bool):
     for t in pending:                           # they end with 'kernel died': expected, not worth a warning
         if t.done() and not t.cancelled(): t.exception()
 
+# %% ../nbs/90_pipeline.ipynb #6c5d5940
 def _kernel_json(client:NotebookClient, nb:nbformat.NotebookNode, source:str)->dict:
     "Run `source` in the kernel as a cell that is not kept in `nb`; the JSON it displayed ({} if none)."
     probe, counted = nbformat.v4.new_code_cell(source), client.code_cells_executed; nb.cells.append(probe)
@@ -313,6 +335,7 @@ def _kernel_json(client:NotebookClient, nb:nbformat.NotebookNode, source:str)->d
     finally: nb.cells.remove(probe); client.code_cells_executed = counted   # the cells keep the kernel's In[n]
     return next((o['data'][RECORD_MIME] for o in probe.outputs if RECORD_MIME in o.get('data', {})), {})
 
+# %% ../nbs/90_pipeline.ipynb #ea516bc7
 def _cell_locator(nb:nbformat.NotebookNode, nb_path:Path):
     "(execution count, line) -> where that line of the executed cell is: its module's file and line, or the cell."
     by_count = {c.execution_count: (i, c) for i, c in enumerate(nb.cells)
@@ -323,11 +346,35 @@ def _cell_locator(nb:nbformat.NotebookNode, nb_path:Path):
         return exported_at(nb_path.name, c, line) or (f"cell {i} of {nb_path.name}", line)
     return locate
 
+# %% ../nbs/90_pipeline.ipynb #f254cd34
 def _save(nb:nbformat.NotebookNode, path:Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     nbformat.write(nb, tmp); os.replace(tmp, path)
 
+# %% ../nbs/90_pipeline.ipynb #53ff5a1f
+def _prepared(nb_path:Path, cells:str, parameters:dict|None)->nbformat.NotebookNode:
+    "The cells `execute_notebook` runs: the `cells` selection, `parameters` injected, no outputs, no widget state."
+    src = nbformat.read(nb_path, as_version=4)
+    if cells not in ('run', 'all'): raise ValueError(f"cells must be 'run' or 'all', got {cells!r}")
+    nb = run_cells(src) if cells == 'run' else _all_cells(src)
+    nb.metadata.pop('widgets', None)                                 # only the widget state this execution makes
+    if parameters: nb = inject_parameters(nb, parameters)
+    for c in nb.cells:
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    return nb
+
+# %% ../nbs/90_pipeline.ipynb #3eff1bf4
+def _step_failed(nb, at, failed, where, nb_path, step, out_path)->StepFailed:
+    "The error `execute_notebook` raises when cell `at` of `nb` failed with `failed`."
+    first = _first_line(nb.cells[at].source) if at is not None and at < len(nb.cells) else ''
+    kept = f"\n  executed notebook kept at {out_path}" if out_path else ''
+    said = f"\n  {where}" if where else ''
+    return StepFailed(f"step {step} failed in cell {at} (`{first}`) of {nb_path.name}: {failed}{said}{kept}",
+                      step=step, notebook=nb_path.name, cell=at, source=first, error=failed, executed=out_path,
+                      where=where)
+
+# %% ../nbs/90_pipeline.ipynb #2c701e9a
 def execute_notebook(
     nb_path:str|Path,            # the notebook to execute
     out_path:str|Path|None=None, # where to save the executed copy (None: not saved)
@@ -343,23 +390,18 @@ def execute_notebook(
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     nb_path = Path(nb_path); step = step or nb_path.stem
     out_path = Path(out_path) if out_path else None
-    src = nbformat.read(nb_path, as_version=4)
-    if cells not in ('run', 'all'): raise ValueError(f"cells must be 'run' or 'all', got {cells!r}")
-    nb = run_cells(src) if cells == 'run' else _all_cells(src)
-    nb.metadata.pop('widgets', None)                                           # only the widget state this execution makes
-    if parameters: nb = inject_parameters(nb, parameters)
-    for c in nb.cells:
-        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    nb = _prepared(nb_path, cells, parameters)
     cwd = Path(cwd or nb_path.parent)
     kenv = dict(os.environ) | {k: str(v) for k, v in (env or {}).items()} | dict(SAIL_STEP=step, SAIL_HEADLESS='1',
                                                                                       SAIL_PARENT_PID=str(os.getpid()))
-    client = _Client(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(cwd)}}, store_widget_state=True)
+    client = _Client(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(cwd)}},
+                     store_widget_state=True)
     client.stream_stderr, client.extra_arguments = log_output, KERNEL_ARGS
     t0, at, report, failed, where, finished = time.time(), None, {}, None, '', False
     ipc_dir = Path(tempfile.mkdtemp(prefix='sail-kernel-'))
     try:
         client.km = client.create_kernel_manager()
-        client.km.transport, client.km.ip = 'ipc', str(ipc_dir/'kernel')  # Unix sockets: no TCP port race between concurrent kernels
+        client.km.transport, client.km.ip = 'ipc', str(ipc_dir/'kernel')  # Unix sockets: no TCP port race
         dies = dict(preexec_fn=_die_with_parent(os.getpid())) if sys.platform == 'linux' else {}
         client.start_new_kernel(env=kenv, cwd=str(cwd), **dies)
         client.start_new_kernel_client()
@@ -367,14 +409,16 @@ def execute_notebook(
         if info and 'language_info' in info['content']: nb.metadata['language_info'] = info['content']['language_info']
         _kernel_json(client, nb, _GUARD_CELL)                                   # from here on it dies with this process
         try:
-            for at, cell in enumerate(nb.cells): client.execute_cell(cell, at, execution_count=client.code_cells_executed + 1)
+            for at, cell in enumerate(nb.cells):
+                client.execute_cell(cell, at, execution_count=client.code_cells_executed + 1)
             report = _kernel_json(client, nb, _RECORD_CELL)
             client.set_widgets_metadata()
         except CellExecutionError as e:
             failed = f"{e.ename}: {e.evalue}"
             try: where = raised_at(_kernel_json(client, nb, _WHERE_CELL).get('frames', []), _cell_locator(nb, nb_path))
             except Exception: pass                                   # the kernel cannot say: the message goes without
-        except (CellTimeoutError, DeadKernelError) as e: failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        except (CellTimeoutError, DeadKernelError) as e:
+            failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         finished = True
     finally:
         _stop_kernel(client, abrupt=not finished)
@@ -383,14 +427,9 @@ def execute_notebook(
             try: _save(nb, out_path)
             except Exception:
                 if finished: raise
-    if failed:
-        first = _first_line(nb.cells[at].source) if at is not None and at < len(nb.cells) else ''
-        kept = f"\n  executed notebook kept at {out_path}" if out_path else ''
-        said = f"\n  {where}" if where else ''
-        raise StepFailed(f"step {step} failed in cell {at} (`{first}`) of {nb_path.name}: {failed}{said}{kept}",
-                         step=step, notebook=nb_path.name, cell=at, source=first, error=failed, executed=out_path,
-                         where=where)
-    return Executed(nb, report.get('record', {}), round(time.time() - t0, 2), report.get('peak_rss_mb'), report.get('child_peak_rss_mb'))
+    if failed: raise _step_failed(nb, at, failed, where, nb_path, step, out_path)
+    return Executed(nb, report.get('record', {}), round(time.time() - t0, 2), report.get('peak_rss_mb'),
+                    report.get('child_peak_rss_mb'))
 
 # %% ../nbs/90_pipeline.ipynb #07c4e1b5
 class Interrupted(KeyboardInterrupt):
@@ -402,6 +441,7 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.name, self.code = signum, signal.Signals(signum).name, 128 + signum
 
+# %% ../nbs/90_pipeline.ipynb #c8afaf3b
 @contextmanager
 def interruptible():
     "Within the block, SIGINT and SIGTERM raise `Interrupted` (once); the previous handlers come back after it."
@@ -425,10 +465,12 @@ def step_table(
     names = [s for s in (steps or list(entries)) if s in entries]
     peak = lambda e: max((v for v in (e.get('peak_rss_mb'), e.get('child_peak_rss_mb')) if v is not None), default=None)
     fmt = lambda v, f: '—' if v is None else format(v, f)
-    rows = [f"| {n} | {entries[n].get('status', '')} | {fmt(entries[n].get('duration_s'), '.1f')} | {fmt(peak(entries[n]), ',.0f')} |" for n in names]
+    rows = [f"| {n} | {entries[n].get('status', '')} | {fmt(entries[n].get('duration_s'), '.1f')} | "
+            f"{fmt(peak(entries[n]), ',.0f')} |" for n in names]
     total = sum(entries[n].get('duration_s') or 0 for n in names)
     top = max((p for p in (peak(entries[n]) for n in names) if p is not None), default=None)
-    return '\n'.join(['| step | status | seconds | peak RSS (MB) |', '|---|---|---:|---:|', *rows, f"| total | | {total:.1f} | {fmt(top, ',.0f')} |"])
+    return '\n'.join(['| step | status | seconds | peak RSS (MB) |', '|---|---|---:|---:|', *rows,
+                      f"| total | | {total:.1f} | {fmt(top, ',.0f')} |"])
 
 # %% ../nbs/90_pipeline.ipynb #f9f3cd32
 LOCK_NAME = 'sail-run.lock'
@@ -436,6 +478,7 @@ LOCK_NAME = 'sail-run.lock'
 class RunLocked(RuntimeError):
     "Another living process is writing this run: it holds the run's lock file."
 
+# %% ../nbs/90_pipeline.ipynb #f24ffb97
 @contextmanager
 def run_lock(
     folder:Path, # the run's folder (`RunPaths.run`); made if missing
@@ -477,25 +520,28 @@ def run_pipeline(
             for i, (name, path) in enumerate(chosen, 1):
                 echo(f"[{i}/{n}] {name}: running ...")
                 current, t0, out = name, time.time(), rp.notebooks/path.name
-                _update(cfg, manifest, name, status='running', started=now(), config_digest=digest(cfg), duration_s=None, error=None,
+                _update(cfg, manifest, name, status='running', started=now(), config_digest=digest(cfg),
+                        duration_s=None, error=None,
                         notebook=None, peak_rss_mb=None, child_peak_rss_mb=None, outputs={}, summary={})
                 declared = declared_parameters(nbformat.read(path, as_version=4))
                 params = {k: v for k, v in dict(config=given, force=force, strict=strict).items() if k in declared}
-                try: ex = execute_notebook(path, out, params, step=name, cells='run', cwd=rp.root, log_output=log_output,
-                                             timeout=cell_timeout)
+                try: ex = execute_notebook(path, out, params, step=name, cells='run', cwd=rp.root,
+                                           log_output=log_output, timeout=cell_timeout)
                 except Exception as e:
                     _update(cfg, manifest, name, status='failed', duration_s=round(time.time() - t0, 1), error=str(e),
                             notebook=os.path.relpath(out, rp.root))
                     echo(f"[{i}/{n}] {name}: FAILED after {time.time() - t0:.1f}s\n{e}")
                     current = None; raise
-                _update(cfg, manifest, name, status='done', duration_s=round(time.time() - t0, 1), notebook=os.path.relpath(out, rp.root),
+                _update(cfg, manifest, name, status='done', duration_s=round(time.time() - t0, 1),
+                        notebook=os.path.relpath(out, rp.root),
                         peak_rss_mb=ex.peak_rss_mb, child_peak_rss_mb=ex.child_peak_rss_mb,
                         outputs=ex.record.get('outputs', {}), summary=ex.record.get('summary', {}))
                 current = None
                 echo(f"[{i}/{n}] {name}: done in {time.time() - t0:.1f}s")
         except Interrupted as e:
             if current is not None:
-                _update(cfg, manifest, current, status='interrupted', duration_s=round(time.time() - t0, 1), error=f'interrupted by {e.name}')
+                _update(cfg, manifest, current, status='interrupted', duration_s=round(time.time() - t0, 1),
+                        error=f'interrupted by {e.name}')
                 echo(f"[{i}/{n}] {current}: interrupted by {e.name} after {time.time() - t0:.1f}s; kernel stopped, "
                      f"marked 'interrupted' in {rp.manifest}")
             else: echo(f"sail run {cfg.name}: interrupted by {e.name} between steps")

@@ -29,6 +29,7 @@ from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
                       SparseCodes)
+from .checkpoints import inference_mode, set_inference
 
 # %% ../nbs/08_train.ipynb #e3767d2c
 def lr_factor(
@@ -222,7 +223,9 @@ def save_sae(
         save_file({k: v.detach().contiguous().cpu() for k, v in t.items()}, str(tmp))
     cfg = dict(schema_version=SAE_SCHEMA_VERSION, variant=sae.variant, tied=sae.tied, input_dim=sae.input_dim,
                sizes=sae.sizes, k=sae.ks[m].tolist(), theta=float(sae.theta[m]), seed=sae.seeds[m],
-               name=config_name(sae.sizes, sae.ks[m].tolist()), versions=library_versions(), saved=now()) | meta
+               name=config_name(sae.sizes, sae.ks[m].tolist()), versions=library_versions(), saved=now(),
+               inference='theta' if torch.isfinite(sae.theta[m]) else 'topk-fallback',   # what a loaded copy does
+               inference_in_memory=inference_mode(sae, m)) | meta                         # what the model did when saved
     write_json(folder/'config.json', cfg)
     return folder
 
@@ -246,7 +249,7 @@ def load_sae(
         sae.W[0], sae.b_enc[0], sae.b_dec[0] = t['W'], t['b_enc'], t['b_dec']
         if not cfg['tied']: sae.W_dec[0] = t['W_dec']
         sae.theta[:], sae.theta_sum[:], sae.theta_count[:] = t['theta'], t['theta_sum'], t['theta_count']
-    sae.theta_loaded = True   # the original recomputes θ on loading and infers with it (spec §5.5)
+    set_inference(sae, cfg.get('inference'), str(folder/'config.json'))   # θ as the original's loader (spec §5.5)
     return sae.to(device).eval()
 
 # %% ../nbs/08_train.ipynb #06ad2218
@@ -256,6 +259,9 @@ def export_saelens(
 )->Path:
     "Write a trained SAE in SAELens's format (JumpReLU for `paper`, standard ReLU for `released`)."
     sae = load_sae(folder); cfg = json.loads((Path(folder)/'config.json').read_text())
+    if cfg.get('inference') == 'topk-fallback':
+        raise ValueError(f"{folder}/config.json: this SAE has no θ (its kept activations were never positive) and infers "
+                         "with the per-sample top-k fallback, which SAELens's threshold architectures cannot reproduce")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     D, d = sae.sizes[-1], sae.input_dim
     w = dict(W_enc=sae.W[0].T, W_dec=sae.decoder()[0], b_dec=sae.b_dec[0])
