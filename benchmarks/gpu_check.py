@@ -16,7 +16,7 @@ Goals on one H100-class GPU (issue 14): grid <= 15 min, embedding >= 80 images/s
 `--reduced`: small shapes, every section, the same code -- how CI keeps it from rotting (tests/test_benchmarks.py).
 Reduced numbers say nothing about a GPU, so only parity is judged there; exit status 1 when a judged row fails.
 
-    python benchmarks/gpu_check.py [--reduced] [--out gpu_check.json]
+    python benchmarks/gpu_check.py [--reduced] [--out benchmarks/results/gpu_check.json]
 """
 import argparse, json, os, sys, tempfile, time
 os.environ.setdefault('TQDM_DISABLE', '1')        # one table, no progress bars (read when tqdm is imported)
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from sae_benchmarks import structured_embeddings
+from common import RESULTS, stamp
 from sail.core import autocast, pick_device, library_versions, BF16_PARITY
 from sail.config import SAEConfig, EncoderConfig, PAPER_FAMILIES, PAPER_K_PATTERNS
 from sail.sae import MatryoshkaSAE, grid, config_name
@@ -163,7 +164,7 @@ def table(rows:list)->str:
 def main(argv=None)->int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--reduced', action='store_true', help='small shapes (the default without CUDA)')
-    ap.add_argument('--out', help='also write the rows, the machine and the mode as JSON here')
+    ap.add_argument('--out', default=str(RESULTS/'gpu_check.json'), help='the JSON file of the rows, machine and mode')
     a = ap.parse_args(argv)
     device = pick_device('auto'); reduced = a.reduced or not device.startswith('cuda')
     s = REDUCED if reduced else FULL
@@ -178,7 +179,9 @@ def main(argv=None)->int:
         parity(s, device, rows, Path(tmp))
     print(table(rows)); print(f"total {time.perf_counter() - t0:.0f} s")
     if a.out:
-        Path(a.out).write_text(json.dumps(dict(machine=machine, mode='reduced' if reduced else 'full', device=device, dtype=dtype,
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(dict(stamp(), gpu_or_cpu=machine,
+                                               mode='reduced' if reduced else 'full', device=device, dtype=dtype,
                                                seconds=round(time.perf_counter() - t0, 1), versions=library_versions(), rows=rows), indent=1))
     return 0 if all(r['ok'] is not False for r in rows) else 1
 

@@ -10,22 +10,22 @@ over it is what slicing, encoding and retrieval add. Results go to benchmarks/re
 
     python benchmarks/query_speed.py [--readme] [--slices 300]
 """
-import argparse, os, subprocess, tempfile, time
+import argparse, os, sys, tempfile, time
 from pathlib import Path
 import numpy as np, pandas as pd, scipy.sparse as sp, nibabel as nib, torch
 from scipy import ndimage
-from sail.core import project_root, write_json
-from sail.docs import replace_block
+from sail.core import project_root
 from sail.config import EncoderConfig
 from sail.encoders import build_encoder
 from sail.embed import embed_images
 from sail.sae import MatryoshkaSAE
 from sail.totalseg import ScanSettings
+from sail.train import SAERef
 from sail.query import TrainedRun, feature_table, query_scan, write_report
 
 ROOT = project_root()
-RESULTS = ROOT/'benchmarks'/'results'
-README_MARKERS = ('<!-- query-speed:start (written by benchmarks/query_speed.py --readme; do not edit) -->', '<!-- query-speed:end -->')
+sys.path.insert(0, str(Path(__file__).parent))
+from common import publish, where
 GOAL_TOTAL_S, GOAL_RETRIEVE_PER_SLICE_S = 60.0, 1.0   # issue 16
 INDEX_ROWS, INDEX_SCANS, INDEX_NNZ, D = 7000, 96, 40, 1024
 REPEATS = 3
@@ -51,7 +51,8 @@ def make_run()->TrainedRun:
     scan = np.arange(INDEX_ROWS) % INDEX_SCANS
     rows = pd.DataFrame(dict(slice_id=[f'ct_s{s:04d}_axial_{i:04d}' for i, s in enumerate(scan)], split='val', modality='ct',
                              image_id=[f's{s:04d}' for s in scan], plane='axial', slice_index=np.arange(INDEX_ROWS)))
-    return TrainedRun('bench', 'efficientnet-lite0/paper/D_16_64_256_1024_K_10_20_40_80', enc, sae,
+    ref = SAERef('efficientnet-lite0', 'paper', 'D_16_64_256_1024_K_10_20_40_80', Path('.'))   # from parts: no folder
+    return TrainedRun('bench', ref, enc, sae,
                       feature_table(D, np.asarray((codes != 0).mean(0)).ravel()), codes, rows, ScanSettings(), ['ct'])
 
 def main():
@@ -69,21 +70,23 @@ def main():
         query_s, base_s = min(query_s), min(base_s)
         t = time.perf_counter(); write_report(run, res, tmp/'report'); report_s = time.perf_counter() - t
     n = len(res.slices.images)
-    out = dict(machine=f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}", when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-               commit=subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-               slices=n, image=list(res.slices.images[0].shape), parts_s=res.seconds, query_s=query_s, report_s=report_s, encoder_only_s=base_s,
-               load_s=load_s, retrieve_per_slice_s=res.seconds['retrieve'] / n, index_rows=INDEX_ROWS)
-    RESULTS.mkdir(parents=True, exist_ok=True); write_json(RESULTS/'query_speed.json', out)
-    md = '\n'.join([
-        f"| {n}-slice CT ({out['image'][0]}×{out['image'][1]} px slices) | seconds | goal |", "|---|---|---|",
-        *[f"| {k} | {v:.2f} |  |" for k, v in res.seconds.items()],
-        f"| **query total** | **{query_s:.1f}** | ≤ {GOAL_TOTAL_S:.0f} |",
-        f"| retrieval per slice ({INDEX_ROWS:,}-slice index) | {out['retrieve_per_slice_s'] * 1e3:.2f} ms | ≤ {GOAL_RETRIEVE_PER_SLICE_S:.0f} s |",
-        f"| HTML report | {report_s:.1f} |  |", "",
-        f"Baseline in the same run: the encoder alone on the same slices, {base_s:.1f} s (best of {REPEATS}, as the query); the whole query takes "
-        f"{query_s / base_s:.2f}× that. EfficientNet-Lite0 at 128 px, SAE 1280→1024. {out['machine']}; run of {out['when']}, commit {out['commit']}."])
-    (RESULTS/'query_speed.md').write_text(md + '\n'); print(md)
-    if a.readme:
-        p = ROOT/'README.md'; p.write_text(replace_block(p.read_text(), md, README_MARKERS))
+    out = dict(slices=n, image=list(res.slices.images[0].shape), parts_s=res.seconds, query_s=query_s,
+               report_s=report_s,
+               encoder_only_s=base_s, repeats=REPEATS, load_s=load_s, retrieve_per_slice_s=res.seconds['retrieve'] / n,
+               index_rows=INDEX_ROWS)
+    publish('query_speed', out, render, a.readme)
+
+def render(r:dict)->str:
+    "The README's table for this benchmark, from its JSON."
+    return '\n'.join([
+        f"| {r['slices']}-slice CT ({r['image'][0]}×{r['image'][1]} px slices) | seconds | goal |", "|---|---|---|",
+        *[f"| {k} | {v:.2f} |  |" for k, v in r['parts_s'].items()],
+        f"| **query total** | **{r['query_s']:.1f}** | ≤ {GOAL_TOTAL_S:.0f} |",
+        f"| retrieval per slice ({r['index_rows']:,}-slice index) | {r['retrieve_per_slice_s'] * 1e3:.2f} ms | "
+        f"≤ {GOAL_RETRIEVE_PER_SLICE_S:.0f} s |",
+        f"| HTML report | {r['report_s']:.1f} |  |", "",
+        f"Baseline in the same run: the encoder alone on the same slices, {r['encoder_only_s']:.1f} s (best of "
+        f"{r['repeats']}, as the query); the whole query takes {r['query_s'] / r['encoder_only_s']:.2f}× that. "
+        f"EfficientNet-Lite0 at 128 px, SAE 1280→1024, torch threads {r['machine']['torch_threads']}. {where(r)}."])
 
 if __name__ == '__main__': main()

@@ -18,15 +18,14 @@ benchmarks/results/ray_executor.{json,md} and, with --readme, between the README
 import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 import yaml
-from sail.core import project_root, write_json
-from sail.docs import replace_block
+from sail.core import project_root
+sys.path.insert(0, str(Path(__file__).parent))
+from common import publish, where
 
 ROOT = project_root()
 STEPS = ['slices', 'split', 'embed', 'train']
 EXECUTOR_STEPS = ('03_slices', '06_embed', '08_train')
-RESULTS = ROOT/'benchmarks'/'results'
-README_MARKERS = ('<!-- ray-executor:start (written by benchmarks/ray_executor.py --readme; do not edit) -->', '<!-- ray-executor:end -->')
-SAIL = [sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())']
+SAIL = [sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())']
 
 def startup_seconds(repeats:int=3)->list:
     "Seconds from `ray.init(num_cpus=2)` to the result of a first trivial task, in fresh processes."
@@ -80,18 +79,20 @@ def table(res:dict)->str:
                                           + [f"{tot:.1f} s ({tot / 60:.1f} min)", f"{tot / base:.2f}"]) + ' |')
         out.append('\n'.join(lines))
     s = res['startup_s']
+    run = (where(res) if isinstance(res['machine'], dict)                     # older files: the machine as a string
+           else f"{res['machine']}; run of {res['when']}, commit {res['commit']}")
     speed = f"; fp32 GEMM 2048x1536x8192 {res['gemm_ms']:.0f} ms at its start" if res.get('gemm_ms') else ''
     out.append(f"Ray start-up on this machine (`ray.init(num_cpus=2)` to a first task's result, fresh process): "
-               f"{min(s):.1f}-{max(s):.1f} s over {len(s)} starts. {res['machine']}; run of {res['when']}, commit {res['commit']}{speed}.")
+               f"{min(s):.1f}-{max(s):.1f} s over {len(s)} starts. {run}{speed}.")
     return '\n\n'.join(out)
+
+render = table   # the README block of a stored result (tests/test_readme.py)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0]); ap.add_argument('--readme', action='store_true')
     ap.add_argument('--configs', nargs='+', choices=list(PLAN), default=list(PLAN))
     a = ap.parse_args()
-    res = dict(machine=f"{os.cpu_count()} CPU cores", when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-               commit=subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-               gemm_ms=gemm_ms(), startup_s=startup_seconds(), variants=[])
+    res = dict(gemm_ms=gemm_ms(), startup_s=startup_seconds(), variants=[])
     ray_cli = str(Path(sys.executable).parent/'ray')            # the `ray` command of this environment
     for config in a.configs:
         ensure_dataset(config)
@@ -102,10 +103,6 @@ def main():
             finally:
                 if label == 'ray-cluster': subprocess.run([ray_cli, 'stop'], capture_output=True)
             print(f"{config}/{label}: {sum(res['variants'][-1]['steps'].values()):.1f} s", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS/'ray_executor.json', res)
-    md = table(res); (RESULTS/'ray_executor.md').write_text(md + '\n'); print(md)
-    if a.readme:
-        p = ROOT/'README.md'; p.write_text(replace_block(p.read_text(), md, README_MARKERS))
+    publish('ray_executor', res, table, a.readme)
 
 if __name__ == '__main__': main()

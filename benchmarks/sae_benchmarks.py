@@ -10,15 +10,62 @@
 5. bf16 autocast training on the CPU (`sae.dtype: bfloat16`) against fp32, same data, seeds and steps: samples/s of
    both and the validation R² each reaches (the goal: >= 1.5x with R² within 0.01).
 
-    python benchmarks/sae_benchmarks.py [--steps 3] [--quick]
+Results go to benchmarks/results/sae_benchmarks.{json,md} and, with --readme, between the README's sae-benchmarks
+markers (an `--only` run writes its JSON but never the README). `--quick` is the CPU-sized mode (d 256, sizes 32…256:
+seconds instead of minutes); its block says so in its shape line.
+
+    python benchmarks/sae_benchmarks.py [--steps 3] [--quick] [--readme]
 """
-import argparse, time, io, os
+import argparse, sys, time, io, os
+from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
 from sail.config import SAEConfig
 from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder
 from sail.core import autocast
 from sail.train import clip_per_model_, lr_factor, evaluate
 from sail.codes import compute_codes, codes_table
+sys.path.insert(0, str(Path(__file__).parent))
+from common import publish, where
+
+GOALS = dict(training=3, family=4, codes=50, storage=20)   # issue goals: the least ratio against each baseline
+
+def render(r:dict)->str:
+    "The README's table for this benchmark, from its JSON (the sections that ran)."
+    def goal(key, x):
+        if r.get('quick'): return f"×{x:.1f}"                     # the goals are set at the paper's shape
+        kind, met = 'goal' if key != 'family' else 'GPU goal', '' if x >= GOALS[key] else ', not met'
+        return f"×{x:.1f} ({kind} ≥{GOALS[key]}{met})"
+    rows = ['| measure | baseline (reference approach) | SAIL | ratio |', '|---|---|---|---|']
+    if 'training' in r:
+        t = r['training']
+        rows.append(f"| training, one configuration | {t['reference']:,.0f} samples/s (per-item normalisation, "
+                    f"Python collation, per-level `topk`, dense decode of padded codes) | {t['sail']:,.0f} samples/s "
+                    f"(resident data, sampled-threshold BatchTopK, sparse decode and sparse encoder backward) | "
+                    f"{goal('training', t['sail'] / t['reference'])} |")
+    for f in r.get('family', []):
+        rows.append(f"| a family of {f['members']} configurations, {f['shape']} | {f['one_by_one_s']:.1f} s one after "
+                    f"another | {f['batched_s']:.1f} s as one batched model | "
+                    f"{goal('family', f['one_by_one_s'] / f['batched_s'])} |")
+    if 'codes' in r:
+        c = r['codes']
+        rows.append(f"| codes | {c['reference']:,.0f} rows/s (batch-size-1 loop, every level decoded, dense row to "
+                    f"bytes) | {c['sail']:,.0f} rows/s (batches of 2,048, JumpReLU, sparse output) | "
+                    f"{goal('codes', c['sail'] / c['reference'])} |")
+    if 'storage' in r:
+        b = r['storage']
+        rows.append(f"| bytes per row of codes (mean L0 {b['l0']:.0f} of {r['sizes'][-1]:,}) | {b['raw']:,} raw dense "
+                    f"float32 ({b['dense_parquet']:,.0f} after Parquet's snappy compresses the zeros) | "
+                    f"{b['sparse_parquet']:,.0f} (indices + values in Parquet) | "
+                    f"{goal('storage', b['raw'] / b['sparse_parquet'])} raw, "
+                    f"×{b['dense_parquet'] / b['sparse_parquet']:.1f} against compressed dense |")
+    if 'bf16' in r:
+        h = r['bf16']
+        rows.append(f"| training in bf16 autocast on the CPU ({h['steps']} steps) | fp32: {h['fp32']:,.0f} samples/s, "
+                    f"validation R² {h['r2_fp32']:.4f} | bf16: {h['bf16']:,.0f} samples/s, validation R² "
+                    f"{h['r2_bf16']:.4f} | ×{h['bf16'] / h['fp32']:.2f}, ΔR² {h['r2_bf16'] - h['r2_fp32']:+.4f} |")
+    shape = (f"Shape: d {r['d']}, sizes {'…'.join(map(str, r['sizes'][::3]))}, k {'…'.join(map(str, r['ks'][::3]))}, "
+             f"batch {r['batch']}, {r['steps']} timed steps per measure.")
+    return '\n'.join(rows + ['', f"{shape} {where(r)}."])
 
 class ReferenceSAE(torch.nn.Module):
     "The released model (spec §5.1-5.7): tied detached decoder, BatchTopK on raw z per level, dense decode of padded codes."
@@ -88,6 +135,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--steps', type=int, default=3); ap.add_argument('--quick', action='store_true', help='smaller shapes, for a smoke run')
     ap.add_argument('--only', default='12345', help='which sections to run, e.g. 5')
+    ap.add_argument('--readme', action='store_true')
     a = ap.parse_args()
     torch.manual_seed(0)
     d, sizes, ks, B = (1536, [128, 512, 2048, 8192], [20, 40, 80, 160], 2048) if not a.quick else (256, [32, 64, 128, 256], [2, 4, 8, 16], 256)
@@ -96,15 +144,19 @@ def main():
     X = F.normalize(torch.from_numpy(E), dim=-1)
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
     print(f"shape: d {d}, sizes {sizes}, k {ks}, batch {B}")
+    res = dict(d=d, sizes=sizes, ks=ks, batch=B, steps=a.steps, quick=a.quick, only=a.only)
     if '1' in a.only:
         ref = time_reference_training(E, d, sizes, ks, B, a.steps)
         ours = time_sail_training(X, d, sizes, [ks], B, a.steps)
         print(f"1. training, one config   reference data path + model: {ref:8.0f} samples/s")
         print(f"                          SAIL (resident data, sparse decode/backward): {ours:8.0f} samples/s   ratio x{ours/ref:.1f}")
+        res['training'] = dict(reference=ref, sail=ours)
     if '2' in a.only:
         patterns = [[5, 5, 5, 5], [10, 10, 10, 10], [20, 20, 20, 20], [30, 30, 30, 30], [5, 10, 20, 40], [10, 20, 40, 80], [20, 40, 80, 160], [30, 60, 120, 240]]
         if a.quick: patterns = [[max(1, k // 10) for k in p] for p in patterns]
-        for (dd, ss, bb, label) in ([(d, sizes, B, 'paper shape'), (192, [16, 64, 256, 1024], 256, 'demo shape (d 192, D 1024, batch 256)')] if not a.quick else [(d, sizes, B, 'quick')]):
+        shapes = [(d, sizes, B, f'paper shape (d {d}, D {sizes[-1]}, batch {B})'),
+                  (192, [16, 64, 256, 1024], 256, 'demo shape (d 192, D 1024, batch 256)')]
+        for (dd, ss, bb, label) in (shapes if not a.quick else [(d, sizes, B, 'quick')]):
             pats = [p for p in patterns if all(k <= D for k, D in zip(p, ss))]
             Xs = F.normalize(torch.randn(8 * bb, dd), dim=-1)
             t = time.perf_counter(); time_sail_training(Xs, dd, ss, pats, bb, a.steps); t_fam = time.perf_counter() - t
@@ -112,6 +164,8 @@ def main():
             for i, p in enumerate(pats): time_sail_training(Xs, dd, ss, [p], bb, a.steps, seeds=[42 + i])
             t_seq = time.perf_counter() - t
             print(f"2. family of {len(pats)} configs, {label}: one after another {t_seq:6.2f} s, batched {t_fam:6.2f} s   ratio x{t_seq/t_fam:.1f}")
+            res.setdefault('family', []).append(dict(shape=label, members=len(pats), one_by_one_s=t_seq,
+                                                     batched_s=t_fam))
     if '3' in a.only or '4' in a.only:
         sae = MatryoshkaSAE(d, sizes, [ks], seeds=[1]).eval()
         z = sae.preacts(X[:1024])[0]
@@ -124,6 +178,7 @@ def main():
         r1 = n1 / (time.perf_counter() - t)
         t = time.perf_counter(); indptr, indices, values = compute_codes(sae, E, 2048); rb = N / (time.perf_counter() - t)
         print(f"3. codes   reference batch-size-1 loop: {r1:8.0f} rows/s;  SAIL batched: {rb:8.0f} rows/s   ratio x{rb/r1:.0f}  (mean L0 {np.diff(indptr).mean():.0f})")
+        res['codes'] = dict(reference=r1, sail=rb)
         sparse, dense = io.BytesIO(), io.BytesIO()
         pq.write_table(codes_table([f's{i}' for i in range(N)], indptr, indices, values), sparse)
         full = np.zeros((N, sizes[-1]), np.float32)
@@ -132,14 +187,22 @@ def main():
         raw = 4 * sizes[-1]
         print(f"4. storage  dense float32 row: {raw} bytes raw, {dense.tell()/N:.0f} bytes/row in snappy Parquet;  "
               f"sparse Parquet: {sparse.tell()/N:.0f} bytes/row   ratio x{raw/(sparse.tell()/N):.1f} raw, x{dense.tell()/sparse.tell():.1f} vs compressed")
+        res['storage'] = dict(l0=float(np.diff(indptr).mean()), raw=raw, dense_parquet=dense.tell() / N,
+                              sparse_parquet=sparse.tell() / N)
 
     if '5' in a.only:
         X5 = structured_embeddings(8 * B + 2048, d); tr, va = X5[:8 * B], X5[8 * B:]
         steps5 = 6 * a.steps
-        res = {dt: time_sail_training(tr, d, sizes, [ks], B, steps5, dtype=dt, lr=1e-3, model=True) for dt in ('float32', 'bfloat16')}
-        r2 = {dt: evaluate(m, va)[0]['r2'][-1] for dt, (_, m) in res.items()}
-        (f32, _), (b16, _) = res['float32'], res['bfloat16']
+        res5 = {dt: time_sail_training(tr, d, sizes, [ks], B, steps5, dtype=dt, lr=1e-3, model=True)
+                for dt in ('float32', 'bfloat16')}
+        r2 = {dt: evaluate(m, va)[0]['r2'][-1] for dt, (_, m) in res5.items()}
+        (f32, _), (b16, _) = res5['float32'], res5['bfloat16']
         print(f"5. training on the CPU, {steps5} steps   fp32: {f32:8.0f} samples/s (val R² {r2['float32']:.4f});  "
               f"bf16 autocast: {b16:8.0f} samples/s (val R² {r2['bfloat16']:.4f})   ratio x{b16/f32:.2f}, ΔR² {r2['bfloat16'] - r2['float32']:+.4f}")
+        res['bf16'] = dict(steps=steps5, fp32=f32, bf16=b16, r2_fp32=float(r2['float32']),
+                           r2_bf16=float(r2['bfloat16']))
+    every = all(c in a.only for c in '12345')
+    if a.readme and not every: print('--readme ignored: an --only run does not replace the README table')
+    publish('sae_benchmarks', res, render, a.readme and every)
 
 if __name__ == '__main__': main()

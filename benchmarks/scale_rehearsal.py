@@ -16,15 +16,13 @@ from pathlib import Path
 import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import scale_data
-from sail.core import project_root, write_json
+from sail.core import project_root
 from sail.slices import slices_artifact
-from sail.docs import replace_block
+from common import publish, load, RESULTS
 
 ROOT = project_root()
 STEPS = ['split', 'train', 'codes', 'probes', 'monosemanticity', 'ranking', 'retrieval', 'autointerp', 'language', 'figures', 'explorer']
 PEAK_RSS_GOAL_MB, TOTAL_MINUTES_GOAL = 16 * 1024, 60
-README_MARKERS = ('<!-- scale-rehearsal:start (written by benchmarks/scale_rehearsal.py --readme; do not edit) -->', '<!-- scale-rehearsal:end -->')
-RESULTS = ROOT/'benchmarks'/'results'
 
 def label(fraction:float)->str: return 'scale' if fraction == 1 else f'scale-{fraction * 100:g}pct'
 
@@ -87,7 +85,7 @@ def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
     made = ensure_data(fraction, seed, template)
     speed = gemm_ms()
     cfg = config_for(fraction, seed); t0 = time.time(); peaks = {}
-    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.pipeline import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *steps],
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *steps],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = threading.Thread(target=_sample_tree, args=(proc, ROOT/'runs'/label(fraction)/'manifest.json', peaks), daemon=True); sampler.start()
     out, err = proc.communicate(); sampler.join()
@@ -147,26 +145,28 @@ def table(runs:list)->str:
                      "ratio mixes both days' speeds (compare the GEMM times where both are recorded).")
     return '\n'.join(lines)
 
+def render(res:dict)->str:
+    "The README block of a stored rehearsal: the machine, the steps, the table."
+    m = res['machine']
+    machine = (m if isinstance(m, str)                                        # older files: the machine as a string
+               else f"{m['cpus']} CPU cores ({m['cpu_model']}), {res['memory_gib']:.0f} GiB")
+    return f"Machine: {machine}; steps {', '.join(res['steps'])}.\n\n" + table(res['runs'])
+
 def main(argv=None)->int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--fractions', type=float, nargs='+', default=[0.1, 1.0])
     ap.add_argument('--steps', nargs='+', default=STEPS); ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--template', default='data/demo'); ap.add_argument('--readme', action='store_true')
     a = ap.parse_args(argv)
-    machine = f"{os.cpu_count()} CPU cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
-    kept = json.loads((RESULTS/'scale_rehearsal.json').read_text())['runs'] if (RESULTS/'scale_rehearsal.json').exists() else []
+    memory_gib = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+    kept = load('scale_rehearsal')['runs'] if (RESULTS/'scale_rehearsal.json').exists() else []
     runs = [r for r in kept if r['fraction'] not in a.fractions and r['steps']]   # earlier runs at other fractions stay in the table
     for f in a.fractions:
         print(f"rehearsal at {f:.0%} of the paper's rows ...", flush=True)
         runs.append(rehearse(f, a.steps, a.seed, ROOT/a.template))
         print(table(runs), flush=True)
         if runs[-1]['returncode']: print(runs[-1]['tail'], file=sys.stderr)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS/'scale_rehearsal.json', dict(machine=machine, steps=a.steps, runs=runs))
-    md = f"Machine: {machine}; steps {', '.join(a.steps)}.\n\n" + table(runs)
-    (RESULTS/'scale_rehearsal.md').write_text(md + '\n')
-    if a.readme:
-        readme = ROOT/'README.md'; readme.write_text(replace_block(readme.read_text(), md, README_MARKERS, 'README.md'))
+    publish('scale_rehearsal', dict(memory_gib=memory_gib, steps=a.steps, runs=runs), render, a.readme)
     return max(r['returncode'] for r in runs)
 
 if __name__ == '__main__': sys.exit(main())
