@@ -117,6 +117,7 @@ class SAEConfig:
     codes_batch_size: int = 2048 # rows per inference batch when computing codes (larger is slower on CPU: cache)
     dtype: str = 'auto'        # training and codes: auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     batch_order: str = 'epoch' # 'epoch': a seeded permutation per epoch; 'fixed': one for all, as the original (§5.9)
+    pretrained: dict[str, str] = default_copy({}) # {encoder id: SOURCE}: imported (sail.checkpoints), not trained
 
 # %% ../nbs/00a_config.ipynb #f447b83c
 @dataclasses.dataclass
@@ -275,6 +276,11 @@ def _check_type(value, tp, key:str, src:str):
         if not isinstance(value, list):
             raise ConfigError(f"{src}: '{key}' must be a list, got {type(value).__name__} {value!r}")
         return [_check_type(v, args[0], f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{key}' must be a mapping, got {type(value).__name__} {value!r}")
+        return {_check_type(k, args[0], f"{key} (key {k!r})", src): _check_type(v, args[1], f"{key}.{k}", src)
+                for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{src}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -348,6 +354,18 @@ CHOICES = {  # keys whose value is one of a few names
     'embed.dtype': PRECISIONS, 'sae.dtype': PRECISIONS, 'sae.batch_order': ('epoch', 'fixed'),
     'executor.kind': ('local', 'ray')}
 
+# %% ../nbs/00a_config.ipynb #c6f0fc5e
+def _check_pretrained(cfg:'Config', p)->None:
+    "Raise a `ConfigError` for a `sae.pretrained` key that names no configured encoder, or an empty SOURCE."
+    if not cfg.sae.pretrained: return
+    ids = [ec.id or ec.name.replace(':', '-').replace('/', '-') for ec in cfg.embed.encoders]   # = encoder_id
+    for enc, src in cfg.sae.pretrained.items():
+        if enc not in ids:
+            raise ConfigError(f"{p}: 'sae.pretrained' names {enc!r}, which is not a configured encoder; "
+                              f"expected one of {ids} (the ids of embed.encoders)")
+        if not src.strip(): raise ConfigError(f"{p}: 'sae.pretrained.{enc}' is empty; expected a SOURCE "
+                                              "(a release folder, a .ckpt, a SAIL SAE folder or hf://OWNER/REPO/...)")
+
 # %% ../nbs/00a_config.ipynb #9ed5b1ee
 def _check_values(cfg:'Config', p)->None:
     "Raise a `ConfigError` naming the file `p` and the key of the first value that its key does not allow."
@@ -366,6 +384,7 @@ def _check_values(cfg:'Config', p)->None:
         if not 0 <= ec.slab <= MAX_SLAB:
             raise ConfigError(f"{p}: 'embed.encoders[{i}].slab' must be 0...{MAX_SLAB} slices on each side, "
                               f"got {ec.slab}")
+    _check_pretrained(cfg, p)
     if cfg.slices.every < 1:
         raise ConfigError(f"{p}: 'slices.every' must be 1 (every slice) or more, got {cfg.slices.every}")
 

@@ -6,7 +6,7 @@
 __all__ = ['SAE_SCHEMA_VERSION', 'lr_factor', 'warmup_steps', 'clip_per_model_', 'evaluate', 'save_state', 'state_info',
            'load_state', 'resumable_epoch', 'train_family', 'save_sae', 'load_sae', 'export_saelens', 'training_data',
            'member_inputs', 'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'FamilyJob', 'family_jobs', 'train_job',
-           'GridResult', 'train_grids', 'train_grid', 'trained_saes']
+           'PretrainedSAE', 'import_pretrained', 'GridResult', 'train_grids', 'train_grid', 'trained_saes']
 
 # %% ../nbs/08_train.ipynb #169ec6a4
 import os, json, math, time, shutil
@@ -29,7 +29,7 @@ from .embed import load_embeddings, embeddings_artifact
 from .split import split_of, split_artifact
 from .sae import (MatryoshkaSAE, train_forward, encode, project_decoder_grad, normalize_decoder, grid, config_name,
                       SparseCodes)
-from .checkpoints import inference_mode, set_inference
+from .checkpoints import inference_mode, set_inference, read_source, import_meta
 
 # %% ../nbs/08_train.ipynb #e3767d2c
 def lr_factor(
@@ -307,7 +307,7 @@ def training_data(
 # %% ../nbs/08_train.ipynb #eed08950
 # settings that do not change a trained model
 _NOT_RESULTS = ('encoders', 'variants', 'families', 'k_patterns', 'codes_batch_size', 'checkpoint_every',
-                'models_per_batch')
+                'models_per_batch', 'pretrained')
 
 def member_inputs(
     scfg:SAEConfig,  # settings
@@ -457,6 +457,38 @@ def _train_job_task(paths:RunPaths, scfg:SAEConfig, device:str, job:FamilyJob, f
                      worker_cache(key, lambda: training_data(data, job.encoder, device), keep_one=True),
                      device, force, max_epochs)
 
+# %% ../nbs/08_train.ipynb #d4188c3e
+class PretrainedSAE(NamedTuple):
+    "A SAE imported into a run instead of trained."
+    ref: SAERef    # where it is in the run
+    final: dict    # its validation metrics, as a trained SAE's final row (train_mse None: not trained here)
+    fresh: bool    # True when it was already imported from the same SOURCE and data, and nothing was written
+
+def import_pretrained(
+    paths:RunPaths,   # the run's folders (`Config.paths`)
+    scfg:SAEConfig,   # the `sae` section (`codes_batch_size`: rows per evaluation batch)
+    compute:Compute,  # device and executor (`Config.compute`)
+    encoder:str,      # the encoder id whose embeddings it encodes
+    source:str,       # a release folder, a .ckpt, a SAIL SAE folder, or hf://OWNER/REPO[@REVISION][/PATH]
+    force:bool=False, # import again even if up to date
+)->PretrainedSAE:
+    "Put the SAE a SOURCE holds into the run as the SAE of `encoder`, evaluated on its validation split."
+    device = task_device(stage_device(compute.executor, 'train', compute.device))
+    _, X_val, fp = training_data(paths.data, encoder, device)
+    imp = read_source(source, input_dim=fp['dim'])        # a size mismatch is a named CheckpointError
+    sae = imp.sae.to(device)
+    ref = sae_ref(paths, encoder, sae.variant, config_name(sae.sizes, sae.ks[0].tolist()))
+    art, inputs = sae_artifact(ref), dict(pretrained=str(source), sha256=imp.provenance['sha256'], data=fp)
+    if not force and art.fresh(inputs): return PretrainedSAE(ref, art.record()['summary'], True)
+    art.discard()
+    val = evaluate(sae, X_val, scfg.codes_batch_size)[0]
+    final = dict(encoder=encoder, variant=sae.variant, config=ref.config, k=int(sae.ks[0][-1]), D=sae.sizes[-1],
+                 train_mse=None, **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in val.items()})
+    _write_metrics(ref.folder, [dict(epoch=0, lr=None, train_mse=None, val=val)], -1)
+    save_sae(sae, 0, ref.folder, dict(encoder=encoder, data=fp, final=final, **import_meta(imp)))
+    art.commit(inputs, final)
+    return PretrainedSAE(ref, final, False)
+
 # %% ../nbs/08_train.ipynb #27572323
 class GridResult(NamedTuple):
     "The trained grid: final metrics per configuration, and how the families ran."
@@ -473,14 +505,18 @@ def train_grids(
     force:bool=False,     # retrain finished families
     max_epochs:int|None=None, # stop each family after this many epochs of this call (to test resuming)
 )->GridResult:
-    "Train every configuration of the grid for each encoder and variant: one executor task per family."
-    jobs = family_jobs(scfg, compute, enc_ids, variants)
+    """Train every configuration of the grid for each encoder and variant (one executor task per family), or import
+    the SAE `sae.pretrained` names for an encoder instead."""
+    imported = [import_pretrained(paths, scfg, compute, e, scfg.pretrained[e], force)
+                for e in enc_ids if e in scfg.pretrained]
+    jobs = family_jobs(scfg, compute, [e for e in enc_ids if e not in scfg.pretrained], variants)
     try: stage = run_stage([Task(j.name, 'sail.train:_train_job_task',
                                  (paths, scfg, compute.device, j, force, max_epochs)) for j in jobs],
                            'train', compute.executor, Failures(strict=True), desc='training SAE families',
                            unit='family', after_each='train:family')   # a family that raises stops the step
     finally: drop_cached('training-data')          # a local run loaded them into this process: free them, as before
-    return GridResult(pd.DataFrame([r for j in jobs for r in (stage.values[j.name] or [])]), stage)
+    rows = [r for j in jobs for r in (stage.values[j.name] or [])] + [p.final for p in imported]
+    return GridResult(pd.DataFrame(rows), stage)
 
 # %% ../nbs/08_train.ipynb #f2b1d04f
 def train_grid(

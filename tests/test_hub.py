@@ -249,3 +249,59 @@ def test_export_refuses_a_foreign_folder(exported, tmp_path):
     with pytest.raises(FileExistsError, match='not an earlier SAIL export'):
         export_sae(lesson.paths, lesson.refs[0], tmp_path/'mine')
     assert (tmp_path/'mine'/'notes.txt').read_text() == 'keep'
+
+def _direct_codes(release:Path, X:np.ndarray)->np.ndarray:
+    """The fixture SAE's inference codes of rows X from its checkpoint's tensors with NumPy alone: the release infers
+    ReLU(pre - θ) (as SAELens's standard architecture with b_enc - θ), checked on the original's own codes first."""
+    sd = torch.load(release/CONFIG/'checkpoints'/'last.ckpt', weights_only=True, map_location='cpu')['state_dict']
+    W, b_enc, b_dec = (sd[k].double().numpy() for k in ('model.encoder.weight', 'model.encoder.bias', 'model.bias'))
+    theta = float(sd['model._threshold_sum']) / float(sd['model._threshold_count'])
+    codes = lambda x: np.maximum((x - b_dec) @ W.T + b_enc - theta, 0.0)
+    x, want, _ = expected(release)
+    np.testing.assert_allclose(codes(x.astype(np.float64)), want, atol=1e-6, rtol=0)
+    return codes(X)
+
+def test_pretrained_sae_in_a_run(release):
+    "`sae.pretrained` for an encoder with 64-d embeddings: nothing trained, its codes are the fixture SAE's own."
+    import dataclasses, pyarrow.parquet as pq
+    from sail.steps import lesson_run
+    from sail.embed import embed_encoder
+    from sail.train import train_grids, trained_saes, sae_ref, sae_artifact, import_pretrained
+    from sail.codes import write_codes, load_codes
+    lesson = lesson_run(); cfg, paths = lesson.cfg, lesson.paths
+    ec = dataclasses.replace(cfg.embed.encoders[0], image_size=8)                # pixels at 8 px: 64-d
+    embed_encoder(paths.data, dataclasses.replace(cfg.embed, encoders=[ec]), cfg.compute, ec, force=True)
+    src = str(release/CONFIG)
+    scfg = dataclasses.replace(cfg.sae, pretrained={'pixels': src})
+    res = train_grids(paths, scfg, cfg.compute, ['pixels'], ['paper'])
+    assert res.stage.values == {} and list(res.table.variant) == ['released']  # no family trained
+    ref = sae_ref(paths, 'pixels', 'released', CONFIG)
+    assert ref in trained_saes(paths)
+    rec = sae_artifact(ref).record()
+    assert rec['inputs']['pretrained'] == src and rec['inputs']['sha256'] == sha256_file(
+        release/CONFIG/'checkpoints'/'last.ckpt')
+    saved = json.loads((ref.folder/'config.json').read_text())
+    assert saved['imported'] and saved['encoder'] == 'pixels' and saved['provenance']['kind'] == 'release'
+    stamp = (ref.folder/'model.safetensors').stat().st_mtime_ns                 # a rerun: up to date, nothing written
+    assert import_pretrained(paths, scfg, cfg.compute, 'pixels', src).fresh
+    assert (ref.folder/'model.safetensors').stat().st_mtime_ns == stamp
+    write_codes(paths, scfg, cfg.compute, [ref])
+    emb = pq.read_table(paths.data/'embeddings'/'pixels.parquet').to_pandas().set_index('slice_id')
+    assert np.stack(emb.embedding.to_numpy()).shape[1] == 64
+    n = 0
+    for split in ('train', 'val', 'test'):
+        got = load_codes(paths, ref, split)
+        X = np.stack(emb.loc[got.rows.slice_id, 'embedding'].to_numpy()).astype(np.float64)
+        X = (X.astype(np.float32) / np.linalg.norm(X.astype(np.float32), axis=1, keepdims=True)).astype(np.float64)
+        np.testing.assert_allclose(got.codes.toarray(), _direct_codes(release, X), atol=1e-5, rtol=0)
+        n += len(X)
+    assert n == len(emb)
+
+def test_pretrained_sae_of_the_wrong_size(release, tmp_path):
+    "A 64-d SAE named for a 256-d encoder: a named error, before anything is written."
+    from sail.steps import lesson_run
+    from sail.train import import_pretrained
+    lesson = lesson_run()
+    with pytest.raises(CheckpointError, match='this SAE takes 64-d embeddings, the encoder gives 256-d'):
+        import_pretrained(lesson.paths, lesson.cfg.sae, lesson.cfg.compute, 'pixels', str(release/CONFIG))
+    assert not (lesson.paths.run/'sae'/'pixels'/'released').exists()
