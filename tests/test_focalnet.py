@@ -223,3 +223,26 @@ def test_a_checkpoint_that_needs_more_than_weights_only_is_refused_unexecuted(tm
     assert not marker.exists()
     (tmp_path/'cut.pt').write_bytes((tmp_path/'evil.pt').read_bytes()[:100])
     with pytest.raises(BiomedParseUnavailable, match='truncated or corrupt'): read_weights(tmp_path/'cut.pt')
+
+def test_random_biomedparse_embeds_demo_slices():
+    "`random:biomedparse` (the full-size FocalNet, spec §3.3 weights) embeds a few demo slices in SAIL's own environment."
+    import numpy as np
+    from PIL import Image
+    from sail.config import EncoderConfig
+    from sail.encoders import build_encoder
+    from sail.steps import lesson_run
+    from sail.slices import load_slices
+    run = lesson_run()
+    few = load_slices(run.paths.data).head(3)
+    enc = build_encoder(EncoderConfig('random:biomedparse', image_size=64))           # a small input for the CPU
+    assert enc.dim == 1536 and enc.description['weights'].startswith('random')
+    images = torch.stack([enc.prepare(np.asarray(Image.open(run.paths.data/p))) for p in few.image_path])
+    with torch.no_grad(): direct = enc(images)
+    with torch.no_grad(): tokens = enc.backbone(normalize_for_biomedparse(images)).tokens
+    torch.testing.assert_close(direct, tokens.mean(1), atol=1e-5, rtol=0)      # the mean of the norm3 tokens
+    assert torch.isfinite(direct).all() and direct.shape == (3, 1536)
+
+def normalize_for_biomedparse(images):
+    "BiomedParse's normalisation written out: grey to RGB, (x - mean) / std on the 0-255 scale."
+    mean = torch.tensor((123.675, 116.28, 103.53)).view(1, 3, 1, 1); std = torch.tensor((58.395, 57.12, 57.375)).view(1, 3, 1, 1)
+    return (images[:, None].float() - mean) / std
