@@ -13,7 +13,8 @@ def test_gpu_check_runs_every_section_reduced_on_the_cpu(tmp_path):
     got = json.loads(out.read_text())
     assert got['mode'] == 'reduced' and got['device'] == 'cpu'
     checks = [row['check'] for row in got['rows']]
-    for section in ('train d 96', 'train d 64', 'grid of', 'codes d', 'retrieval k-sweep', 'embed DINOv3', 'bf16 vs fp32'):
+    for section in ('train d 96', 'train d 64', 'grid of', 'codes d', 'retrieval k-sweep', 'embed DINOv3', 'embed BiomedParse',
+                    'bf16 vs fp32'):
         assert sum(c.startswith(section) for c in checks) == 1, (section, checks)
     speed = [row for row in got['rows'] if not row['check'].startswith('bf16')]
     assert all(row['ok'] is None for row in speed)                      # reduced shapes judge no speed goal ...
