@@ -315,7 +315,8 @@ def _random_dinov3(ec:EncoderConfig, local_files_only:bool)->Encoder:
 def _biomedparse(ec:EncoderConfig, local_files_only:bool, pretrained:bool=True)->Encoder:
     if pretrained:
         try: bb = load_biomedparse_backbone(local_files_only or ec.optional, ec.revision or None)
-        except (BiomedParseUnavailable, CheckpointRefused, BackboneMismatch) as e: raise EncoderUnavailable(str(e)) from None
+        except (BiomedParseUnavailable, CheckpointRefused, BackboneMismatch) as e:
+            raise EncoderUnavailable(str(e)) from None
         rev, weights = bb.weights_source.commit, f'pretrained ({bb.weights_source.filename})'
     else:
         bb = random_focalnet(ec.seed, *((16, (1, 1, 2, 1)) if ec.arch == 'tiny' else ()))

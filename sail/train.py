@@ -225,7 +225,7 @@ def save_sae(
                sizes=sae.sizes, k=sae.ks[m].tolist(), theta=float(sae.theta[m]), seed=sae.seeds[m],
                name=config_name(sae.sizes, sae.ks[m].tolist()), versions=library_versions(), saved=now(),
                inference='theta' if torch.isfinite(sae.theta[m]) else 'topk-fallback',   # what a loaded copy does
-               inference_in_memory=inference_mode(sae, m)) | meta                         # what the model did when saved
+               inference_in_memory=inference_mode(sae, m)) | meta                 # what the model did when saved
     write_json(folder/'config.json', cfg)
     return folder
 
@@ -260,8 +260,9 @@ def export_saelens(
     "Write a trained SAE in SAELens's format (JumpReLU for `paper`, standard ReLU for `released`)."
     sae = load_sae(folder); cfg = json.loads((Path(folder)/'config.json').read_text())
     if cfg.get('inference') == 'topk-fallback':
-        raise ValueError(f"{folder}/config.json: this SAE has no θ (its kept activations were never positive) and infers "
-                         "with the per-sample top-k fallback, which SAELens's threshold architectures cannot reproduce")
+        raise ValueError(f"{folder}/config.json: this SAE has no θ (its kept activations were never positive) and "
+                         "infers with the per-sample top-k fallback, which SAELens's threshold architectures cannot "
+                         "reproduce")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     D, d = sae.sizes[-1], sae.input_dim
     w = dict(W_enc=sae.W[0].T, W_dec=sae.decoder()[0], b_dec=sae.b_dec[0])
