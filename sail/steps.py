@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from .core import (Artifact, RunPaths, Failures, atomic_path, write_json, write_parquet, write_csv, get_logger,
                        stop_point)
-from .config import Compute
+from .config import Compute, Config
 from .executor import Task, run_stage, task_device
 from .train import SAERef
 
@@ -169,11 +169,11 @@ def run(self:ConfigStep,
 # %% ../nbs/08a_steps.ipynb #4aeb0f7c
 class LessonRun(NamedTuple):
     "A small finished run (slices, split, pixel embeddings, one trained SAE) in a temporary folder of its own."
-    cfg: 'Config'    # its configuration: the smoke run's, shrunk
+    cfg: Config      # its configuration: the smoke run's, shrunk
     paths: RunPaths  # its folders, all inside one temporary folder
     refs: list       # [SAERef] its trained SAEs
 
-def lesson_config()->'Config':
+def lesson_config()->Config:
     "The smoke configuration shrunk to a lesson: nine phantoms at 12 mm, pixels only, one SAE, one epoch, one process."
     from sail.config import load_config
     cfg, R = load_config('smoke', check_paths=False), dataclasses.replace

@@ -208,7 +208,7 @@ def run_copy(smoke_run, tmp_path):
         text = smoke_run.config.read_text().replace(f'name: {smoke_run.name}', f'name: {name}')
         text = '\n'.join(l for l in text.splitlines() if not any(l.startswith(f'{s}:') for s in sections))
         import yaml
-        p = tmp_path/'copy.yaml'; p.write_text(text + '\n' + yaml.safe_dump(sections))
+        p = tmp_path/'copy.yaml'; p.write_text(text + '\n' + (yaml.safe_dump(sections) if sections else ''))
         return load_config(p)
     yield config
     shutil.rmtree(ROOT/'runs'/name, ignore_errors=True)

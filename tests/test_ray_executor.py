@@ -103,9 +103,9 @@ def test_serial_and_ray_runs_give_identical_outputs_with_dead_workers_retried(cl
     assert sum(1 for k in a if k.endswith('.png')) > 100 and sum(1 for k in a if k.endswith('model.safetensors')) == 8
     # the broken scan: recorded once, with the same reason, by both
     for run in (serial, on_ray):
-        assert run['sliced']['n_failed'] == 1
+        assert run['sliced'].n_failed == 1
         assert pd.read_csv(run_paths(run['cfg']).data/'slice_failures.csv').item.tolist() == [broken]
-    assert (serial['sliced']['executor'], on_ray['sliced']['executor']) == ('local (serial)', 'ray (local, 2 CPUs, 2 GPUs)')
+    assert (serial['sliced'].executor, on_ray['sliced'].executor) == ('local (serial)', 'ray (local, 2 CPUs, 2 GPUs)')
     # SAE families asked for half a logical GPU each (num_gpus: null on a cluster with GPUs)
     placed = on_ray['grid'].stage.placement
     assert len(placed) == 8 and all(len(p['gpus']) == 1 and p['gpus'][0] in ('0', '1') for p in placed.values())

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+export PYTHONUTF8=1   # text I/O in UTF-8 whatever locale a library sets mid-run (a test read its subprocess output as ASCII)
 
 echo "== notebooks clean and library in sync"
 before=$(git status --porcelain -- nbs sail settings.ini pyproject.toml 2>/dev/null; git diff -- nbs sail 2>/dev/null | sha1sum)
