@@ -6,8 +6,8 @@
 __all__ = ['EFFNET_LITE0_PACKAGE', 'EFFNET_LITE0_VERSION', 'EFFNET_LITE0_INSTALL', 'TF_BN_EPS', 'TF_BN_MOMENTUM',
            'EFFNET_B0_STAGES', 'EFFNET_LITE_PARAMS', 'ASTRA_INSTALL', 'ASTRA_WEIGHTS', 'ASTRA_BYTES', 'ASTRA_SHA256',
            'ASTRA_CKPT_PREFIX', 'ASTRA_HU_RANGE', 'MERLIN_HU_RANGE', 'ASTRA_DEPTH_STRIDE', 'RESNET152_LAYERS',
-           'WeightsUnavailable', 'file_sha256', 'MBStage', 'LiteParams', 'round_filters', 'Padding', 'same_padding',
-           'Conv2dSame', 'MBConv', 'EfficientNetLite', 'init_effnet_', 'effnet_weights_path', 'load_efficientnet_lite0',
+           'WeightsUnavailable', 'MBStage', 'LiteParams', 'round_filters', 'Padding', 'same_padding', 'Conv2dSame',
+           'MBConv', 'EfficientNetLite', 'init_effnet_', 'effnet_weights_path', 'load_efficientnet_lite0',
            'effnet_preprocess', 'Bottleneck', 'ResNet3d', 'ResNet2d', 'init_resnet_', 'astra_weights_path',
            'load_astra_state_dict', 'load_astra', 'astra_preprocess', 'collapse_to_2d', 'slab_features']
 
@@ -19,20 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .core import file_sha256
 
 # %% ../nbs/04a_backbones.ipynb #e50d6258
 class WeightsUnavailable(RuntimeError):
     "Backbone weights that are missing, truncated or corrupt; the message names the package and the pip fix."
-
-# %% ../nbs/04a_backbones.ipynb #74f5f13d
-def file_sha256(
-    path:str|Path, # file to hash
-)->str: # hexadecimal SHA-256 digest
-    "SHA-256 of a file, read in 4 MiB chunks."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''): h.update(block)
-    return h.hexdigest()
 
 # %% ../nbs/04a_backbones.ipynb #41fc0a48
 # PyPI (ML Illustrated), Apache-2.0

@@ -6,8 +6,8 @@
 __all__ = ['PRECISIONS', 'BF16_PARITY', 'PLOTLY_JS', 'ARTIFACT_SCHEMA', 'project_root', 'resolve', 'digest', 'RunPaths',
            'run_paths', 'seed_everything', 'rng', 'pick_device', 'Bf16Parity', 'use_bf16', 'autocast', 'atomic_path',
            'write_json', 'write_parquet', 'write_csv', 'headless', 'progress', 'get_logger', 'PlotlyOutput',
-           'show_plotly', 'Failures', 'stop_point', 'library_versions', 'now', 'file_digest', 'file_stamp', 'Freshness',
-           'Artifact', 'show_path', 'current_step', 'record_step', 'last_record']
+           'show_plotly', 'Failures', 'stop_point', 'library_versions', 'now', 'file_sha256', 'file_digest',
+           'file_stamp', 'Freshness', 'Artifact', 'show_path', 'current_step', 'record_step', 'last_record']
 
 # %% ../nbs/00_core.ipynb #d46d9226
 import os, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses, importlib.util
@@ -341,15 +341,22 @@ def now()->str:
     "The current time as an ISO-8601 string with time zone."
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec='seconds')
 
+# %% ../nbs/00_core.ipynb #f8f7ec63
+def file_sha256(
+    path:str|Path, # a file
+)->str:            # 64 hex characters
+    "SHA-256 of a file's bytes, read in 1 MiB blocks: the one file hash of SAIL (weights, checkpoints, exports, artifacts)."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
 # %% ../nbs/00_core.ipynb #42632ad3
 def file_digest(
     path:str|Path, # a file
 )->str:  # 16 hex characters
-    "SHA-256 of a file's bytes, read in 1 MiB blocks."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()[:16]
+    "The first 16 hex characters of the file's SHA-256 (`file_sha256`): what artifact records keep."
+    return file_sha256(path)[:16]
 
 # %% ../nbs/00_core.ipynb #d4b7aa2b
 def file_stamp(

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import get_logger
+from .core import get_logger, file_sha256
 from .config import EncoderConfig, SLAB_ENCODERS, MAX_SLAB
-from .backbones import (WeightsUnavailable, file_sha256, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE,
+from .backbones import (WeightsUnavailable, EFFNET_LITE_PARAMS, EFFNET_LITE0_PACKAGE,
                             effnet_weights_path, load_efficientnet_lite0,
                         effnet_preprocess, ASTRA_HU_RANGE, ASTRA_WEIGHTS, ASTRA_SHA256, ASTRA_DEPTH_STRIDE, load_astra,
                             collapse_to_2d,

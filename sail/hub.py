@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import pandas as pd
-from .core import RunPaths, write_json, write_parquet, library_versions, now
+from .core import RunPaths, write_json, write_parquet, library_versions, now, file_sha256
 from .train import SAERef, sae_artifact, export_saelens
 from .embed import embeddings_artifact
 from .monosemanticity import MONOSEMANTICITY
 from .autointerp import AUTOINTERP
-from .checkpoints import sha256_file, read_saved, inference_mode, verify_manifest
+from .checkpoints import read_saved, inference_mode, verify_manifest
 
 # %% ../nbs/19_hub.ipynb #91c1d582
 EXTRA_STEPS = ('grounding', 'stability')   # per-feature results an export carries when the run has them
@@ -185,7 +185,7 @@ def _write_export(paths:RunPaths, ref:SAERef, out:Path)->dict:
     table = feature_table(paths, ref); write_parquet(out/'features.parquet', table)
     man = make_manifest(paths, ref, cfg, table) | dict(saelens=cfg['inference'] == 'theta')
     (out/'README.md').write_text(model_card(man))
-    man['files'] = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob('*')) if p.is_file()}
+    man['files'] = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob('*')) if p.is_file()}
     write_json(out/'manifest.json', man)
     return man
 

@@ -150,12 +150,13 @@ def release_mini()->Path:
 def test_import_sae_prints_provenance_and_writes_a_folder(release_mini, tmp_path, capsys):
     import numpy as np, torch
     from sail.cli import main
-    from sail.checkpoints import import_sae, sha256_file
+    import hashlib
+    from sail.checkpoints import import_sae
     from sail.sae import encode
     src = release_mini/'D_16_32_64_128_K_2_4_8_16'
     assert main(['import-sae', str(src), '--to', str(tmp_path/'sae'), '--encoder', 'dinov3']) == 0
     out = capsys.readouterr().out
-    assert 'θ: 0.1070883' in out and sha256_file(src/'checkpoints'/'last.ckpt') in out
+    assert 'θ: 0.1070883' in out and hashlib.sha256((src/'checkpoints'/'last.ckpt').read_bytes()).hexdigest() in out
     assert 'dictionary sizes: [16, 32, 64, 128]' in out and 'k per level: [2, 4, 8, 16]' in out
     saved = json.loads((tmp_path/'sae'/'config.json').read_text())
     assert saved['encoder'] == 'dinov3' and saved['imported'] and saved['inference'] == 'theta'

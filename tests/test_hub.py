@@ -1,5 +1,6 @@
 """Released and exported SAEs: the original's checkpoint reproduced, the hub path offline, save/load agreement, the
 export round trip."""
+import hashlib
 import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -9,13 +10,16 @@ import torch
 import yaml
 from conftest import SHARED
 from sail.checkpoints import (CheckpointError, import_sae, read_source, read_released, read_saved, stage_hub_cache,
-                              inference_mode, sha256_file)
+                              inference_mode)
 from sail.sae import MatryoshkaSAE, encode, reconstruct, train_forward
 
 RELEASE = SHARED/'data'/'released-sae-mini'
 CONFIG = 'D_16_32_64_128_K_2_4_8_16'
 
 @pytest.fixture(scope='module')
+
+def _sha256(path)->str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()   # independent of SAIL's hashing
+
 def release() -> Path:
     "The original code's released-format checkpoint; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
     if not (RELEASE/CONFIG/'checkpoints'/'last.ckpt').exists():
@@ -42,7 +46,7 @@ def test_release_folder_reproduces_the_original(release):
     assert sae.sizes == [16, 32, 64, 128] and sae.ks[0].tolist() == [2, 4, 8, 16]
     assert float(sae.theta[0]) == float((ck['model._threshold_sum'] / ck['model._threshold_count']).float())
     p = sae.provenance
-    assert p['sha256'] == sha256_file(release/CONFIG/'checkpoints'/'last.ckpt')
+    assert p['sha256'] == _sha256(release/CONFIG/'checkpoints'/'last.ckpt')
     assert (p['lightning_version'], p['global_step'], p['inference']) == ('2.5.5', 300, 'theta')
 
 def test_ckpt_alone_and_with_hparams(release, tmp_path):
@@ -119,7 +123,7 @@ def test_hub_path_offline(release, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     prov = json.loads(r.stdout.splitlines()[-1])
     assert prov['hub'] == dict(repo='pwesp/sail', path='dinov3_sae.ckpt', revision='main', commit=snap.name)
-    assert prov['hparams_from'] == str(snap/'hparams.yaml') and prov['sha256'] == sha256_file(ck)
+    assert prov['hparams_from'] == str(snap/'hparams.yaml') and prov['sha256'] == _sha256(ck)
     np.testing.assert_allclose(np.load(tmp_path/'codes.npy'), codes, atol=1e-6, rtol=0)
     # the hub repository as download_weights.sh reads it: the checkpoint alone, hparams from inside it
     stage_hub_cache(tmp_path/'hub2', 'pwesp/sail', {'dinov3_sae.ckpt': ck})
@@ -185,7 +189,7 @@ def test_export_files_and_manifest(exported):
     lesson, ex = exported
     ref, run = lesson.refs[0], lesson.paths.run
     man = json.loads((ex.folder/'manifest.json').read_text())
-    for name, sha in man['files'].items(): assert sha == sha256_file(ex.folder/name), name
+    for name, sha in man['files'].items(): assert sha == _sha256(ex.folder/name), name
     on_disk = {p.relative_to(ex.folder).as_posix() for p in ex.folder.rglob('*') if p.is_file()}
     assert set(man['files']) == on_disk - {'manifest.json'}
     assert (ex.folder/'model.safetensors').read_bytes() == (ref.folder/'model.safetensors').read_bytes()
@@ -278,7 +282,7 @@ def test_pretrained_sae_in_a_run(release):
     ref = sae_ref(paths, 'pixels', 'released', CONFIG)
     assert ref in trained_saes(paths)
     rec = sae_artifact(ref).record()
-    assert rec['inputs']['pretrained'] == src and rec['inputs']['sha256'] == sha256_file(
+    assert rec['inputs']['pretrained'] == src and rec['inputs']['sha256'] == _sha256(
         release/CONFIG/'checkpoints'/'last.ckpt')
     saved = json.loads((ref.folder/'config.json').read_text())
     assert saved['imported'] and saved['encoder'] == 'pixels' and saved['provenance']['kind'] == 'release'
