@@ -345,7 +345,7 @@ def now()->str:
 def file_sha256(
     path:str|Path, # a file
 )->str:            # 64 hex characters
-    "SHA-256 of a file's bytes, read in 1 MiB blocks: the one file hash of SAIL (weights, checkpoints, exports, artifacts)."
+    "SHA-256 of a file's bytes, read in 1 MiB blocks: SAIL's one file hash (weights, checkpoints, exports, artifacts)."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
