@@ -13,13 +13,12 @@ from sail.checkpoints import (CheckpointError, import_sae, read_source, read_rel
                               inference_mode)
 from sail.sae import MatryoshkaSAE, encode, reconstruct, train_forward
 
+def _sha256(path)->str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()   # independent of SAIL's hashing
+
 RELEASE = SHARED/'data'/'released-sae-mini'
 CONFIG = 'D_16_32_64_128_K_2_4_8_16'
 
 @pytest.fixture(scope='module')
-
-def _sha256(path)->str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()   # independent of SAIL's hashing
-
 def release() -> Path:
     "The original code's released-format checkpoint; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
     if not (RELEASE/CONFIG/'checkpoints'/'last.ckpt').exists():
