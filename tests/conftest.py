@@ -1,5 +1,5 @@
 "Shared fixtures: the real TotalSegmentator mini fixture in ../shared, temporary configurations, toy datasets."
-import os, sys, shutil, subprocess
+import os, sys, shutil, subprocess, time
 from pathlib import Path
 import pytest
 import yaml
@@ -130,3 +130,23 @@ def require_browser():
         if os.environ.get('SAIL_REQUIRE_BROWSER') == '1': pytest.fail(msg)
         pytest.skip(msg)
     return exe
+
+TOKEN = 'SAIL_TEST_TOKEN'   # the environment variable that marks the processes a test started
+
+def processes_with(token:str)->list:
+    "Pids of live processes (not zombies) whose environment has `SAIL_TEST_TOKEN=token`."
+    found, needle = [], f'\0{TOKEN}={token}\0'.encode()
+    for d in Path('/proc').iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if needle not in b'\0' + (d/'environ').read_bytes(): continue
+            state = (d/'stat').read_text().rsplit(')', 1)[1].split()[0]
+        except OSError: continue
+        if state not in ('Z', 'X'): found.append(int(d.name))
+    return found
+
+def none_left(token:str, within:float=10.0)->list:
+    "Pids still alive with `token` after up to `within` seconds (processes already sent SIGKILL may take a moment to exit)."
+    deadline = time.monotonic() + within
+    while (left := processes_with(token)) and time.monotonic() < deadline: time.sleep(0.05)
+    return left

@@ -9,9 +9,8 @@ from sail.config import load_config, to_dict
 from sail.core import run_paths, show_path
 from sail.pipeline import execute_notebook, StepFailed
 
-from conftest import ROOT, SMOKE_YAML
+from conftest import ROOT, SMOKE_YAML, TOKEN, processes_with, none_left
 
-TOKEN = 'SAIL_TEST_TOKEN'
 
 def write_nb(path:Path, *cells)->Path:
     "A notebook of `cells`: strings are code cells, ('md', text) markdown, ('parameters', src) the parameters cell."
@@ -25,23 +24,6 @@ def write_nb(path:Path, *cells)->Path:
     nbformat.write(nb, path)
     return path
 
-def processes_with(token:str)->list:
-    "Pids of live processes (not zombies) whose environment has `SAIL_TEST_TOKEN=token`."
-    found, needle = [], f'\0{TOKEN}={token}\0'.encode()
-    for d in Path('/proc').iterdir():
-        if not d.name.isdigit(): continue
-        try:
-            if needle not in b'\0' + (d/'environ').read_bytes(): continue
-            state = (d/'stat').read_text().rsplit(')', 1)[1].split()[0]
-        except OSError: continue
-        if state not in ('Z', 'X'): found.append(int(d.name))
-    return found
-
-def none_left(token:str, within:float=10.0)->list:
-    "Pids still alive with `token` after up to `within` seconds (processes already sent SIGKILL may take a moment to exit)."
-    deadline = time.monotonic() + within
-    while (left := processes_with(token)) and time.monotonic() < deadline: time.sleep(0.05)
-    return left
 
 def test_process_scan_finds_a_process_by_its_token():
     tok = secrets.token_hex(6)

@@ -4,7 +4,7 @@ workers end with it; while it lives, a second `sail run` of the same run is refu
 import json, os, secrets, shutil, signal, subprocess, sys, time, uuid, yaml
 from pathlib import Path
 import pytest
-from conftest import kill_at, ROOT, SMOKE_YAML
+from conftest import kill_at, ROOT, SMOKE_YAML, TOKEN, processes_with, none_left
 from sail.pipeline import run_lock
 
 STEPS = {  # step: (stop point, call, output folder under the run, files compared)
@@ -51,27 +51,9 @@ def test_killed_step_resumes_identically(smoke_run, tmp_path, step):
 
 # ---------------------------------------------------------------- `sail run` dies as one, and has one writer
 
-TOKEN = 'SAIL_TEST_TOKEN'
 DRIVER = ("import os, sys; os.environ['SAIL_STOP_PID'] = str(os.getpid())\n"   # the stop point kills the driver
           "from sail.cli import main; sys.exit(main(sys.argv[1:]))")
 
-def processes_with(token:str)->list:
-    "Pids of live processes (not zombies) whose environment has `SAIL_TEST_TOKEN=token`."
-    found, needle = [], f'\0{TOKEN}={token}\0'.encode()
-    for d in Path('/proc').iterdir():
-        if not d.name.isdigit(): continue
-        try:
-            if needle not in b'\0' + (d/'environ').read_bytes(): continue
-            state = (d/'stat').read_text().rsplit(')', 1)[1].split()[0]
-        except OSError: continue
-        if state not in ('Z', 'X'): found.append(int(d.name))
-    return found
-
-def none_left(token:str, within:float)->list:
-    "Pids still alive with `token` after up to `within` seconds."
-    deadline = time.monotonic() + within
-    while (left := processes_with(token)) and time.monotonic() < deadline: time.sleep(0.05)
-    return left
 
 def clean_env(**more)->dict:
     return {k: v for k, v in os.environ.items() if not k.startswith('SAIL_STOP_')} | more
