@@ -15,14 +15,18 @@ ROOT = project_root()
 SHARED = Path(os.environ.get('SAIL_SHARED', ROOT.parent/'shared'))
 MINI = SHARED/'data'/'totalseg-mini'
 
-@pytest.fixture(scope='session')
-def mini() -> Path:
-    "The real two-scan TotalSegmentator fixture; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
-    if not (MINI/'CT_Dataset_v201'/'meta.csv').exists():
-        msg = f"fixture {MINI} is missing (set SAIL_SHARED to the folder holding data/totalseg-mini)"
+def shared_fixture(folder:Path, probe:str)->Path:
+    "`folder` of ../shared/data when it holds `probe`; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
+    if not (folder/probe).exists():
+        msg = f"fixture {folder} is missing (set SAIL_SHARED to the folder holding data/{folder.name})"
         if os.environ.get('SAIL_REQUIRE_FIXTURES') == '1': pytest.fail(msg)
         pytest.skip(msg)
-    return MINI
+    return folder
+
+@pytest.fixture(scope='session')
+def mini() -> Path:
+    "The real two-scan TotalSegmentator fixture."
+    return shared_fixture(MINI, 'CT_Dataset_v201/meta.csv')
 
 def write_config(folder:Path, name:str, **sections)->Path:
     "The one way tests write a configuration: `name`, one worker unless given, and the given sections, as YAML in `folder`."

@@ -6,7 +6,7 @@ from importlib import metadata
 from pathlib import Path
 import pytest
 
-from conftest import ROOT, SHARED, write_config
+from conftest import ROOT, SHARED, write_config, shared_fixture
 
 def sail(*args, pre:str='', timeout:float=300)->subprocess.CompletedProcess:
     "`sail *args` in a fresh Python, after `pre` (code that takes something away on purpose)."
@@ -140,12 +140,8 @@ RELEASE_MINI = SHARED/'data'/'released-sae-mini'
 
 @pytest.fixture
 def release_mini()->Path:
-    "The original code's released-format checkpoint; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
-    if not (RELEASE_MINI/'inputs.npy').exists():
-        msg = f"fixture {RELEASE_MINI} is missing (set SAIL_SHARED to the folder holding data/released-sae-mini)"
-        if os.environ.get('SAIL_REQUIRE_FIXTURES') == '1': pytest.fail(msg)
-        pytest.skip(msg)
-    return RELEASE_MINI
+    "The original code's released-format checkpoint."
+    return shared_fixture(RELEASE_MINI, 'inputs.npy')
 
 def test_import_sae_prints_provenance_and_writes_a_folder(release_mini, tmp_path, capsys):
     import numpy as np, torch

@@ -10,7 +10,7 @@ from sail.focalnet import (FOCALNET_LARGE, BackboneMismatch, BiomedParseUnavaila
                            FocalNet, FocalNetSize, biomedparse_embedding, biomedparse_preprocess,
                            biomedparse_weights_path, find_backbone, focalnet_from_state_dict, random_focalnet,
                            read_weights)
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, shared_fixture
 
 FOCAL_MINI = SHARED/'data'/'focalnet-mini'
 TINY = FocalNetSize(16, (1, 1, 2, 1))
@@ -27,12 +27,8 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def focal_mini() -> Path:
-    "BiomedParse's own backbone outputs; missing -> skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
-    if not (FOCAL_MINI/'focalnet_tiny_io.safetensors').exists():
-        msg = f"fixture {FOCAL_MINI} is missing (set SAIL_SHARED to the folder holding data/focalnet-mini)"
-        if os.environ.get('SAIL_REQUIRE_FIXTURES') == '1': pytest.fail(msg)
-        pytest.skip(msg)
-    return FOCAL_MINI
+    "BiomedParse's own backbone outputs."
+    return shared_fixture(FOCAL_MINI, 'focalnet_tiny_io.safetensors')
 
 
 @pytest.fixture(scope='module')

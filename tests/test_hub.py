@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SHARED
+from conftest import SHARED, shared_fixture
 from sail.checkpoints import (CheckpointError, import_sae, read_source, read_released, read_saved, stage_hub_cache,
                               inference_mode)
 from sail.sae import MatryoshkaSAE, encode, reconstruct, train_forward
@@ -20,12 +20,8 @@ CONFIG = 'D_16_32_64_128_K_2_4_8_16'
 
 @pytest.fixture(scope='module')
 def release() -> Path:
-    "The original code's released-format checkpoint; missing → skip locally, fail in CI (SAIL_REQUIRE_FIXTURES=1)."
-    if not (RELEASE/CONFIG/'checkpoints'/'last.ckpt').exists():
-        msg = f"fixture {RELEASE} is missing (set SAIL_SHARED to the folder holding data/released-sae-mini)"
-        if os.environ.get('SAIL_REQUIRE_FIXTURES') == '1': pytest.fail(msg)
-        pytest.skip(msg)
-    return RELEASE
+    "The original code's released-format checkpoint."
+    return shared_fixture(RELEASE, f'{CONFIG}/checkpoints/last.ckpt')
 
 def expected(release:Path):
     return [np.load(release/n) for n in ('inputs.npy', 'expected_codes.npy', 'expected_reconstruction.npy')]
