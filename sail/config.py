@@ -6,8 +6,9 @@
 __all__ = ['SLAB_ENCODERS', 'MAX_SLAB', 'PAPER_FAMILIES', 'PAPER_K_PATTERNS', 'SPLIT_NAMES', 'CHOICES', 'ConfigError',
            'default_copy', 'DataConfig', 'DemoConfig', 'SlicesConfig', 'SplitConfig', 'EncoderConfig', 'EmbedConfig',
            'SAEConfig', 'EvalConfig', 'InterpretConfig', 'RetrievalConfig', 'AutointerpConfig', 'LanguageConfig',
-           'ExplorerConfig', 'StageResources', 'ExecutorConfig', 'Compute', 'Config', 'from_dict', 'sae_name_parts',
-           'config_file', 'config_path', 'load_config', 'to_dict', 'dataset_label']
+           'ExplorerConfig', 'GroundingConfig', 'StabilityConfig', 'RankingConfig', 'StageResources', 'ExecutorConfig',
+           'Compute', 'Config', 'from_dict', 'sae_name_parts', 'config_file', 'config_path', 'load_config', 'to_dict',
+           'dataset_label']
 
 # %% ../nbs/00a_config.ipynb #713c82f3
 import os, copy, types, typing, dataclasses
@@ -118,6 +119,8 @@ class SAEConfig:
     dtype: str = 'auto'        # training and codes: auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     batch_order: str = 'epoch' # 'epoch': a seeded permutation per epoch; 'fixed': one for all, as the original (§5.9)
     pretrained: dict[str, str] = default_copy({}) # {encoder id: SOURCE}: imported (sail.checkpoints), not trained
+    seeds: int = 1             # independent trainings (initialisation and data order) of each assessed configuration
+                               # for the stability step; 1 = no stability assessment
 
 # %% ../nbs/00a_config.ipynb #f447b83c
 @dataclasses.dataclass
@@ -128,6 +131,7 @@ class EvalConfig:
     probe_train_rows: int = 10_000 # stratified training subsample of every probe (spec §7.3)
     target_groups: str = ''    # YAML file replacing the paper's probe targets (as sail.probes.TARGET_GROUPS); '' = none
     probe_solver: str = 'newton' # 'newton': the exact optimum (enet_logistic); 'saga': the reference's, 1000 epochs
+    sparse_probe_k: list[int] = default_copy([1, 2, 5]) # k-sparse probing: features a probe may use per target
 
 # %% ../nbs/00a_config.ipynb #58db948b
 @dataclasses.dataclass
@@ -204,6 +208,32 @@ class ExplorerConfig:
     page_references: int = 12   # references in the standalone retrieval page
     page_k: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10]) # fingerprint sizes offered there
 
+# %% ../nbs/00a_config.ipynb #ea5ba2ee
+@dataclasses.dataclass
+class GroundingConfig:
+    "Where features look: feature maps on slices scored against the organ masks (nbs/11a_grounding)."
+    slices: int = 2000         # validation and test slices sampled, stratified by scan and plane
+    seed: int = 0              # seed of the slice sample, the random directions and the deletion draws
+    cells: int = 16            # side of the grid maps and label maps are scored on (16 x 16 map cells)
+    ap_threshold: float = 0.3  # a feature detects an organ when its AP reaches this (Cov@0.3, Yield@B)
+    purity_top: int = 16       # top map cells per feature for Purity@16
+    yield_at: list[int] = default_copy([10, 25, 50]) # Yield@B: the B most monosemantic features
+    pca_extra: int = 64        # PCA baseline: as many directions as the smallest level, and this many
+    deletion_fraction: float = 0.2 # faithfulness: share of map cells deleted (top by the map, or random)
+    deletion_slices: int = 64  # faithfulness: slices of the sample checked per configuration
+    deletion_features: int = 3 # faithfulness: strongest active features checked per slice
+
+@dataclasses.dataclass
+class StabilityConfig:
+    "Seed stability of the assessed configurations (nbs/11b_stability)."
+    configs: str = 'best'      # 'best': each encoder's best configuration before stability; 'all': every one
+    match_threshold: float = 0.7 # a feature is shared when its matched decoder cosine reaches this
+
+@dataclasses.dataclass
+class RankingConfig:
+    "How configurations are ranked (nbs/12_ranking)."
+    use_stability: bool = False  # add the stability rank (PW-MCC) to the ranking (needs `stability.configs: all`)
+
 # %% ../nbs/00a_config.ipynb #15b0df68
 @dataclasses.dataclass
 class StageResources:
@@ -256,6 +286,9 @@ class Config:
     autointerp: AutointerpConfig = dataclasses.field(default_factory=AutointerpConfig)
     language: LanguageConfig = dataclasses.field(default_factory=LanguageConfig)
     explorer: ExplorerConfig = dataclasses.field(default_factory=ExplorerConfig)
+    grounding: GroundingConfig = dataclasses.field(default_factory=GroundingConfig)
+    stability: StabilityConfig = dataclasses.field(default_factory=StabilityConfig)
+    ranking: RankingConfig = dataclasses.field(default_factory=RankingConfig)
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     source: str = ''           # the file this configuration was read from (set by `load_config`)
     @property
