@@ -114,3 +114,26 @@ def test_cli_reports_bad_config(tmp_path):
     assert r.returncode == 2 and "'split.seed' must be int" in r.stderr and len(r.stderr.splitlines()) == 1
     r = _run('run', 'smoke', '--steps', 'slicse')
     assert r.returncode == 2 and 'unknown step' in r.stderr and len(r.stderr.splitlines()) == 1
+
+def _lossy(monkeypatch):
+    "Every execute_reply the kernel sends is lost on the way (the hang seen under load), with a short grace."
+    from sail import pipeline
+    get = pipeline._Client._shell_get
+    async def drop(self, timeout):
+        msg = await pipeline.ensure_async(get(self, timeout))
+        if msg.get('msg_type') == 'execute_reply': raise pipeline.Empty
+        return msg
+    monkeypatch.setattr(pipeline._Client, '_shell_get', drop)
+    monkeypatch.setattr(pipeline._Client, 'reply_grace', 0.3, raising=False)
+
+def test_lost_execute_replies_do_not_hang_a_step(tmp_path, monkeypatch):
+    from sail.pipeline import execute_notebook, StepFailed
+    _lossy(monkeypatch)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 20'), nbformat.v4.new_code_cell('print(x + 1)')])
+    nbformat.write(nb, tmp_path/'ok.ipynb')
+    done = execute_notebook(tmp_path/'ok.ipynb', tmp_path/'ok-out.ipynb', cells='all', cwd=tmp_path)
+    assert done.notebook.cells[1].outputs[0]['text'] == '21\n'
+    nb.cells.append(nbformat.v4.new_code_cell('1/0'))
+    nbformat.write(nb, tmp_path/'bad.ipynb')
+    with pytest.raises(StepFailed, match='ZeroDivisionError'):
+        execute_notebook(tmp_path/'bad.ipynb', tmp_path/'bad-out.ipynb', cells='all', cwd=tmp_path)
