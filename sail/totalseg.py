@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['CT_CLASSES', 'MRI_CLASSES', 'CLASSES', 'ORGANS', 'REGIONS', 'BODY_PARTS', 'DATASET_DIRS', 'IMAGE_FILES',
            'META_COLUMNS', 'METADATA_FIELDS', 'AGE_BIN_EDGES', 'AGE_BIN_LABELS', 'CT_WINDOWS', 'MRI_PERCENTILES',
-           'PLANES', 'OBLIQUE_TOL_DEG', 'AFFINE_TOL_MM', 'regions_of', 'parts_of', 'DataFormatError', 'read_meta',
-           'age_bin', 'ct_window', 'window_to_uint8', 'mri_to_uint8', 'load_canonical', 'obliquity', 'canonical_volume',
-           'read_image', 'display_slice', 'organ_presence', 'read_mask', 'ScanSettings', 'ScanError', 'slice_id',
-           'Intensities', 'scan_intensities', 'plane_image', 'slice_scan']
+           'PLANES', 'OBLIQUE_TOL_DEG', 'AFFINE_TOL_MM', 'LABEL_RULE', 'label_name', 'regions_of', 'parts_of',
+           'DataFormatError', 'read_meta', 'age_bin', 'ct_window', 'window_to_uint8', 'mri_to_uint8', 'load_canonical',
+           'obliquity', 'canonical_volume', 'read_image', 'display_slice', 'organ_presence', 'read_mask',
+           'ScanSettings', 'ScanError', 'slice_id', 'Intensities', 'scan_intensities', 'plane_image', 'plane_labels',
+           'ScanMasks', 'label_file', 'write_label_maps', 'slice_scan']
 
 # %% ../nbs/01_totalseg.ipynb #40409bab
-import re, zlib
+import re, zlib, zipfile
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from pathlib import Path
@@ -21,6 +22,7 @@ import nibabel as nib
 from nibabel.orientations import io_orientation, apply_orientation, aff2axcodes, inv_ornt_aff
 from scipy import ndimage
 from PIL import Image
+from .core import atomic_path
 
 # %% ../nbs/01_totalseg.ipynb #c470c492
 CT_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right '
@@ -52,6 +54,15 @@ MRI_CLASSES = ('spleen kidney_right kidney_left gallbladder liver stomach pancre
  'iliopsoas_left iliopsoas_right brain').split()
 CLASSES = {'ct': CT_CLASSES, 'mri': MRI_CLASSES}
 ORGANS = sorted(set(CT_CLASSES) | set(MRI_CLASSES)) # the 121 organ columns of slices.parquet (spec §2.5)
+
+# %% ../nbs/01_totalseg.ipynb #8a016277
+def label_name(
+    v:int,  # a value of a label map: 0 or 1 + an index into ORGANS
+)->str:     # 'background' for 0, else the class name
+    "The class a label-map value stands for."
+    if not 0 <= int(v) <= len(ORGANS):
+        raise ValueError(f"label value {v}: expected 0 (background) to {len(ORGANS)} (1 + an index into ORGANS)")
+    return 'background' if int(v) == 0 else ORGANS[int(v) - 1]
 
 # %% ../nbs/01_totalseg.ipynb #d48a6084
 _REGION_MEMBERS = {  # spec §2.6: 30 regions, each class in exactly one
@@ -425,6 +436,21 @@ def _inplane_resample(img2d:np.ndarray, sp_rows:float, sp_cols:float, tol:float=
     out = ndimage.zoom(img2d.astype(np.float32), (sp_rows/fine, sp_cols/fine), order=1, mode='nearest')
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8), fine
 
+# %% ../nbs/01_totalseg.ipynb #eeae48b0
+def _nearest_index(n:int, m:int)->np.ndarray:
+    "For each of `m` output samples spread over `n` inputs as `ndimage.zoom` spreads them, the nearest input index."
+    if m == 1 or n == 1: return np.zeros(m, np.intp)
+    o = np.arange(m, dtype=np.int64)
+    return ((2*o*(n - 1) + (m - 1)) // (2*(m - 1))).astype(np.intp)   # floor(o(n-1)/(m-1) + 1/2)
+
+def _inplane_nearest(lab2d:np.ndarray, sp_rows:float, sp_cols:float, tol:float=1e-3)->np.ndarray:
+    "A display slice of labels resampled by nearest neighbour onto the grid `_inplane_resample` gives its image."
+    if abs(sp_rows - sp_cols) <= tol: return lab2d
+    fine = min(sp_rows, sp_cols)
+    (n, k), zoom = lab2d.shape, (sp_rows/fine, sp_cols/fine)
+    m, l = int(round(n*zoom[0])), int(round(k*zoom[1]))           # the output shape ndimage.zoom computes
+    return lab2d[np.ix_(_nearest_index(n, m), _nearest_index(k, l))]
+
 # %% ../nbs/01_totalseg.ipynb #46fb255f
 class Intensities(NamedTuple):
     "A volume mapped to the 8-bit intensities SAIL stores, with the window that made them."
@@ -462,6 +488,17 @@ def plane_image(
     "One stored slice: the display slice, resampled in-plane to square pixels of the finer spacing."
     rest = [i for i in range(3) if i != axis]               # display rows run along rest[1], columns along rest[0]
     return _inplane_resample(display_slice(u8, axis, index), zooms[rest[1]], zooms[rest[0]])
+
+# %% ../nbs/01_totalseg.ipynb #4966ea80
+def plane_labels(
+    labels:np.ndarray,  # uint8 label volume in RAS order (0 background, v = 1 + index into ORGANS)
+    zooms:tuple,        # its voxel sizes in RAS order (mm)
+    axis:int,           # 0 sagittal, 1 coronal, 2 axial
+    index:int,          # slice index along `axis`
+)->np.ndarray:          # uint8 (rows, cols), the shape `plane_image` gives the same slice
+    "One slice's label map, oriented and resampled (nearest neighbour) exactly as its stored image."
+    rest = [i for i in range(3) if i != axis]
+    return _inplane_nearest(display_slice(labels, axis, index), zooms[rest[1]], zooms[rest[0]])
 
 # %% ../nbs/01_totalseg.ipynb #2b5afa11
 def _toy_scan(
@@ -515,24 +552,81 @@ def _organ_flags(files:list, shape:tuple, ras_affine:np.ndarray, axes:list)->tup
         for a, p in organ_presence(m, axes).items(): present[a][:, j] = p
     return present, offset
 
+# %% ../nbs/01_totalseg.ipynb #1557ba5b
+LABEL_RULE = ("where masks overlap, the structure with fewer voxels in the scan keeps the voxel; equal counts go to "
+              "the class first in ORGANS")
+
+class ScanMasks(NamedTuple):
+    "What one pass over a scan's masks gives: organ flags per exported axis, the label volume and the claims."
+    present: dict        # axis -> (slices, organs) bool array: which organs each slice shows
+    offset: float        # largest voxel-centre offset (mm) of any mask's grid from the image's
+    labels: np.ndarray   # uint8 RAS volume: 0 background, v = 1 + index into ORGANS (LABEL_RULE decides overlaps)
+    claims: np.ndarray   # uint8 RAS volume: how many classes claim each voxel (> 1: an overlap)
+    voxels: np.ndarray   # voxels of each class in the scan, indexed like ORGANS
+
+# %% ../nbs/01_totalseg.ipynb #f47ab0e6
+def _claim(labels:np.ndarray, hits:np.ndarray, voxels:np.ndarray, at:np.ndarray, j:int):
+    "Give class `j` the voxels `at` (flat indices) where LABEL_RULE says it beats their current class; count the claim."
+    flat, n = labels.reshape(-1), len(at)                    # views: both volumes are C-contiguous
+    hits.reshape(-1)[at] += 1
+    cur = flat[at].astype(np.intp) - 1                       # -1 = background
+    other = voxels[cur]                                      # (entries at background are not used)
+    wins = (cur < 0) | (other > n) | ((other == n) & (cur > j))
+    flat[at[wins]] = j + 1
+
+def _scan_masks(files:list, shape:tuple, ras_affine:np.ndarray, axes:list)->ScanMasks:
+    "Read every mask once: organ flags per exported axis, the label volume by LABEL_RULE, claims, voxel counts."
+    present = {a: np.zeros((shape[a], len(ORGANS)), bool) for a in axes}
+    labels, hits = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    voxels, offset = np.zeros(len(ORGANS), np.int64), 0.0
+    for f in files:
+        m, off = read_mask(f, shape, ras_affine); offset = max(offset, off)
+        j = ORGANS.index(f.name[:-7])
+        for a, p in organ_presence(m, axes).items(): present[a][:, j] = p
+        if not present[axes[0]][:, j].any(): continue          # an empty mask (most of them): nothing to claim
+        at = np.flatnonzero(m)
+        voxels[j] = len(at)
+        _claim(labels, hits, voxels, at, j)
+    return ScanMasks(present, offset, labels, hits, voxels)
+
+# %% ../nbs/01_totalseg.ipynb #24074f7a
+def label_file(
+    modality:str,  # 'ct' or 'mri'
+    image_id:str,  # the scan's id
+)->str:            # path relative to the processed-data folder
+    "Where a scan's label maps are stored."
+    return f"labels/{modality}/{image_id}.npz"
+
+def write_label_maps(
+    path:str|Path,  # the .npz file
+    maps:dict,      # slice_id -> uint8 (rows, cols) label map
+)->Path:            # `path`, an .npz that `np.load` reads
+    "Write a scan's label maps atomically, as `np.savez_compressed` would but byte-identical for equal maps."
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
+        for sid, m in maps.items():                           # a fixed member time: savez stamps the current one
+            info = zipfile.ZipInfo(f'{sid}.npy', date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, 'w') as f: np.lib.format.write_array(f, np.ascontiguousarray(m, np.uint8))
+    return Path(path)
+
 # %% ../nbs/01_totalseg.ipynb #fa870445
 def slice_scan(
     scan_dir:str|Path,                # folder of one scan (holds ct.nii.gz or mri.nii.gz and segmentations/)
     modality:str,                     # 'ct' or 'mri'
-    out_dir:str|Path,                 # processed-data folder; PNGs go to out_dir/images/...
+    out_dir:str|Path,                 # processed-data folder; PNGs go to out_dir/images/..., labels to labels/
     study_type:str|None=None,         # meta.csv study type (chooses the CT window)
     settings:ScanSettings|None=None,  # slicing choices
-    write_images:bool=True,           # False computes rows only (for tests and benchmarks)
+    write_images:bool=True,           # False computes rows only, writes no PNG or label file (tests, benchmarks)
 )->tuple:                             # (DataFrame with one row per kept slice, dict describing the scan)
-    "Slice one TotalSegmentator scan: canonical RAS, 8-bit intensities, organ flags, trimming, PNGs."
+    "Slice one TotalSegmentator scan: canonical RAS, 8-bit intensities, organ flags, trimming, PNGs and label maps."
     settings, scan_dir, out_dir = settings or ScanSettings(), Path(scan_dir), Path(out_dir)
     image_id = scan_dir.name
     vol, zooms, codes, ras_affine = read_image(scan_dir/IMAGE_FILES[modality])
     axes = _planes_for(modality, vol.shape, zooms, settings)
     u8, centre, width, wsource, lo, hi = scan_intensities(vol, modality, study_type, settings.default_window)
     files = _class_files(scan_dir/'segmentations', modality)
-    present, offset = _organ_flags(files, vol.shape, ras_affine, axes)
-    rows = []
+    masks = _scan_masks(files, vol.shape, ras_affine, axes)
+    present, rows, maps = masks.present, [], {}
     for a in axes:
         plane = PLANES[a]
         for idx in _keep_range(present[a], settings.trim_empty)[::settings.every]:
@@ -541,12 +635,16 @@ def slice_scan(
             if write_images:
                 (out_dir/rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img, mode='L').save(out_dir/rel, compress_level=3)
-            rows.append((slice_id(modality, image_id, plane, idx), plane, int(idx), rel, *img.shape, px,
-                         *present[a][idx]))
-    cols = ['slice_id', 'plane', 'slice_index', 'image_path', 'rows', 'cols', 'pixel_mm'] + ORGANS
+            sid = slice_id(modality, image_id, plane, idx)
+            maps[sid] = plane_labels(masks.labels, zooms, a, idx)
+            overlap = int((plane_labels(masks.claims, zooms, a, idx) > 1).sum())
+            rows.append((sid, plane, int(idx), rel, *img.shape, px, overlap, *present[a][idx]))
+    if write_images: write_label_maps(out_dir/label_file(modality, image_id), maps)
+    cols = ['slice_id', 'plane', 'slice_index', 'image_path', 'rows', 'cols', 'pixel_mm', 'overlap_px'] + ORGANS
     df = pd.DataFrame(rows, columns=cols)
     info = dict(modality=modality, image_id=image_id, orientation=codes, shape=list(vol.shape), voxel_mm=list(zooms),
                 window_centre=centre, window_width=width, window_source=wsource, intensity_low=lo, intensity_high=hi,
-                n_masks=len(files), mask_offset_mm=offset, n_slices=len(df),
+                n_masks=len(files), mask_offset_mm=masks.offset, n_slices=len(df),
+                overlap_voxels=int(np.count_nonzero(masks.claims > 1)), overlap_px=int(df.overlap_px.sum()),
                 planes={PLANES[a]: int((df.plane == PLANES[a]).sum()) for a in axes})
     return df, info
