@@ -6,10 +6,11 @@
 __all__ = ['SAE_SCHEMA_VERSION', 'lr_factor', 'warmup_steps', 'clip_per_model_', 'evaluate', 'save_state', 'state_info',
            'load_state', 'resumable_epoch', 'train_family', 'save_sae', 'load_sae', 'export_saelens', 'training_data',
            'member_inputs', 'sae_dir', 'SAERef', 'sae_ref', 'sae_artifact', 'FamilyJob', 'family_jobs', 'train_job',
-           'PretrainedSAE', 'import_pretrained', 'GridResult', 'train_grids', 'train_grid', 'trained_saes']
+           'PretrainedSAE', 'import_pretrained', 'GridResult', 'train_grids', 'train_grid', 'trained_saes',
+           'seed_value', 'seed_folder', 'seed_job', 'train_seed', 'train_seeds']
 
 # %% ../nbs/08_train.ipynb #169ec6a4
-import os, json, math, time, shutil
+import os, json, math, time, shutil, dataclasses
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -409,6 +410,7 @@ def train_job(
     device:str,         # where `data` is and the family trains
     force:bool=False,   # retrain even if finished
     max_epochs:int|None=None, # stop after this many epochs of this call (to test resuming)
+    out:Path|None=None, # a one-member job's folder instead of sae/<enc>/<variant>/<config> (`train_seed`)
 )->list|None:  # final metrics of each member, or None when stopped early
     "Train one family (or find it up to date), commit each member's artifact, and return their final metrics."
     log = get_logger('sail.train')
@@ -417,12 +419,14 @@ def train_job(
     base = sae_dir(paths, enc_id, variant)
     fd = _family_digest(scfg, sizes, patterns, seeds, variant, fp)
     names = [config_name(sizes, k) for k in patterns]
-    arts = [sae_artifact(sae_ref(paths, enc_id, variant, n)) for n in names]
+    folders = [base/n for n in names] if out is None else [Path(out)]
+    arts = [sae_artifact(SAERef(enc_id, variant, n, f)) for n, f in zip(names, folders)]
     inputs = [member_inputs(scfg, sizes, k, s, variant, fp) for k, s in zip(patterns, seeds)]
     if not force and all(a.fresh(i) for a, i in zip(arts, inputs)):
         log.info(f"{job.name}: up to date"); return [a.record()['summary'] for a in arts]
     for a in arts: a.discard()
-    state = base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}"
+    state = (base/f".family-{'_'.join(map(str, sizes))}-{seeds[0] - scfg.seed}" if out is None
+             else Path(out)/'.training')
     if force: shutil.rmtree(state, ignore_errors=True)
     sae = MatryoshkaSAE(fp['dim'], list(sizes), patterns, variant, scfg.tied, seeds, scfg.aux_k_coef,
                         scfg.aux_dead_samples).to(device)
@@ -430,17 +434,17 @@ def train_job(
     def on_epoch(epoch, train_mse, val, lr):
         for n, tm, v in zip(names, train_mse, val): history[n].append(dict(epoch=epoch, lr=lr, train_mse=tm, val=v))
         if epoch % scfg.checkpoint_every == 0 or epoch == scfg.epochs:
-            for n in names: _write_metrics(base/n, history[n], epoch - len(history[n])); history[n].clear()
+            for n, f in zip(names, folders): _write_metrics(f, history[n], epoch - len(history[n])); history[n].clear()
     train_family(sae, X_train, X_val, scfg, state, fd, on_epoch, max_epochs,
                  desc=f"{enc_id}/{variant} D={sizes[-1]} x{len(names)}")
     if resumable_epoch(state, fd) < scfg.epochs: return None                     # stopped early on request
     rows = []
     for m, n in enumerate(names):
-        last = json.loads((base/n/'metrics.jsonl').read_text().splitlines()[-1])
+        last = json.loads((folders[m]/'metrics.jsonl').read_text().splitlines()[-1])
         final = dict(encoder=enc_id, variant=variant, config=n, k=patterns[m][-1], D=sizes[-1],
                      train_mse=last['train_mse'][-1],
                      **{f"val_{k}": (v[-1] if isinstance(v, list) else v) for k, v in last['val'].items()})
-        save_sae(sae, m, base/n, dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
+        save_sae(sae, m, folders[m], dict(encoder=enc_id, data=fp, training=dict(vars(scfg)), final=final))
         arts[m].commit(inputs[m], final)
         rows.append(final)
     shutil.rmtree(state, ignore_errors=True)
@@ -539,3 +543,75 @@ def trained_saes(
     "Every SAE of the configured grid that has been trained in the run."
     refs = [sae_ref(paths, *f.parent.parts[-3:]) for f in sorted((paths.run/'sae').glob('*/*/*/artifact.json'))]
     return [r for r in refs if sae_artifact(r).record() is not None]
+
+# %% ../nbs/08_train.ipynb #b99f5c63
+def seed_value(
+    base:int, # `sae.seed`: the grid's seed (seed index 0)
+    i:int,    # seed index: 0 = the grid's own SAE
+)->int:
+    "The seed of training number `i` of a configuration: `base` for 0, else one drawn from (`base`, `i`) alone."
+    return base if i == 0 else int(np.random.SeedSequence([base, i]).generate_state(1)[0] % 2**31)
+
+def seed_folder(
+    ref:SAERef, # the grid's SAE (seed 0)
+    i:int,      # seed index
+)->Path:
+    "Where seed `i` of a configuration lives: the SAE's own folder for 0, else <its folder>/seeds/<i>/."
+    return ref.folder if i == 0 else ref.folder/'seeds'/str(i)
+
+# %% ../nbs/08_train.ipynb #20565314
+def seed_job(
+    scfg:SAEConfig, # the `sae` section
+    ref:SAERef,     # the configuration (seed 0: the grid's SAE)
+    i:int,          # seed index
+)->tuple:           # (FamilyJob with one member, the `sae` section with this seed's `seed`)
+    "The job and settings that train seed `i` of a configuration of the grid."
+    for sizes, patterns in grid(scfg.families, scfg.k_patterns).items():
+        for j, k in enumerate(patterns):
+            if config_name(sizes, k) == ref.config:
+                s = dataclasses.replace(scfg, seed=seed_value(scfg.seed, i))
+                return FamilyJob(ref.encoder, ref.variant, tuple(sizes), [k], [s.seed + j]), s
+    raise ValueError(f"{ref.name}: not a configuration of the grid (sae.families, sae.k_patterns); "
+                     "only trained configurations get seeds")
+
+# %% ../nbs/08_train.ipynb #c5bdaaf6
+def train_seed(
+    paths:RunPaths,   # the run's folders (`Config.paths`)
+    scfg:SAEConfig,   # the `sae` section
+    ref:SAERef,       # the configuration (seed 0: the grid's SAE)
+    i:int,            # seed index (>= 1: 0 is trained by the grid)
+    data:tuple,       # `training_data` of its encoder: (X_train, X_val, fingerprint)
+    device:str='cpu', # where `data` is and the SAE trains
+    force:bool=False, # retrain even if finished
+)->dict|None:         # its final metrics (None when stopped early)
+    "Train seed `i` of one configuration into `seed_folder(ref, i)`, resumably, with the grid's training code."
+    if i < 1: raise ValueError(f"{ref.name}: seed index {i}; seed 0 is the grid's own SAE (sail.train.train_grids)")
+    job, s = seed_job(scfg, ref, i)
+    rows = train_job(paths, s, job, data, device, force, out=seed_folder(ref, i))
+    return rows[0] if rows else None
+
+# %% ../nbs/08_train.ipynb #e997e465
+def _train_seed_task(paths:RunPaths, scfg:SAEConfig, device:str, ref:SAERef, i:int, force:bool)->dict|None:
+    "An executor task: train seed `i` of one configuration on its encoder's embeddings (loaded once per process)."
+    device, data = task_device(device), paths.data
+    seed_everything(seed_value(scfg.seed, i))
+    key = ('training-data', str(data), ref.encoder, embeddings_artifact(data, ref.encoder).digest,
+           split_artifact(data).digest, device)
+    return train_seed(paths, scfg, ref, i, worker_cache(key, lambda: training_data(data, ref.encoder, device),
+                                                        keep_one=True), device, force)
+
+def train_seeds(
+    paths:RunPaths,   # the run's folders (`Config.paths`)
+    scfg:SAEConfig,   # the `sae` section: `seeds` trainings per configuration
+    compute:Compute,  # device and executor (`Config.compute`)
+    refs:list,        # [SAERef] the configurations to train seeds of (their grid SAEs are seed 0)
+    force:bool=False, # retrain finished seeds
+)->pd.DataFrame:      # one row per extra seed: its final validation metrics and seed index
+    "Train seeds 1 ... `sae.seeds` - 1 of every configuration in `refs` (one executor task per seed)."
+    todo = [(r, i) for r in refs for i in range(1, scfg.seeds)]
+    tasks = [Task(f"{r.name} seed {i}", 'sail.train:_train_seed_task', (paths, scfg, compute.device, r, i, force))
+             for r, i in todo]
+    try: stage = run_stage(tasks, 'train', compute.executor, Failures(strict=True), desc='training seeds', unit='seed')
+    finally: drop_cached('training-data')
+    rows = [dict(stage.values[t.name] or {}, seed_index=i) for t, (r, i) in zip(tasks, todo)]
+    return pd.DataFrame(rows)
