@@ -225,8 +225,8 @@ class GroundingConfig:
 
 @dataclasses.dataclass
 class StabilityConfig:
-    "Seed stability of the assessed configurations (nbs/11b_stability)."
-    configs: str = 'best'      # 'best': each encoder's best configuration before stability; 'all': every one
+    "Seed stability of the assessed configurations (nbs/12a_stability)."
+    configs: str = 'selected'  # 'selected': the ranking's selected configuration of each encoder; 'all': every one
     match_threshold: float = 0.7 # a feature is shared when its matched decoder cosine reaches this
 
 @dataclasses.dataclass
