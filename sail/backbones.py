@@ -9,7 +9,8 @@ __all__ = ['EFFNET_LITE0_PACKAGE', 'EFFNET_LITE0_VERSION', 'EFFNET_LITE0_INSTALL
            'WeightsUnavailable', 'MBStage', 'LiteParams', 'round_filters', 'Padding', 'same_padding', 'Conv2dSame',
            'MBConv', 'EfficientNetLite', 'init_effnet_', 'effnet_weights_path', 'load_efficientnet_lite0',
            'effnet_preprocess', 'Bottleneck', 'ResNet3d', 'ResNet2d', 'init_resnet_', 'astra_weights_path',
-           'load_astra_state_dict', 'load_astra', 'astra_preprocess', 'collapse_to_2d', 'slab_features']
+           'load_astra_state_dict', 'load_astra', 'astra_preprocess', 'collapse_to_2d', 'slab_feature_map',
+           'slab_features']
 
 # %% ../nbs/04a_backbones.ipynb #b70b77fd
 import hashlib, importlib.metadata, math
@@ -156,14 +157,21 @@ class EfficientNetLite(nn.Module):
         self._conv_head, self._bn1 = Conv2dSame(cin, 1280, 1, same=same), _bn2d(1280)
         self._dropout, self._fc = nn.Dropout(dropout), nn.Linear(1280, num_classes)
 
+    def feature_map(
+        self,
+        x:torch.Tensor, # (B, 3, H, W) scaled by `effnet_preprocess`
+    )->torch.Tensor: # (B, 1280, ceil(H/32), ceil(W/32)) head activations after BN and ReLU6
+        "Stem, blocks and head convolution after BN and ReLU6: the map the embedding averages (no pooling)."
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for b in self._blocks: x = b(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
     def features(
         self,
         x:torch.Tensor, # (B, 3, H, W) scaled by `effnet_preprocess`
     )->torch.Tensor: # (B, 1280) globally average-pooled head activations
-        "The embedding: stem, blocks and head convolution, then global average pooling (no dropout, no classifier)."
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for b in self._blocks: x = b(x)
-        return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        "The embedding: the global average of `feature_map` (no dropout, no classifier)."
+        return self.feature_map(x).mean((2, 3))
 
     def forward(
         self,
@@ -435,6 +443,20 @@ def collapse_to_2d(
     for p in net2d.parameters(): p.requires_grad_(False)
     return net2d.eval()
 
+# %% ../nbs/04a_backbones.ipynb #1f2cf8bd
+def slab_feature_map(
+    net3d:ResNet3d,     # the 3-D network
+    slab:torch.Tensor,  # (B, 3, D, H, W) neighbouring slices, depth 0 the most inferior (RAS); odd D ≤ 33
+    rep:bool=True,      # replicate, not zero-pad, depth in the net (identical slices then give the 2-D collapse)
+)->torch.Tensor: # (B, 2048, ceil(H/32), ceil(W/32)): the in-plane layer4 map at the middle output depth
+    "The in-plane layer4 map of a slab's middle slice: the slab edge-replicated to 33 slices, output depth 1."
+    D = slab.shape[2]
+    if D % 2 == 0 or D > 2 * ASTRA_DEPTH_STRIDE + 1:
+        raise ValueError(f'a centred slab needs an odd depth D <= 33, got {D}')
+    k = ASTRA_DEPTH_STRIDE - D // 2
+    slab = torch.cat([slab[:, :, :1].expand(-1, -1, k, -1, -1), slab, slab[:, :, -1:].expand(-1, -1, k, -1, -1)], 2)
+    return net3d.feature_map(slab, rep)[:, :, 1]
+
 # %% ../nbs/04a_backbones.ipynb #d311cff5
 def slab_features(
     net3d:ResNet3d,     # the 3-D network
@@ -443,10 +465,5 @@ def slab_features(
     rep:bool=True,      # replicate, not zero-pad, depth in the net (identical slices then give `collapse_to_2d(net3d)`)
 )->torch.Tensor: # (B, 2048) features of the slab (of its middle slice when centred)
     "2.5-D features of a slab of neighbouring slices."
-    D = slab.shape[2]
     if not centre: return net3d.feature_map(slab, rep).flatten(2).mean(-1)
-    if D % 2 == 0 or D > 2 * ASTRA_DEPTH_STRIDE + 1:
-        raise ValueError(f'a centred slab needs an odd depth D <= 33, got {D}')
-    k = ASTRA_DEPTH_STRIDE - D // 2
-    slab = torch.cat([slab[:, :, :1].expand(-1, -1, k, -1, -1), slab, slab[:, :, -1:].expand(-1, -1, k, -1, -1)], 2)
-    return net3d.feature_map(slab, rep).mean((-2, -1))[..., 1]
+    return slab_feature_map(net3d, slab, rep).mean((-2, -1))

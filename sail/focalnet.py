@@ -6,9 +6,9 @@
 __all__ = ['BIOMEDPARSE_REPO', 'BIOMEDPARSE_FILE', 'BIOMEDPARSE_MEAN', 'BIOMEDPARSE_STD', 'BIOMEDPARSE_SIZE', 'RANDOM_INIT_STD',
            'FOCALNET_LARGE', 'BIOMEDPARSE_ACCESS', 'FocalNetSize', 'Mlp', 'FocalModulation', 'FocalBlock', 'PatchEmbed',
            'FocalStage', 'FocalNetOutput', 'FocalNet', 'init_focalnet_', 'random_focalnet', 'biomedparse_preprocess',
-           'biomedparse_embedding', 'BiomedParseUnavailable', 'CheckpointRefused', 'BackboneMismatch',
-           'biomedparse_weights_path', 'flat_tensors', 'read_weights', 'BackboneFound', 'find_backbone',
-           'focalnet_from_state_dict', 'WeightsSource', 'load_biomedparse_backbone']
+           'biomedparse_token_map', 'biomedparse_embedding', 'BiomedParseUnavailable', 'CheckpointRefused',
+           'BackboneMismatch', 'biomedparse_weights_path', 'flat_tensors', 'read_weights', 'BackboneFound',
+           'find_backbone', 'focalnet_from_state_dict', 'WeightsSource', 'load_biomedparse_backbone']
 
 # %% ../nbs/04b_focalnet.ipynb #9370b598
 import pickle, re
@@ -287,16 +287,23 @@ def biomedparse_preprocess(
     return (x - mean) / std
 
 # %% ../nbs/04b_focalnet.ipynb #115729fe
+def biomedparse_token_map(
+    model:FocalNet,       # the backbone (pretrained or random), eval mode
+    images:torch.Tensor,  # (B, 3, H, W) float, from `biomedparse_preprocess`
+)->torch.Tensor:          # (B, h, w, 8 · embed_dim) float32: the norm3 tokens on their grid (h = ceil(H/32))
+    "The last stage's norm3 tokens on their (h, w) grid, channels last (`res5`): what the embedding averages."
+    if not torch.is_floating_point(images) or images.ndim != 4:
+        raise TypeError(f"biomedparse_embedding: expected preprocessed float images (B, 3, H, W), got "
+                        f"{images.dtype} {tuple(images.shape)}; prepare uint8 slices with biomedparse_preprocess")
+    p = next(model.parameters())
+    with torch.inference_mode(): return model(images.to(p.device, p.dtype)).res5.permute(0, 2, 3, 1).float()
+
 def biomedparse_embedding(
     model:FocalNet,       # the backbone (pretrained or random), eval mode
     images:torch.Tensor,  # (B, 3, H, W) float, from `biomedparse_preprocess`
 )->torch.Tensor:          # (B, 8 · embed_dim) float32: mean over tokens of the norm3 output (1536-d for BiomedParse)
     "The paper's BiomedParse embedding: the last stage's norm3 tokens averaged over positions (spec §3.2)."
-    if not torch.is_floating_point(images) or images.ndim != 4:
-        raise TypeError(f"biomedparse_embedding: expected preprocessed float images (B, 3, H, W), got "
-                        f"{images.dtype} {tuple(images.shape)}; prepare uint8 slices with biomedparse_preprocess")
-    p = next(model.parameters())
-    with torch.inference_mode(): return model(images.to(p.device, p.dtype)).tokens.float().mean(1)
+    return biomedparse_token_map(model, images).mean((1, 2))
 
 # %% ../nbs/04b_focalnet.ipynb #588b3a20
 BIOMEDPARSE_ACCESS = (f"accept the licence on https://huggingface.co/{BIOMEDPARSE_REPO} (logged in), then run "
