@@ -84,7 +84,7 @@ def sparse_probing(
         idx = training_rows(y['train'], train_rows)
         for t, pos in target_classes(targets):
             ytr = (y['train'][idx] == pos).astype(int)
-            if ytr.min(initial=0) == ytr.max(initial=0): continue                # one class only in training
+            if len(np.unique(ytr)) < 2: continue                                  # one class only in training
             evals = {s: (X[s][y[s] >= 0], (y[s][y[s] >= 0] == pos).astype(int)) for s in X if s != 'train'}
             for k in sorted(ks):
                 p = k_sparse_probe(X['train'][idx], ytr, evals, k, solver=solver)
@@ -171,7 +171,7 @@ def _parent_row(Xtr, Otr:pd.DataFrame, Xev, Oev:pd.DataFrame, children:list)->di
     "One parent at one level: its feature, its children's features, its recall and absorption on the evaluated rows."
     kids = [c for c in children if c in Otr]
     Y = np.c_[Otr[kids].to_numpy(bool).any(1), Otr[kids].to_numpy(bool)].astype(float)
-    if Y[:, 0].min(initial=0) == Y[:, 0].max(initial=0): return None         # parent always or never present
+    if len(np.unique(Y[:, 0])) < 2: return None                             # parent always or never present
     D = mean_difference(Xtr, Y)
     f = int(top_features(D[:, 0], 1)[0])
     ok = (Y[:, 1:].sum(0) > 0) & (Y[:, 1:].sum(0) < len(Y))

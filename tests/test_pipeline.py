@@ -8,8 +8,9 @@ from sail.embed import load_embeddings
 
 from conftest import sail as _run, ROOT
 
-STEPS = ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '10_probes', '11_monosemanticity', '12_ranking',
-         '13_retrieval', '14_autointerp', '15_language', '16_figures', '17_explorer']
+STEPS = ['02_demo', '03_slices', '04_split', '06_embed', '08_train', '09_codes', '10_probes', '11_monosemanticity',
+         '11a_grounding', '12_ranking', '12a_stability', '12b_sparse_probing', '12c_ablation', '13_retrieval',
+         '14_autointerp', '15_language', '16_figures', '17_explorer']
 
 @pytest.mark.xdist_group('smoke')
 def test_sail_run_end_to_end_and_resume(smoke_run):

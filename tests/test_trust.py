@@ -53,6 +53,9 @@ def test_sparse_probing_one_row_per_target_and_k():
     assert k1.features[['sagittal', 'coronal', 'axial']].tolist() == ['0', '1', '2']
     assert (k1.val_roc_auc[['sagittal', 'coronal', 'axial']] == 1.0).all()
     assert (t[t.k == 5].features.str.split().map(len) == 5).all()
+    rows['train'] = rows['train'].assign(liver=True)                        # every training slice shows the liver:
+    t = sparse_probing(Xs, rows, groups, ks=(1,))                           # no probe can be fitted, none is reported
+    assert sorted(t.target) == ['axial', 'coronal', 'sagittal']
 
 # --- absorption ---------------------------------------------------------------------------------------------------
 
