@@ -21,7 +21,9 @@ from sail.slices import slices_artifact
 from common import publish, load, RESULTS
 
 ROOT = project_root()
-STEPS = ['split', 'train', 'codes', 'probes', 'monosemanticity', 'ranking', 'retrieval', 'autointerp', 'language', 'figures', 'explorer']
+STEPS = ['split', 'train', 'codes', 'probes', 'monosemanticity', 'ranking', 'retrieval', 'autointerp', 'language', 'figures', 'explorer',
+         'grounding']
+SYNTHETIC_STEPS = ('grounding',)   # measured outside `sail run`: the synthetic slices have no images to map (see grounding_synthetic)
 PEAK_RSS_GOAL_MB, TOTAL_MINUTES_GOAL = 16 * 1024, 60
 
 def label(fraction:float)->str: return 'scale' if fraction == 1 else f'scale-{fraction * 100:g}pct'
@@ -79,13 +81,28 @@ def gemm_ms(repeats:int=5)->float:
         t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
     return round(best * 1000, 1)
 
+def grounding_synthetic(slices:int=2000, features:int=8192, k:int=160, cells:int=16)->dict:
+    """The grounding step's scoring at the paper's size (`grounding.slices` slices, an 8,192-feature configuration, 16 x 16
+    cells) on synthetic spatial tokens, in a process of its own: the rehearsal's embeddings are synthetic, so its slices
+    have no images an encoder could map (benchmarks/grounding_benchmark.py, part b)."""
+    code = ('import json, sys; sys.path.insert(0, "benchmarks"); import grounding_benchmark as g; '
+            f'print(json.dumps(g.score_part({slices}, {features}, {k}, {cells})))')
+    t = time.time(); r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        return dict(status='failed', seconds=round(time.time() - t, 1), peak_rss_mb=None, child_peak_rss_mb=None,
+                    error=r.stderr[-500:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return dict(status='done', seconds=round(res['score_s'], 1), peak_rss_mb=round(res['peak_gb'] * 1e6 / 1024, 1),
+                child_peak_rss_mb=None, error='')
+
 def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
     "Data, then `sail run` on the steps; the manifest's per-step numbers and the sampled peak of the process tree."
     import threading
     made = ensure_data(fraction, seed, template)
     speed = gemm_ms()
     cfg = config_for(fraction, seed); t0 = time.time(); peaks = {}
-    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *steps],
+    run_steps = [s for s in steps if s not in SYNTHETIC_STEPS]
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from sail.cli import main; sys.exit(main())', 'run', str(cfg), '--force', '--steps', *run_steps],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = threading.Thread(target=_sample_tree, args=(proc, ROOT/'runs'/label(fraction)/'manifest.json', peaks), daemon=True); sampler.start()
     out, err = proc.communicate(); sampler.join()
@@ -96,6 +113,7 @@ def rehearse(fraction:float, steps:list, seed:int, template:Path)->dict:
                         child_peak_rss_mb=v.get('child_peak_rss_mb'), tree_peak_rss_mb=round(peaks[s], 1) if s in peaks else None,
                         error=(v.get('error') or '')[:500])
                 for s, v in manifest['steps'].items() if s.split('_', 1)[-1] in steps}
+    if 'grounding' in steps: per_step['11a_grounding (synthetic tokens)'] = grounding_synthetic()
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     pages = {p.name: p.stat().st_size for p in sorted((ROOT/'runs'/label(fraction)/'explorers').glob('*')) if p.is_file()}
     return dict(fraction=fraction, data=made, returncode=r.returncode, wall_s=round(wall, 1), steps=per_step, when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0)), commit=commit,

@@ -59,6 +59,7 @@ def test_explorer_pages_work_offline(smoke_run, browser):
             assert page.get_attribute('#thumbs img', 'src') != img                                  # other images
             page.fill('#search', 'zzz-no-such-concept'); page.keyboard.press('Enter'); page.wait_for_timeout(200)
             assert 'no feature matches' in page.inner_text('#note')
+            check_feature_maps(page, smoke_run.run)
         if name == 'retrieval.html':
             bars = lambda: page.evaluate("document.getElementById('fp')._fullData[0].x.length")
             page.select_option('#k', '1'); page.wait_for_timeout(200); one = bars()
@@ -71,6 +72,29 @@ def test_explorer_pages_work_offline(smoke_run, browser):
         assert not page.outside, (name, page.outside)
         assert not_blank(shot)
         page.close()
+
+def check_feature_maps(page, run:Path):
+    """The feature browser's maps (issue 29): with grounding results, the overlay has drawn pixels, toggles and follows
+    the opacity slider, and the organ search lists what the grounding table says; without them, the page says so."""
+    import pandas as pd
+    from test_explorer import check_overlay_controls, organ_search, SET_RANGE
+    cs = page.evaluate("D.configs.map(c => ({label: c.label, organs: c.organs || {}, note: c.note || '', "
+                       "heat: c.profiles.map(p => Object.keys((c.heat || {})[p.feature] || {}).length)}))")
+    with_maps = [(i, c) for i, c in enumerate(cs) if any(c['heat'])]
+    if not with_maps:                                                        # no grounding results: no overlay, a note
+        assert 'no grounding results' in page.inner_text('#mapnote') and page.locator('#thumbs img.heat').count() == 0
+        return
+    i, c = with_maps[0]
+    page.select_option('#config', str(i)); page.wait_for_timeout(200)
+    j = next(k for k, n in enumerate(c['heat']) if n)
+    page.evaluate(SET_RANGE.replace('ID', 'rank'), j + 1)
+    page.wait_for_timeout(200)
+    assert 'AP ' in page.inner_text('#grounding') or 'grounds on no organ' in page.inner_text('#grounding')
+    check_overlay_controls(page, 'explorer_features_maps')
+    table = pd.read_parquet(run/'results'/'grounding'/c['label']/'features.parquet')
+    organ = max(c['organs'], key=lambda o: (len(c['organs'][o]), o))
+    want = table[table.best_organ == organ].sort_values('ap', ascending=False, kind='stable').feature.tolist()
+    assert organ_search(page, organ) == want[:25], organ
 
 # ---------------------------------------------------------------- the feature explorer in JupyterLab
 
@@ -140,6 +164,16 @@ def test_jupyterlab_explorer_slider_changes_the_feature(smoke_run, browser, tmp_
         last_changes(page, '.sail-feature h3', before)
         after = info.inner_text()
         assert 'rank 1)' in before and 'rank 2)' in after, (before, after)
+        ground = page.locator('.sail-feature .sail-ground').last.inner_text()          # best organ + AP, or why not
+        assert ('AP ' in ground or 'grounds on no organ' in ground or 'not grounded' in ground), ground
+        assert page.locator('.widget-label:has-text("map opacity")').count() > 0
+        heat = page.locator('.sail-thumbs img.sail-heat')
+        if heat.count():                                                                 # the run has feature maps
+            op = heat.last.evaluate('i => getComputedStyle(i).opacity')
+            page.locator('.widget-slider .noUi-handle').nth(-2).focus(); page.keyboard.press('ArrowLeft')
+            page.wait_for_function(f"() => {{ const h = document.querySelectorAll('.sail-thumbs img.sail-heat'); "
+                                   f"return h.length && getComputedStyle(h[h.length - 1]).opacity !== '{op}'; }}",
+                                   timeout=30_000)
 
 # ---------------------------------------------------------------- the offline preview of the documentation site
 
