@@ -219,6 +219,9 @@ class GroundingConfig:
     purity_top: int = 16       # top map cells per feature for Purity@16
     yield_at: list[int] = default_copy([10, 25, 50]) # Yield@B: the B most monosemantic features
     pca_extra: int = 64        # PCA baseline: as many directions as the smallest level, and this many
+    pca_fit_rows: int = 20_000 # PCA baseline: training embeddings (seeded draw) the directions are fitted on
+    random_directions: int = 256 # random-direction baseline: as many as the dictionary, at most this many (about
+                                 # half of random directions are active on every slice: their maps are dense)
     deletion_fraction: float = 0.2 # faithfulness: share of map cells deleted (top by the map, or random)
     deletion_slices: int = 64  # faithfulness: slices of the sample checked per configuration
     deletion_features: int = 3 # faithfulness: strongest active features checked per slice

@@ -467,7 +467,7 @@ def _score_baselines(paths:RunPaths, encoder:str, sample:GroundingSample, Xn:np.
                      settings)->pd.DataFrame:
     emb = load_embeddings(paths.data, encoder, ['modality', 'image_id'])
     train = np.flatnonzero(split_of(emb.slices, paths.data) == 'train')
-    train = np.sort(np.random.default_rng(settings.seed).permutation(train)[:20_000])
+    train = np.sort(np.random.default_rng(settings.seed).permutation(train)[:settings.pca_fit_rows])
     T = np.asarray(emb.X[train], np.float32); T /= np.linalg.norm(T, axis=1, keepdims=True)
     sets = {'pca_level': pca_directions(T, n_level, settings.seed),
             'pca_extra': pca_directions(T, settings.pca_extra, settings.seed),
@@ -509,7 +509,6 @@ def ground_config(
     ref:SAERef,           # which SAE
     settings,             # the `grounding` section (GroundingConfig)
     device:str='cpu',     # where the encoder runs (tokens, deletion)
-    random_cap:int=256,   # most random directions scored (the dictionary's size if smaller): 2 cores' budget
 )->Grounding:
     "Ground one configuration's features on the sample: scores, baselines and faithfulness."
     device = 'cpu' if device == 'auto' else device
@@ -523,7 +522,7 @@ def ground_config(
     feats = feature_table(sc).assign(n_active=np.bincount(codes.indices[codes.data > 0], minlength=D),
                                      monosemanticity=(mono.reindex(np.arange(D)).to_numpy() if mono is not None
                                                       else np.full(D, np.nan)))
-    base = baselines_of(paths, ref.encoder, smp, Xn, sae.sizes[0], min(D, random_cap), settings)
+    base = baselines_of(paths, ref.encoder, smp, Xn, sae.sizes[0], min(D, settings.random_directions), settings)
     flat = {f'{b}_{k}': r[k] for b, r in base.set_index('baseline').iterrows()
             for k in r.index if k.startswith(('mAP', 'cov_at', 'yield_at'))}
     summary = dict(encoder=ref.encoder, variant=ref.variant, config=ref.config,
