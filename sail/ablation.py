@@ -5,10 +5,12 @@
 # %% auto #0
 __all__ = ['READER_ALPHA', 'READER_COMPONENTS', 'SELECTIVITY_FLOOR', 'SHORTCUTS', 'ABLATION', 'decode_codes', 'ablate',
            'DenseProbe', 'Readers', 'auc', 'class_scores', 'fit_dense_probes', 'score_probes', 'ablate_set',
-           'Selectivity', 'selectivity', 'AblationSettings', 'feature_sets', 'Ablation', 'ablation_config']
+           'Selectivity', 'selectivity', 'AblationSettings', 'feature_sets', 'Ablation', 'ablation_config',
+           'ablation_csv']
 
 # %% ../nbs/12c_ablation.ipynb #77edc596
 import json
+from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ from scipy.stats import rankdata
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from .core import RunPaths, write_csv, record_step
-from .config import EvalConfig, load_config, dataset_label
+from .config import Config, EvalConfig, load_config, dataset_label
 from .sae import SparseCodes
 from .codes import split_data, codes_artifact
 from .train import SAERef, load_sae, sae_artifact
@@ -231,3 +233,10 @@ def _ablation_inputs(paths:RunPaths, ref:SAERef, settings:AblationSettings)->dic
 
 ABLATION = ConfigStep('ablation', '12c_ablation', Ablation, {f'{f}.parquet': f for f in Ablation._fields},
                       ablation_config, _ablation_inputs, summary='groups')
+
+# %% ../nbs/12c_ablation.ipynb #f0648fd8
+def ablation_csv(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+)->Path:            # runs/<name>/results/ablation/summary.csv
+    "Where the run section writes the ablation table (one row per configuration and target group)."
+    return paths.run/'results'/'ablation'/'summary.csv'

@@ -5,17 +5,18 @@
 # %% auto #0
 __all__ = ['SPLITS', 'SPARSE_PROBING', 'ANATOMY', 'ABSORPTION', 'mean_difference', 'top_features', 'SparseProbe',
            'k_sparse_probe', 'sparse_probing', 'beside_recovery', 'SparseProbing', 'sparse_probe_config',
-           'absorption_rates', 'Absorption', 'absorption_config']
+           'absorption_rates', 'Absorption', 'absorption_config', 'sparse_probing_csv', 'absorption_csv']
 
 # %% ../nbs/12b_sparse_probing.ipynb #10c8008f
 import json
+from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 from .core import RunPaths, write_csv, record_step
-from .config import EvalConfig, load_config, dataset_label
+from .config import Config, EvalConfig, load_config, dataset_label
 from .totalseg import ORGANS
 from .slices import slices_artifact
 from .codes import split_data, codes_artifact
@@ -225,3 +226,16 @@ def _absorption_inputs(paths:RunPaths, ref:SAERef, evaluation:EvalConfig)->dict:
 
 ABSORPTION = ConfigStep('absorption', '12b_sparse_probing', Absorption, {'absorption.parquet': 'table'},
                         absorption_config, _absorption_inputs, summary='table')
+
+# %% ../nbs/12b_sparse_probing.ipynb #68959c4a
+def sparse_probing_csv(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+)->Path:            # runs/<name>/results/sparse_probing/summary.csv
+    "Where the run section writes the k-sparse probing table (one row per configuration)."
+    return paths.run/'results'/'sparse_probing'/'summary.csv'
+
+def absorption_csv(
+    paths:RunPaths, # the run's folders (`Config.paths`)
+)->Path:            # runs/<name>/results/absorption/summary.csv
+    "Where the run section writes the absorption table (one row per configuration, parent and level)."
+    return paths.run/'results'/'absorption'/'summary.csv'
