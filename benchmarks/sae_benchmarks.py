@@ -8,10 +8,15 @@
    dense reconstructions, dense row to bytes);
 4. bytes per row: sparse codes (indices + values) against the reference's dense float32 rows, both as Parquet;
 5. bf16 autocast training on the CPU (`sae.dtype: bfloat16`) against fp32, same data, seeds and steps: samples/s of
-   both and the validation R² each reaches (the goal: >= 1.5x with R² within 0.01).
+   both and the validation R² each reaches (the goal: >= 1.5x with R² within 0.01);
+6. the training step against its floor (issue 30): two dense fp32 GEMMs of the encoder's shape per step (the forward
+   (B, d) x (d, D) and the weight gradient (D, B) x (B, d)), timed here, alternating round by round with SAIL's whole
+   training step (forward, backward, decoder projection, clipping, Adam, decoder normalisation) at 2 torch threads,
+   over at least 10 rounds; the goal is SAIL at >= 90 % of the floor's samples/s, for `paper` and `released`.
 
 Results go to benchmarks/results/sae_benchmarks.{json,md} and, with --readme, between the README's sae-benchmarks
-markers (an `--only` run writes its JSON but never the README). `--quick` is the CPU-sized mode (d 256, sizes 32…256:
+markers (an `--only` run replaces the sections it ran in the stored JSON, keeps the others, and never writes the
+README; section 6 records its own shape and date). `--quick` is the CPU-sized mode (d 256, sizes 32…256:
 seconds instead of minutes); its block says so in its shape line.
 
     python benchmarks/sae_benchmarks.py [--steps 3] [--quick] [--readme]
@@ -20,14 +25,15 @@ import argparse, sys, time, io, os
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
 from sail.config import SAEConfig
-from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder
+from sail.sae import MatryoshkaSAE, train_forward, project_decoder_grad, normalize_decoder, VARIANTS
 from sail.core import autocast
 from sail.train import clip_per_model_, lr_factor, evaluate
 from sail.codes import compute_codes, codes_table
 sys.path.insert(0, str(Path(__file__).parent))
-from common import publish, where
+from common import publish, where, load, stamp, RESULTS
 
 GOALS = dict(training=3, family=4, codes=50, storage=20)   # issue goals: the least ratio against each baseline
+FLOOR_GOAL = 0.9   # issue 30: SAIL's training step at >= 90 % of the two-GEMM floor
 
 def render(r:dict)->str:
     "The README's table for this benchmark, from its JSON (the sections that ran)."
@@ -63,6 +69,19 @@ def render(r:dict)->str:
         rows.append(f"| training in bf16 autocast on the CPU ({h['steps']} steps) | fp32: {h['fp32']:,.0f} samples/s, "
                     f"validation R² {h['r2_fp32']:.4f} | bf16: {h['bf16']:,.0f} samples/s, validation R² "
                     f"{h['r2_bf16']:.4f} | ×{h['bf16'] / h['fp32']:.2f}, ΔR² {h['r2_bf16'] - h['r2_fp32']:+.4f} |")
+    for f in r.get('floor', []):
+        paper = (f['d'], f['sizes'][-1], f['batch']) == (1536, 8192, 2048)    # the goal is set at the paper's shape
+        met = '' if f['ratio'] >= FLOOR_GOAL else ', not met'
+        rows.append(f"| training step against its floor, `{f['variant']}`, d {f['d']}, D {f['sizes'][-1]:,}, k "
+                    f"{f['ks'][0]}…{f['ks'][-1]}, batch {f['batch']:,} ({f['rounds']} alternating rounds, "
+                    f"{f['threads']} threads, {f['when']}, load average {f['load_avg']:.1f}) | "
+                    f"{f['floor']:,.0f} samples/s "
+                    f"(two dense fp32 GEMMs of the encoder's "
+                    f"shape: forward and weight gradient, {f['floor_ms']:.0f} ms) | {f['sail']:,.0f} samples/s "
+                    f"({f['sail_ms']:.0f} ms a step) | {100 * f['ratio']:.0f} % of the floor"
+                    f"{f' (goal ≥{100 * FLOOR_GOAL:.0f} %{met})' if paper else ''}; fastest rounds "
+                    f"{min(f['floor_all_ms']):.0f} ms and {min(f['sail_all_ms']):.0f} ms: "
+                    f"{100 * min(f['floor_all_ms']) / min(f['sail_all_ms']):.0f} % |")
     shape = (f"Shape: d {r['d']}, sizes {'…'.join(map(str, r['sizes'][::3]))}, k {'…'.join(map(str, r['ks'][::3]))}, "
              f"batch {r['batch']}, {r['steps']} timed steps per measure.")
     return '\n'.join(rows + ['', f"{shape} {where(r)}."])
@@ -111,7 +130,7 @@ def time_reference_training(E, d, sizes, ks, B, steps):
 
 def time_sail_training(X, d, sizes, ks_list, B, steps, seeds=None, dtype='float32', lr=1e-4, model=False):
     sae = MatryoshkaSAE(d, sizes, ks_list, seeds=seeds or [42 + i for i in range(len(ks_list))]).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)          # as sail.train.train_family on the CPU
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0)); n = 0; t = None
     for step in range(steps + 1):
         if step == 1: t = time.perf_counter()
@@ -122,6 +141,34 @@ def time_sail_training(X, d, sizes, ks_list, B, steps, seeds=None, dtype='float3
         if step >= 1: n += len(xb)
     rate = n / (time.perf_counter() - t)
     return (rate, sae.eval()) if model else rate
+
+def floor_and_training(X, d, sizes, ks, B, rounds, variant='paper', threads=2):
+    "Medians over `rounds` of the two-GEMM floor and of SAIL's training step, timed alternately (same load for both)."
+    before = torch.get_num_threads(); torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    A, Wt = torch.randn(B, d, generator=g), torch.randn(sizes[-1], d, generator=g)
+    Gz = torch.randn(B, sizes[-1], generator=g)
+    sae = MatryoshkaSAE(d, sizes, [ks], variant=variant, seeds=[42]).train()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    def floor(): A @ Wt.T; Gz.T @ A                                  # forward GEMM, weight-gradient GEMM
+    def step(i):
+        xb = X[perm[(i * B) % len(X):(i * B) % len(X) + B]]
+        train_forward(sae, xb)['loss'].backward()
+        project_decoder_grad(sae); clip_per_model_(sae, 0.5)
+        opt.step(); opt.zero_grad(set_to_none=True); normalize_decoder(sae)
+    floor(); step(0)                                                 # warm-up
+    load_before = os.getloadavg()[0]
+    tf, ts = [], []
+    for i in range(rounds):
+        t = time.perf_counter(); floor(); tf.append(time.perf_counter() - t)
+        t = time.perf_counter(); step(i + 1); ts.append(time.perf_counter() - t)
+    torch.set_num_threads(before)
+    f, s, load = float(np.median(tf)), float(np.median(ts)), (load_before + os.getloadavg()[0]) / 2
+    return dict(variant=variant, d=d, sizes=list(sizes), ks=list(ks), batch=B,
+                when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), load_avg=load,
+                rounds=rounds, threads=threads, floor=B / f, sail=B / s, ratio=f / s, floor_ms=1e3 * f, sail_ms=1e3 * s,
+                floor_all_ms=[1e3 * t for t in tf], sail_all_ms=[1e3 * t for t in ts])
 
 def structured_embeddings(n, d, atoms=16384, k=24, seed=0):
     "Sparse non-negative combinations of a hidden unit-norm dictionary plus noise, L2-normalised (something to learn)."
@@ -134,7 +181,7 @@ def structured_embeddings(n, d, atoms=16384, k=24, seed=0):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--steps', type=int, default=3); ap.add_argument('--quick', action='store_true', help='smaller shapes, for a smoke run')
-    ap.add_argument('--only', default='12345', help='which sections to run, e.g. 5')
+    ap.add_argument('--only', default='123456', help='which sections to run, e.g. 5')
     ap.add_argument('--readme', action='store_true')
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -201,8 +248,20 @@ def main():
               f"bf16 autocast: {b16:8.0f} samples/s (val R² {r2['bfloat16']:.4f})   ratio x{b16/f32:.2f}, ΔR² {r2['bfloat16'] - r2['float32']:+.4f}")
         res['bf16'] = dict(steps=steps5, fp32=f32, bf16=b16, r2_fp32=float(r2['float32']),
                            r2_bf16=float(r2['bfloat16']))
-    every = all(c in a.only for c in '12345')
+    if '6' in a.only:
+        for variant in VARIANTS:
+            f = floor_and_training(X, d, sizes, ks, B, max(10, a.steps), variant)
+            print(f"6. training step vs its floor, {variant}: two dense GEMMs {f['floor']:8.0f} samples/s "
+                  f"({f['floor_ms']:.0f} ms), SAIL {f['sail']:8.0f} samples/s ({f['sail_ms']:.0f} ms)   "
+                  f"{100 * f['ratio']:.0f} % of the floor (fastest rounds: "
+                  f"{100 * min(f['floor_all_ms']) / min(f['sail_all_ms']):.0f} %); load average {f['load_avg']:.1f}")
+            res.setdefault('floor', []).append(f)
+    every = all(c in a.only for c in '123456')
     if a.readme and not every: print('--readme ignored: an --only run does not replace the README table')
+    if not every and (RESULTS/'sae_benchmarks.json').exists():      # keep the stored sections (and their stamp) this
+        ran = {k: res[k] for k in ('training', 'family', 'codes', 'storage', 'bf16', 'floor') if k in res}   # run did
+        if 'floor' in ran: ran['floor'] = [{**f, 'commit': stamp()['commit']} for f in ran['floor']]          # not redo
+        res = {**load('sae_benchmarks'), **ran}
     publish('sae_benchmarks', res, render, a.readme and every)
 
 if __name__ == '__main__': main()
