@@ -6,7 +6,8 @@
 __all__ = ['PLOTLY_MIME', 'README_MARKERS', 'STEPS_MARKERS', 'STEP_KEYS', 'NPM_DIR', 'CHROMIUM_ARGS', 'slim_outputs',
            'execute_for_docs', 'site_notebooks', 'copy_explorers', 'folder_size', 'refresh', 'replace_block',
            'write_block', 'readme_block', 'results_copy', 'write_readme_results', 'steps_copy', 'steps_markdown',
-           'write_readme_steps', 'widget_assets', 'preview', 'screenshot']
+           'write_readme_steps', 'trust_markers', 'trust_copy', 'read_trust', 'write_readme_trust', 'widget_assets',
+           'preview', 'screenshot']
 
 # %% ../nbs/91_docs.ipynb #d49be3dc
 import os, re, json, copy, time, shutil, tempfile
@@ -15,7 +16,8 @@ import nbformat
 import yaml
 from .core import RunPaths, project_root, run_paths, get_logger, now, write_json
 from .config import load_config
-from .figures import find_chromium, results_table_csv, results_markdown
+from .figures import (find_chromium, results_table_csv, results_markdown, TrustTables, trust_csv,
+                          trust_markdown)
 from .explorer import explorer_dir
 from .pipeline import read_manifest, step_table, execute_notebook, declared_parameters
 
@@ -123,7 +125,7 @@ def refresh(
         nbdev_clean(fname=str(p))
         timing[p.name] = round(time.time() - t0, 1)
     pages = copy_explorers(cfg.paths)
-    write_readme_results(cfg.paths); write_readme_steps(cfg.paths)
+    write_readme_results(cfg.paths); write_readme_steps(cfg.paths); write_readme_trust(cfg.paths)
     picture = None
     if find_chromium() is not None:                                          # the README's picture of the explorer
         (nbs/'images').mkdir(exist_ok=True)
@@ -231,6 +233,48 @@ def write_readme_steps(
     write_json(dst, record)
     write_block(readme, steps_markdown(record), STEPS_MARKERS)
     return dst
+
+# %% ../nbs/91_docs.ipynb #f7e2617d
+def trust_markers(
+    name:str, # one of `TrustTables._fields`
+)->tuple:     # (start, end) marker lines of the table's README block
+    "The README markers around one evidence table."
+    return (f'<!-- trust-{name}:start (written by `sail docs refresh` from the run; do not edit) -->',
+            f'<!-- trust-{name}:end -->')
+
+def trust_copy(
+    run:str,             # run name
+    name:str,            # one of `TrustTables._fields`
+    nbs:Path|None=None,  # notebook folder (default <root>/nbs)
+)->Path:                 # nbs/results/<run>-trust-<name>.csv
+    "The copy of a run's evidence table kept beside the notebooks (the README's source)."
+    return results_copy(run, nbs).with_name(f'{run}-trust-{name}.csv')
+
+def read_trust(
+    run:str='demo',      # run name
+    nbs:Path|None=None,  # notebook folder (default <root>/nbs)
+)->TrustTables:
+    "The committed copies of a run's evidence tables (an empty table where its step had no results)."
+    import pandas as pd
+    def read(p:Path): return pd.read_csv(p) if p.exists() and p.read_text().strip() else pd.DataFrame()
+    return TrustTables(*[read(trust_copy(run, n, nbs)) for n in TrustTables._fields])
+
+# %% ../nbs/91_docs.ipynb #8e9a722c
+def write_readme_trust(
+    paths:RunPaths,            # the folders of a finished run (`Config.paths`)
+    readme:Path|None=None,     # the README (default <root>/README.md)
+)->list:                       # the copies written
+    "Copy the run's evidence tables next to the notebooks and write each, rendered, into its README block."
+    readme, out = Path(readme or project_root()/'README.md'), []
+    for name in TrustTables._fields:
+        src, dst = trust_csv(paths, name), trust_copy(paths.run.name, name)
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: no evidence tables (run the figures step: sail run {paths.run.name} "
+                                    "--steps figures)")
+        dst.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, dst); out.append(dst)
+    tables = read_trust(paths.run.name)
+    for name in TrustTables._fields: write_block(readme, trust_markdown(tables, name), trust_markers(name))
+    return out
 
 # %% ../nbs/91_docs.ipynb #2cad030b
 NPM_DIR = '.cache/npm'  # where `make docs-deps` installs @jupyter-widgets/html-manager@1 and requirejs
