@@ -6,7 +6,9 @@ from sail.core import project_root
 from sail.config import load_config
 from sail.docs import readme_block, results_copy, steps_copy, steps_markdown, STEPS_MARKERS
 from sail.pipeline import read_manifest
-from sail.figures import results_markdown, results_table, results_table_csv, RESULT_COLUMNS, encoder_weights
+from sail.figures import (results_markdown, results_table, results_table_csv, RESULT_COLUMNS, encoder_weights,
+                          TrustTables, trust_markdown, trust_csv)
+from sail.docs import trust_markers, trust_copy, read_trust
 
 ROOT = project_root()
 
@@ -43,6 +45,18 @@ def test_results_table_reads_each_number_from_its_step_file(smoke_run):
         assert r.weights == encoder_weights(r.encoder)
     assert len(t) == len(head) >= 2                                        # one row per encoder and variant
 
+@pytest.mark.parametrize('name', TrustTables._fields)
+def test_readme_evidence_tables_are_the_committed_run_tables_rendered(name):
+    copy = trust_copy('demo', name)
+    assert copy.exists(), f"{copy} missing: run `sail run demo` and `sail docs refresh`"
+    assert readme_block((ROOT/'README.md').read_text(), trust_markers(name)) == trust_markdown(read_trust('demo'), name)
+
+@pytest.mark.parametrize('name', TrustTables._fields)
+def test_committed_evidence_tables_equal_the_demo_run_when_present(name):
+    run_csv = trust_csv(load_config('demo').paths, name)
+    if not run_csv.exists(): pytest.skip(f"no demo run here ({run_csv})")
+    assert run_csv.read_bytes() == trust_copy('demo', name).read_bytes()
+
 def test_readme_step_times_are_the_committed_run_records_rendered():
     copy = steps_copy('demo')
     assert copy.exists(), f"{copy} missing: run `sail run demo` and `sail docs refresh`"
@@ -64,7 +78,7 @@ import common
 
 README_BENCHMARKS = ('bench_slicing', 'embed_throughput', 'embed_loading', 'sae_benchmarks', 'retrieval_benchmark',
                      'monosemanticity_benchmark', 'recovery_benchmark', 'query_speed', 'ray_executor',
-                     'scale_rehearsal')   # the scripts whose blocks the README shows
+                     'scale_rehearsal', 'grounding_benchmark', 'stability_benchmark', 'synthetic_ground_truth')   # the scripts whose blocks the README shows
 LEGACY_MACHINE = {'ray_executor', 'scale_rehearsal'}   # measured before issue 27 (hours of runs): machine as a string
 
 @pytest.mark.parametrize('name', README_BENCHMARKS)
@@ -84,7 +98,8 @@ def test_every_generated_block_in_the_readme_is_checked():
     assert sorted(written) == sorted(README_BENCHMARKS)
     blocks = re.findall(r'<!-- ([\w-]+):start', text)                   # the numbers in these are exempt below: each is
     fct.test_eq(sorted(blocks), sorted([common.markers(n)[0][5:].split(':')[0] for n in README_BENCHMARKS]
-                                   + ['results-table', 'demo-steps']))   # a benchmark's or `sail docs refresh`'s
+                                   + ['results-table', 'demo-steps']
+                                   + [f'trust-{n}' for n in TrustTables._fields]))   # or `sail docs refresh`'s
 
 def test_every_benchmark_script_publishes_its_results():
     helpers = {'common', 'scale_data', 'gpu_check'}   # the shared module, a data generator, the GPU check (own --out)
