@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['SYSTEM', 'EXAMPLES', 'LETTERS', 'AUTOINTERP', 'TABLE3_COLUMNS', 'select_features', 'diverse_samples',
-           'sample_records', 'sample_block', 'Prompt', 'describe_prompt', 'judge_prompt', 'clean_concept',
-           'parse_ranking', 'concept_attributes', 'agreement', 'MetadataBackend', 'TransformersBackend', 'tiny_gemma3',
-           'make_backend', 'GenerationCache', 'dominant_profile', 'draw_distractors', 'judge_order', 'judge_feature',
-           'judge_metrics', 'activation_stats', 'autointerp_dir', 'table3_csv', 'generations_dir', 'FeatureChoice',
-           'choose_features', 'JudgePlan', 'plan_judging', 'Describer', 'Judged', 'interpret_feature',
-           'descriptions_table', 'region_frequency', 'Backends', 'backends', 'interpretation_metrics',
-           'AutointerpSettings', 'Interpretation', 'interpret_config', 'autointerp_artifact', 'table3',
-           'run_autointerp']
+           'sample_records', 'sample_block', 'Prompt', 'describe_prompt', 'FeatureGrounding', 'feature_grounding',
+           'grounding_text', 'judge_prompt', 'clean_concept', 'parse_ranking', 'concept_attributes', 'agreement',
+           'MetadataBackend', 'TransformersBackend', 'tiny_gemma3', 'make_backend', 'GenerationCache',
+           'dominant_profile', 'draw_distractors', 'judge_order', 'judge_feature', 'judge_metrics', 'activation_stats',
+           'autointerp_dir', 'table3_csv', 'generations_dir', 'FeatureChoice', 'choose_features', 'JudgePlan',
+           'plan_judging', 'Describer', 'Judged', 'interpret_feature', 'descriptions_table', 'region_frequency',
+           'Backends', 'backends', 'interpretation_metrics', 'AutointerpSettings', 'Interpretation', 'interpret_config',
+           'autointerp_artifact', 'table3', 'run_autointerp']
 
 # %% ../nbs/14_autointerp.ipynb #b2f29d6e
 import re, json, math, hashlib, dataclasses
@@ -24,12 +24,14 @@ import torch
 from .core import (Artifact, RunPaths, run_paths, digest, rng, write_json, write_parquet, write_csv, atomic_path,
                        get_logger, now, record_step, progress,
                        pick_device, Failures, stop_point)
-from .config import Config, Compute, AutointerpConfig, EvalConfig, InterpretConfig, load_config, dataset_label
+from .config import (Config, Compute, AutointerpConfig, EvalConfig, InterpretConfig, GroundingConfig, load_config,
+                         dataset_label)
 from .totalseg import ORGANS, REGIONS, BODY_PARTS, regions_of, parts_of
 from .split import scan_index
 from .slices import slice_image, thumbnail, image_data_uri, slices_artifact
 from .codes import SplitCodes, load_codes, codes_artifact, feature_stats
 from .monosemanticity import top_samples, mono_artifact
+from .grounding import GROUNDING
 from .probes import probes_artifact
 from .ranking import selected_configs
 from .train import SAERef
@@ -144,6 +146,7 @@ class Prompt:
     images: list = dataclasses.field(default_factory=list)    # image files, in the order of `samples`
     options: list = dataclasses.field(default_factory=list)   # judge: concepts labelled A, B...; match: descriptions
     settings: dict = dataclasses.field(default_factory=dict)  # max_new_tokens, temperature, seed
+    grounding: object = None   # describe: the feature's `FeatureGrounding` when the run grounded it, else None
 
 SYSTEM = ("You are a radiologist who interprets features learned by a sparse autoencoder from the embeddings a vision "
           "foundation model makes of CT and MRI slices. Answer precisely and briefly.")
@@ -154,13 +157,15 @@ EXAMPLES = ['Axial CT of the upper abdomen', 'Sagittal MRI of the lumbar spine',
 def describe_prompt(
     samples:list,           # records
     images:list|None=None,  # image files
+    grounding=None,         # the feature's `FeatureGrounding` (where its maps lie), when the run grounded it
     **settings,             # generation settings
 )->Prompt:
-    "The request for a concept shared by the samples (spec §12.3)."
+    "The request for a concept shared by the samples (spec §12.3), with where the feature's maps lie when known."
     blocks = '\n\n'.join(sample_block(i, s) for i, s in enumerate(samples, 1))
     text = (f"One feature of a sparse autoencoder responds strongly to each of the {len(samples)} slices above, "
             "shown in this order. "
             f"Their metadata:\n\n{blocks}\n\n"
+            + (f"{grounding_text(grounding)}\n\n" if grounding is not None else '') +
             "Task: name the single concept these slices share, as one short phrase: "
             "an anatomical location or an imaging property.\n"
             "Rules:\n- Work from the metadata first and use the images to confirm it.\n"
@@ -169,7 +174,38 @@ def describe_prompt(
             "- Mention a pathology only if every slice has it.\n"
             "- Reply with the phrase alone: no sentence around it, no introduction.\n"
             "Phrases of the expected form: " + '; '.join(f'"{e}"' for e in EXAMPLES) + '.')
-    return Prompt('describe', SYSTEM, text, samples, list(images or []), settings=settings)
+    return Prompt('describe', SYSTEM, text, samples, list(images or []), settings=settings, grounding=grounding)
+
+# %% ../nbs/14_autointerp.ipynb #09b168ef
+class FeatureGrounding(NamedTuple):
+    "Where a feature's maps lie, from the grounding step (`sail.grounding`): what the describer may say of it."
+    best_organ: str|None  # the organ its maps detect best (None: its maps never fired on the sample)
+    ap: float             # that AP (NaN when none)
+    detects: bool         # AP >= the run's `grounding.ap_threshold`: the description names the organ
+    composition: tuple    # ((class, share of its positive map mass), ...) largest first, background included
+
+def feature_grounding(
+    features:pd.DataFrame,    # the grounding step's features.parquet: feature, best_organ, ap, top_class_i, top_share_i
+    ap_threshold:float=0.3,   # `grounding.ap_threshold`
+)->dict:                      # feature -> FeatureGrounding
+    "Each grounded feature's organ, AP and map-weighted organ composition."
+    k = sorted(int(c.rsplit('_', 1)[1]) for c in features.columns if c.startswith('top_class_'))
+    out = {}
+    for r in features.to_dict('records'):
+        ap = float(r['ap']) if r.get('ap') is not None and not pd.isna(r['ap']) else float('nan')
+        comp = tuple((r[f'top_class_{i}'], float(r[f'top_share_{i}'])) for i in k
+                     if isinstance(r.get(f'top_class_{i}'), str) and r[f'top_share_{i}'] > 0)
+        out[int(r['feature'])] = FeatureGrounding(r.get('best_organ'), ap, bool(ap >= ap_threshold), comp)
+    return out
+
+def grounding_text(
+    g:FeatureGrounding,  # a feature's grounding
+)->str:                  # a paragraph for the describer's prompt
+    "What the grounding says of a feature, in words a describer can use."
+    comp = ', '.join(f"{c.replace('_', ' ')} {100 * s:.0f} %" for c, s in g.composition) or 'nowhere (no positive map)'
+    said = (f"Its maps detect the {g.best_organ.replace('_', ' ')} (AP {g.ap:.2f}); name it." if g.detects
+            else "Its maps detect no organ reliably (AP below the threshold).")
+    return f"Where the feature's spatial maps lie (share of their positive mass by segmentation class): {comp}. {said}"
 
 # %% ../nbs/14_autointerp.ipynb #be4ae415
 LETTERS = 'ABCDEFGHIJ'
@@ -289,8 +325,10 @@ class MetadataBackend:
     def describe(
         self,
         samples:list,  # `sample_records` of the feature's top slices (plane, modality, anatomy, sex, age band...)
+        grounding=None, # the feature's `FeatureGrounding`: its map's organs replace the regions, a detected organ named
+        min_share:float=0.1, # organs holding at least this share of the map's positive mass are named
     )->str:            # a concept phrase, e.g. 'Axial CT of the abdomen (kidneys) in an elderly male patient'
-        "The concept shared by the samples' metadata."
+        "The concept shared by the samples' metadata, and where the feature's maps lie when it was grounded."
         n = len(samples)
         def common(key):
             vals = {s[key] for s in samples}
@@ -308,10 +346,15 @@ class MetadataBackend:
         head = ' '.join(x for x in (plane.capitalize() if plane else '', mod.upper() if mod else '') if x) or 'Slices'
         where = ' and '.join(parts) if parts else 'mixed anatomy'
         phrase = f"{head} of the {where}" if parts else f"{head} with {where}"
-        if regions: phrase += f" ({', '.join(regions)})"
+        if grounding is not None:
+            regions = [c.replace('_', ' ') for c, s in grounding.composition
+                       if c != 'background' and s >= min_share][:3]
+        if regions: phrase += f" ({'its map on ' if grounding is not None else ''}{', '.join(regions)})"
         if path: phrase += f" with {path}"
         who = ' '.join(x for x in (band, sex) if x)
         if who: phrase += f" in {'an' if who[0] in 'aeiou' else 'a'} {who} patient"
+        if grounding is not None and grounding.detects:
+            phrase += f", grounding on the {grounding.best_organ.replace('_', ' ')} (AP {grounding.ap:.2f})"
         return phrase
 
     def judge(
@@ -329,7 +372,7 @@ class MetadataBackend:
         prompt:Prompt,  # a describe or judge request
     )->str:
         "The backend interface: the reply text to `prompt`."
-        if prompt.task == 'describe': return self.describe(prompt.samples)
+        if prompt.task == 'describe': return self.describe(prompt.samples, prompt.grounding)
         if prompt.task == 'judge': return self.judge(prompt.samples, prompt.options)
         raise ValueError(f"the metadata backend answers 'describe' and 'judge' requests, not {prompt.task!r}")
 
@@ -673,9 +716,11 @@ class Describer:
         train:SplitCodes,       # the training split's codes and slice rows
         samples:dict,           # feature -> its diverse training rows, -1 padded (`JudgePlan.samples_train`)
         data:Path,              # the data folder the rows' `image_path` is relative to
+        grounding:dict|None=None, # feature -> `FeatureGrounding` when the run grounded the SAE (`feature_grounding`)
         **settings,             # generation settings: max_new_tokens, temperature, seed
     ):
         self.backend, self.cache, self.train, self.samples = backend, cache, train, samples
+        self.grounding = grounding or {}
         self.data, self.settings = data, settings
         self.records = {}       # feature -> (concept, `sample_records` of the slices shown)
     def __call__(
@@ -687,7 +732,8 @@ class Describer:
             r = self.samples[f][self.samples[f] >= 0]
             if not len(r): raise ValueError(f"feature {f} fires on no training slice: nothing to describe")
             recs = sample_records(self.train.rows.iloc[r], self.train.codes[r, f].toarray().ravel())
-            prompt = describe_prompt(recs, [self.data/x['image_path'] for x in recs], **self.settings)
+            prompt = describe_prompt(recs, [self.data/x['image_path'] for x in recs], self.grounding.get(f),
+                                     **self.settings)
             self.records[f] = (clean_concept(self.cache.complete(self.backend, prompt)), recs)
         return self.records[f][0]
 
@@ -788,6 +834,7 @@ class AutointerpSettings(NamedTuple):
     "The sections the autointerp step reads."
     autointerp: AutointerpConfig  # the `autointerp` section: backends, selection, distractors, generation
     evaluation: EvalConfig        # the `eval` section (its `slices_per_scan`, as the scores were computed)
+    grounding: GroundingConfig = GroundingConfig()  # the `grounding` section (its `ap_threshold`)
 
 class Interpretation(NamedTuple):
     "One configuration's features described and judged."
@@ -814,7 +861,9 @@ def interpret_config(
     plan = plan_judging(train, val, choice, ac)
     be = backends(ac, device, region_frequency(train.rows))
     cache = GenerationCache(generations_dir(paths), context=slices_artifact(data).digest)
-    describe = Describer(be.describer, cache, train, plan.samples_train, data,
+    gr = GROUNDING.artifact(paths, ref).record()                  # the features' grounding, when the run made it
+    grounded = feature_grounding(GROUNDING.load(paths, ref).features, settings.grounding.ap_threshold) if gr else None
+    describe = Describer(be.describer, cache, train, plan.samples_train, data, grounded,
                          max_new_tokens=ac.max_new_tokens, temperature=ac.temperature, seed=ac.seed)
     failures, rows, samples = Failures(), [], []
     for f in progress(choice.chosen.feature.tolist(), desc=ref.name, unit='feature'):
@@ -834,6 +883,8 @@ def _autointerp_inputs(paths:RunPaths, ref:SAERef, settings:AutointerpSettings)-
     inputs = dict(codes=codes_artifact(paths, ref).digest, scores=mono_artifact(paths, ref).digest, settings=ac,
                   slices_per_scan=settings.evaluation.slices_per_scan)
     if ac.selection == 'combined': inputs['coefficients'] = probes_artifact(paths, ref).digest   # the reference's way
+    if GROUNDING.artifact(paths, ref).record():                     # grounded: its maps inform the descriptions
+        inputs |= dict(grounding=GROUNDING.artifact(paths, ref).digest, ap_threshold=settings.grounding.ap_threshold)
     return inputs
 
 AUTOINTERP = ConfigStep('autointerp', '14_autointerp', Interpretation,
@@ -869,9 +920,11 @@ def run_autointerp(
     interpret:InterpretConfig,  # the `interpret` section: which configurations
     compute:Compute=Compute(),  # the run's device, workers and executor (`Config.compute`)
     force:bool=False,           # recompute
+    grounding:GroundingConfig=GroundingConfig(), # the `grounding` section (`ap_threshold` of named organs)
 )->pd.DataFrame:
     "Interpret every selected configuration; write and return the Table 3 equivalent."
-    done = AUTOINTERP.run(paths, selected_configs(paths, interpret), AutointerpSettings(ac, evaluation), compute, force)
+    done = AUTOINTERP.run(paths, selected_configs(paths, interpret), AutointerpSettings(ac, evaluation, grounding),
+                          compute, force)
     t = table3(done.table)
     write_csv(table3_csv(paths), t)
     return t

@@ -55,6 +55,13 @@ def _query_args(q):
     q.add_argument('--exclude-own', action='store_true',
         help="leave the scan itself out of the retrievals (a TotalSegmentator scan of the index)")
     q.add_argument('--out', help="report folder (default sail-query/<scan>/ here); never inside the run")
+    q.add_argument('--maps', metavar='FILE.nii.gz',
+        help="write the features' maps as a 4-D NIfTI (x, y, z, feature) on the input scan's grid and affine, with "
+             "FILE.json naming the features; open it over the scan in 3D Slicer or ITK-SNAP")
+    q.add_argument('--features', type=lambda s: [int(f) for f in s.split(',') if f.strip()], metavar='F1,F2',
+        help="the features of --maps, e.g. 12,40 (default the scan's strongest)")
+    q.add_argument('--maps-per-feature', action='store_true',
+        help="--maps: one 3-D file per feature (FILE_f<feature>.nii.gz) instead of one 4-D volume")
 
 # %% ../nbs/92_cli.ipynb #073c7483
 def _docs_args(d):
@@ -201,7 +208,8 @@ def _query(args):
     check_query_input(args.path)
     from sail.query import query_command
     query_command(args.run, args.path, args.plane, args.slice, args.sae, args.modality, args.study_type,
-                  tuple(args.window) if args.window else None, args.out, args.exclude_own, args.series)
+                  tuple(args.window) if args.window else None, args.out, args.exclude_own, args.series,
+                  args.maps, args.features, args.maps_per_feature)
 
 # %% ../nbs/92_cli.ipynb #b3914ee8
 def provenance_lines(

@@ -257,3 +257,39 @@ def test_torch_sparse_engine_matches_scipy():
     b = sweep_retrieve(Bank(codes, chunk=200, engine='torch'), fi, fv, [1, 2, 8], scan, 5, scan[:16])
     for (_, _, ra, sa), (_, _, rb, sb) in zip(a, b):
         assert ra.tolist() == rb.tolist() and np.allclose(sa.numpy(), sb.numpy(), equal_nan=True)
+
+# ---------------------------------------------------------------- the metadata describer with grounding
+
+def test_metadata_describer_names_the_organ_a_grounded_feature_detects():
+    "A grounded configuration's descriptions say where each feature's maps lie and name the organ when AP >= 0.3."
+    import dataclasses
+    from sail.steps import lesson_run, write_field
+    from sail.codes import write_codes
+    from sail.monosemanticity import score_all
+    from sail.grounding import GROUNDING
+    lesson = lesson_run(); ref, paths = lesson.refs[0], lesson.paths
+    write_codes(paths, lesson.cfg.sae); score_all(paths, lesson.cfg.eval)
+    small = dataclasses.replace(lesson.cfg.autointerp, backend='metadata', n_features=6)
+    settings = AutointerpSettings(small, lesson.cfg.eval, lesson.cfg.grounding)
+    plain = AUTOINTERP.make(paths, ref, settings, 'cpu').descriptions
+    assert not plain.description.str.contains('grounding on|its map on').any()          # no grounding: unchanged
+    D = int(plain.feature.max()) + 64
+    ap = np.where(np.arange(D) % 2 == 0, 0.62, 0.12)                # even features detect the liver, odd ones do not
+    feats = pd.DataFrame(dict(feature=np.arange(D), best_organ='liver', ap=ap, mass_inside=0.5, n_cells=10,
+                              top_class_1='liver', top_share_1=0.5, top_class_2='spleen', top_share_2=0.3,
+                              top_class_3='background', top_share_3=0.2))
+    art = GROUNDING.artifact(paths, ref); art.folder.mkdir(parents=True, exist_ok=True)
+    write_field(art.path('features.parquet'), feats)
+    write_field(art.path('baselines.parquet'), pd.DataFrame(dict(baseline=['x'])))
+    write_field(art.path('summary.json'), dict(mAP=0.5))
+    art.commit(GROUNDING.inputs(paths, ref, lesson.cfg.grounding))
+    a = AUTOINTERP.artifact(paths, ref)
+    assert not a.fresh(AUTOINTERP.inputs(paths, ref, settings))      # the grounding makes the descriptions stale
+    got = AUTOINTERP.make(paths, ref, settings, 'cpu').descriptions.set_index('feature').description
+    assert len(got) == len(plain)
+    for f, d in got.items():
+        assert '(its map on liver, spleen)' in d, d
+        assert d.endswith(', grounding on the liver (AP 0.62)') == (f % 2 == 0), (f, d)
+    strict = AutointerpSettings(small, lesson.cfg.eval, dataclasses.replace(lesson.cfg.grounding, ap_threshold=0.7))
+    hi = AUTOINTERP.make(paths, ref, strict, 'cpu').descriptions
+    assert not hi.description.str.contains('grounding on').any()     # AP 0.62 < 0.7: no organ named

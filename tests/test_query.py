@@ -137,3 +137,95 @@ def test_query_widget_in_jupyterlab(smoke_run, browser, tmp_path, request):
         n0, n1 = int(before.split(' slice ')[1].split()[0]), int(after.split(' slice ')[1].split()[0])
         assert n1 == n0 + 1, (before, after)
         assert page.locator('.widget-html .sail-query-slice .hit img').count() > 0
+        shown = ("[...document.querySelectorAll('.widget-html .sail-query-slice img.map')]"
+                 ".filter(i => i.style.display === 'block')")
+        assert page.evaluate(shown + '.length') == 1                          # the strongest feature's map
+
+# ---------------------------------------------------------------- feature maps over the user's scan
+
+def planted_run(tmp_path, size:int):
+    """A scan stored LPS with anisotropic voxels (1.5 × 1.5 × 3 mm) whose only bright structure is a cube at stored
+    voxels [4:8, 10:14, 3:6], and a run built from parts on its own coronal slices: the pixels encoder at the slices'
+    size (one embedding dimension per stored pixel) and a seeded SAE."""
+    import nibabel as nib, scipy.sparse as sp
+    from sail.encoders import build_encoder
+    from sail.embed import embed_images
+    from sail.sae import MatryoshkaSAE
+    from sail.codes import compute_codes, feature_stats
+    from sail.train import SAERef
+    from sail.totalseg import ScanSettings
+    from sail.query import TrainedRun, feature_table, slice_query, read_nifti
+    vol = np.full((20, 16, 12), -1000, np.int16); vol[4:8, 10:14, 3:6] = 300
+    aff = np.diag([-1.5, -1.5, 3.0, 1.0]); aff[:3, 3] = [30.0, 20.0, -15.0]
+    nii = tmp_path/'scan'/'ct.nii.gz'; nii.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, aff), nii)
+    qs = slice_query(read_nifti(nii), 'ct', ScanSettings(), 'coronal', window=(50, 400))
+    assert qs.images[0].shape == (24, 20) and size == 24            # rows along z resampled 3 mm -> 1.5 mm
+    enc = build_encoder(EncoderConfig('pixels', image_size=size))
+    X = embed_images(enc, qs.images, [qs.window] * len(qs.images))
+    sae = MatryoshkaSAE(enc.dim, [16, 64], [[4, 8]], seeds=[0])
+    codes = compute_codes(sae, X).matrix(64)
+    rows = pd.DataFrame(dict(slice_id=[f'q{i}' for i in range(len(X))], modality='ct', image_id='planted',
+                             plane='coronal', slice_index=np.arange(len(X)), split='train'))
+    run = TrainedRun('planted', SAERef('pixels', 'paper', 'planted', tmp_path/'sae'), enc, sae,
+                     feature_table(64, feature_stats(codes).frac_active.to_numpy()), codes, rows, ScanSettings(),
+                     ['ct'])
+    return run, nii, vol > 0
+
+def test_maps_volume_is_on_the_input_grid_and_peaks_on_the_planted_structure(tmp_path):
+    import nibabel as nib
+    from scipy import ndimage
+    from sail.query import scan_top_features, add_maps, write_maps_nifti
+    run, nii, cube = planted_run(tmp_path, 24)
+    res = query_scan(run, nii, 'coronal', window=(50, 400))
+    feats = scan_top_features(res, 6); assert len(feats) >= 3
+    files = write_maps_nifti(add_maps(run, res, feats), tmp_path/'out'/'maps.nii.gz', feats)
+    src, out = nib.load(str(nii)), nib.load(str(files[0]))
+    assert out.shape == (*src.shape, len(feats)) and np.array_equal(out.affine, src.affine)
+    m = np.asarray(out.dataobj)
+    near = ndimage.binary_dilation(cube, np.ones((3, 3, 3), bool))        # linear resampling may spill one voxel
+    assert np.abs(m[~near]).max() == 0                                      # a pixel map lives where the pixels are
+    for j in range(len(feats)):
+        if m[..., j].max() > 0:                                             # its peak: inside the planted cube
+            assert cube[np.unravel_index(int(np.argmax(m[..., j])), cube.shape)], feats[j]
+    # the map on a slice, pixel by pixel, is w_f,p · x_p / ‖x‖ (pixels encoder), on the slice where f is strongest
+    f = feats[0]; k = int(np.argmax(res.codes[:, f].toarray().ravel()))
+    fm = add_maps(run, res, [f]).maps[k]
+    x = res.slices.images[k].astype(np.float64) / 255
+    want = run.sae.W[0][f].detach().numpy().reshape(24, 24)[:, 2:22] * x / np.linalg.norm(x)   # letterbox: 2-px bars
+    got = fm.maps[list(fm.features).index(f)]
+    assert res.codes[k, f] > 0 and np.allclose(got[:, 2:22], want, atol=1e-6)
+    assert np.abs(got[:, [0, 1, 22, 23]]).max() == 0                       # nothing on the letterbox bars
+
+def test_cli_maps_nifti_reads_back_on_the_input_grid(smoke_run, browser, tmp_path):
+    import nibabel as nib
+    nii = scan_file(smoke_run, 'ct', 'test')
+    r = sail('query', smoke_run.run, nii, '--study-type', 'ct abdomen', '--out', tmp_path/'rep',
+             '--maps', tmp_path/'maps.nii.gz', timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    src, out = nib.load(str(nii)), nib.load(str(tmp_path/'maps.nii.gz'))
+    meta = json.loads((tmp_path/'maps.json').read_text())
+    assert out.shape == (*src.shape, len(meta['features'])) and np.allclose(out.affine, src.affine)
+    assert np.abs(np.asarray(out.dataobj)).max() > 0
+    two = sail('query', smoke_run.run, nii, '--out', tmp_path/'rep2', '--maps', tmp_path/'two.nii.gz', '--features',
+               ','.join(map(str, meta['features'][:2])), '--maps-per-feature', timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert [nib.load(str(tmp_path/f'two_f{f}.nii.gz')).shape for f in meta['features'][:2]] == [src.shape] * 2
+    page = open_local(browser, tmp_path/'rep'/'report.html', tmp_path/'rep')
+    page.wait_for_load_state('load'); page.wait_for_timeout(500)
+    on = "[...document.querySelectorAll('.sail-query-slice.on img.map')]"
+    vis = on + ".filter(i => i.style.display === 'block').length"
+    assert page.evaluate(vis) == 1                                           # the strongest feature's map is drawn
+    drawn = page.evaluate("""() => { const im = [...document.querySelectorAll('.sail-query-slice.on img.map')]
+        .find(i => i.style.display === 'block'); const c = document.createElement('canvas');
+        c.width = im.naturalWidth; c.height = im.naturalHeight; const g = c.getContext('2d'); g.drawImage(im, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+    assert drawn > 0                                                          # the overlay has drawn pixels
+    page.uncheck('#maps'); assert page.evaluate(vis) == 0                   # toggled off
+    page.check('#maps'); page.locator('.sail-query-slice.on tr[data-f]').nth(1).click()
+    f2 = page.locator('.sail-query-slice.on tr[data-f]').nth(1).get_attribute('data-f')
+    assert page.evaluate(on + ".find(i => i.style.display === 'block').dataset.f") == f2
+    page.fill('#opacity', '0.25'); page.dispatch_event('#opacity', 'input')
+    assert page.evaluate("[...document.querySelectorAll('img.map')].every(i => i.style.opacity === '0.25')")
+    assert not page.errors and not page.outside, (page.errors, page.outside)
