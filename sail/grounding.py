@@ -24,7 +24,7 @@ from .totalseg import ORGANS, label_name
 from .slices import slices_artifact, read_label_maps, slice_image
 from .split import split_artifact, split_of
 from .encoders import Encoder, SpatialTokens, build_encoder, location_parts, unletterbox
-from .embed import embeddings_artifact, load_embeddings, slice_windows
+from .embed import embeddings_artifact, load_embeddings, slice_windows, WINDOW_COLUMNS
 from .train import SAERef, trained_saes, load_sae, sae_artifact
 from .codes import compute_codes
 from .steps import ConfigStep
@@ -297,7 +297,8 @@ def _build_sample(paths:RunPaths, encoder:str, settings, device:str, art:Artifac
     cells = np.stack([label_cells(labels[s], settings.cells) for s in smp.slice_id]).astype(np.int16)
     tok, kind, note = spatial_tokens(build_encoder(encoder_config(paths.data, encoder), local_files_only=True),
                                      paths.data, smp, device=device)
-    smp = smp[['slice_id', 'modality', 'image_id', 'plane', 'split', 'rows', 'cols', 'image_path', 'row']].assign(
+    smp = smp[['slice_id', 'modality', 'image_id', 'plane', 'split', 'rows', 'cols', 'image_path', *WINDOW_COLUMNS,
+               'row']].assign(
         norm=np.linalg.norm(np.asarray(emb.X[smp.row.to_numpy()], np.float64), axis=1))
     art.folder.mkdir(parents=True, exist_ok=True)
     write_parquet(art.path('sample.parquet'), smp)

@@ -179,3 +179,8 @@ def test_step_runs_every_configuration_and_is_fresh_after(tmp_path):
     assert {'feature', 'best_organ', 'ap', 'mass_inside', 'top_class_1', 'top_share_1'} <= set(fs.columns)
     best = fs.dropna(subset=['ap']).best_organ.mode()[0]
     assert (organ_features(lesson.paths, ref, best).best_organ == best).all()
+    from sail.grounding import grounding_sample_of
+    from sail.embed import slice_windows
+    rows = grounding_sample_of(lesson.paths, ref.encoder, settings).rows    # what an encoder reading HU needs again
+    windows = slice_windows(rows)                                          # for the deletion check and the maps
+    assert len(windows) == len(rows) and any(w is not None for w in windows) == (rows.modality == 'ct').any()
