@@ -193,13 +193,15 @@ def results_markdown(
 # %% ../nbs/16_figures.ipynb #6718cb3c
 _F3 = '{:.3f}'
 TRUST_COLUMNS = {  # table -> column -> (header, format) of the rendered evidence tables
-    'grounding': {'encoder': ('encoder', '{}'), 'weights': ('weights', '{}'), 'config': ('selected configuration', '{}'),
+    'grounding': {'encoder': ('encoder', '{}'), 'weights': ('weights', '{}'),
+                  'config': ('selected configuration', '{}'),
                   'map_kind': ('map', '{}'), 'mAP': ('mAP', _F3), 'cov_at_0.3': ('Cov@0.3', _F3),
                   'yield_at_25': ('Yield@25', '{:.2f}'), 'purity_at_16': ('Purity@16', _F3),
                   'pca_level_mAP': ('PCA (smallest level) mAP', _F3), 'pca_level_cov_at_0.3': ('Cov@0.3', _F3),
                   'pca_extra_mAP': ('PCA (64) mAP', _F3), 'pca_extra_cov_at_0.3': ('Cov@0.3', _F3),
                   'random_mAP': ('random directions mAP', _F3), 'random_cov_at_0.3': ('Cov@0.3', _F3)},
-    'faithfulness': {'encoder': ('encoder', '{}'), 'config': ('selected configuration', '{}'), 'map_kind': ('map', '{}'),
+    'faithfulness': {'encoder': ('encoder', '{}'), 'config': ('selected configuration', '{}'),
+                     'map_kind': ('map', '{}'),
                      'deletion_top_drop': ('activation drop, top 20 % of the map deleted', _F3),
                      'deletion_random_drop': ('random 20 % deleted', _F3),
                      'randomisation_spearman': ("rank correlation with the maps on the random twin's tokens", _F3)},
@@ -207,11 +209,13 @@ TRUST_COLUMNS = {  # table -> column -> (header, format) of the rendered evidenc
                   'D': ('features', '{}'), 'pw_mcc': ('PW-MCC', _F3), 'shared_fraction': ('shared fraction', _F3),
                   'n_stable': ('stable features', '{}'), 'recon_share': ('R² share of stable', _F3),
                   'probe_share': ('probe share of stable', _F3)},
-    'ablation': {'encoder': ('encoder', '{}'), 'config': ('selected configuration', '{}'), 'group': ('target group', '{}'),
+    'ablation': {'encoder': ('encoder', '{}'), 'config': ('selected configuration', '{}'),
+                 'group': ('target group', '{}'),
                  'drop': ('AUC drop on the target', _F3), 'other_change': ('mean |ΔAUC| on the other groups', _F3),
                  'selectivity': ('selectivity', '{:.1f}')},
     'sparse_probing': {'encoder': ('encoder', '{}'), 'config': ('selected configuration', '{}'),
-                       'val_auc_k1': ('val AUC, k = 1', _F3), 'val_auc_k2': ('k = 2', _F3), 'val_auc_k5': ('k = 5', _F3)}}
+                       'val_auc_k1': ('val AUC, k = 1', _F3), 'val_auc_k2': ('k = 2', _F3),
+                       'val_auc_k5': ('k = 5', _F3)}}
 
 # %% ../nbs/16_figures.ipynb #7a6eace2
 class TrustTables(NamedTuple):
@@ -227,7 +231,8 @@ def _of_selected(paths:RunPaths, path:Path)->pd.DataFrame:
     "A per-configuration table's rows for the ranking's selected configurations, in the headline's order."
     head = pd.read_csv(headline_csv(paths))[['encoder', 'variant', 'selected_config']]
     if not path.exists(): return pd.DataFrame(columns=['encoder', 'variant', 'config'])
-    return head.rename(columns={'selected_config': 'config'}).merge(pd.read_csv(path), on=['encoder', 'variant', 'config'])
+    head = head.rename(columns={'selected_config': 'config'})
+    return head.merge(pd.read_csv(path), on=['encoder', 'variant', 'config'])
 
 # %% ../nbs/16_figures.ipynb #be1d825b
 def trust_tables(
