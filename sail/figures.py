@@ -246,7 +246,7 @@ def trust_tables(
               encoder=r.encoder, variant=r.variant, config=r.config) for r in st.itertuples()]
     ab = _of_selected(paths, absorption_csv(paths))
     if len(ab):
-        ab = ab[ab.level == ab.groupby(['encoder', 'variant', 'config']).level.transform('max')]
+        ab = ab[ab['level'] == ab.groupby(['encoder', 'variant', 'config'])['level'].transform('max')]
         ab = ab.pivot_table(index='parent', columns='encoder', values='absorption_rate').reset_index()
     sp = _of_selected(paths, sparse_probing_csv(paths))
     return TrustTables(g, g, pd.concat(lv, ignore_index=True) if lv else pd.DataFrame(), ab,

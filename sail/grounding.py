@@ -435,8 +435,8 @@ def faithfulness(
             batch = [x[0]]
             for m in maps:
                 up = _upsample(m, side).flatten()
-                rand = torch.from_numpy(g.permutation(side * side)[:n_del])
-                for idx in (torch.argsort(-up, stable=True)[:n_del], rand):
+                noise = _upsample(torch.from_numpy(g.random(tuple(m.shape))).float(), side).flatten()  # random cells
+                for idx in (torch.argsort(-up, stable=True)[:n_del], torch.argsort(-noise, stable=True)[:n_del]):
                     xd = x[0].clone().reshape(*x.shape[1:-2], -1); xd[..., idx] = fill[0]
                     batch.append(xd.reshape(x.shape[1:]))
             e = enc(torch.stack(batch).to(device)).float().cpu()

@@ -87,6 +87,7 @@ class ReconShare(NamedTuple):
     "Validation R² of one level decoded from all its features and from its stable features alone."
     r2_all: float     # R² with every active feature
     r2_stable: float  # R² with the stable features' codes only (the others set to zero)
+    r2_none: float    # R² of the decoder bias alone (every code zero): where a share of the reconstruction starts
 
 @torch.no_grad()
 def recon_share(
@@ -96,16 +97,16 @@ def recon_share(
     level:int=-1,           # which level's prefix
     batch_size:int=2048,    # rows per batch
 )->ReconShare:
-    "R² of the reconstruction from all features and from the stable ones."
+    "R² of the reconstruction from all features, from the stable ones, and from none (the decoder bias)."
     keep = torch.from_numpy(np.array(stable, bool))
     W, b = sae.decoder()[0].float(), sae.b_dec[0].float()
-    sse = np.zeros(2)
+    sse = np.zeros(3)
     for s in range(0, len(X), batch_size):
         xb = X[s:s + batch_size].float(); c = encode(sae, xb, level)[0]
-        for j, v in enumerate((c.vals, c.vals * keep[c.cols])):
+        for j, v in enumerate((c.vals, c.vals * keep[c.cols], c.vals * 0)):
             sse[j] += ((c.decode(W, v) + b - xb).double()**2).sum().item()
     Xd = X.double(); sst = ((Xd - Xd.mean(0))**2).sum().item()
-    return ReconShare(1 - sse[0] / sst, 1 - sse[1] / sst)
+    return ReconShare(*(1 - sse / sst))
 
 # %% ../nbs/12a_stability.ipynb #7ea3b129
 class ProbeShare(NamedTuple):
@@ -175,7 +176,8 @@ def compute_stability(
     for l, D_l in enumerate(saes[0].sizes):
         rs = recon_share(saes[0], X_val, stable, l)
         ps = probe_share(settings.evaluation, data, sc.features.feature.to_numpy() < D_l, stable, settings.workers)
-        share = rs.r2_stable / rs.r2_all if rs.r2_all > 0 else np.nan   # none of a reconstruction worse than the mean
+        gain = rs.r2_all - rs.r2_none                      # what the features add to the decoder bias; their share of it
+        share = (rs.r2_stable - rs.r2_none) / gain if gain > 0 else np.nan
         extra.append(dict(r2_all=rs.r2_all, r2_stable=rs.r2_stable, recon_share=share,
                           probe_auc_all=ps.auc_all, probe_auc_stable=ps.auc_stable, probe_share=ps.share))
     levels = pd.concat([sc.levels, pd.DataFrame(extra)], axis=1)

@@ -79,6 +79,7 @@ def test_reconstruction_share_against_numpy():
     sst = ((x - x.mean(0))**2).sum()
     assert got.r2_all == pytest.approx(1 - ((a @ W + b - x)**2).sum() / sst, abs=1e-5)
     assert got.r2_stable == pytest.approx(1 - (((a * stable) @ W + b - x)**2).sum() / sst, abs=1e-5)
+    assert got.r2_none == pytest.approx(1 - ((b - x)**2).sum() / sst, abs=1e-5)        # the bias alone
 
 def test_a_planted_tie_is_flagged_saturated():
     M = 0.7457022009241461                              # the demo's tie: EfficientNet-Lite0 and its random twin
