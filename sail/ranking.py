@@ -50,7 +50,7 @@ def saturation_flags(
     metrics:dict=SATURATION_METRICS, # metric -> 'max' or 'min': the end that is best
     decimals:int=10,                # values equal at this many decimals tie
 )->pd.Series:                       # per row: '; '-joined flags, '' when none
-    "Which metrics tie at the best value of an encoder's configurations, or equal the random twin's."
+    "Which metrics tie at the best value of an encoder's configurations, equal the twin's, or another encoder's."
     t = table.reset_index(drop=True); flags = [[] for _ in range(len(t))]
     for m, end in metrics.items():
         if m not in t: continue
@@ -61,6 +61,11 @@ def saturation_flags(
             if v[i] == best[i] and n_best[i] > 1: flags[i].append(f"{m}: {n_best[i]} configurations tie at the best")
             if value.get((twin_of(t.encoder[i]), t.variant[i], t.config[i])) == v[i]:
                 flags[i].append(f"{m}: equals {twin_of(t.encoder[i])}")
+            if end == 'max':                    # the same value from another encoder: a ceiling of the measure
+                same = [f"{e}/{c}" for e, c, x in zip(t.encoder, t.config, v) if x == v[i] and e != t.encoder[i]
+                        and not (e == twin_of(t.encoder[i]) and c == t.config[i])]
+                if same: flags[i].append(f"{m}: same value as {same[0]}" + (f" and {len(same) - 1} more"
+                                                                              if len(same) > 1 else ''))
     return pd.Series(['; '.join(f) for f in flags], index=table.index, name='saturated')
 
 # %% ../nbs/12_ranking.ipynb #b42754e6

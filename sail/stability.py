@@ -176,7 +176,7 @@ def compute_stability(
     for l, D_l in enumerate(saes[0].sizes):
         rs = recon_share(saes[0], X_val, stable, l)
         ps = probe_share(settings.evaluation, data, sc.features.feature.to_numpy() < D_l, stable, settings.workers)
-        gain = rs.r2_all - rs.r2_none                      # what the features add to the decoder bias; their share of it
+        gain = rs.r2_all - rs.r2_none                     # what the features add to the decoder bias; their share of it
         share = (rs.r2_stable - rs.r2_none) / gain if gain > 0 else np.nan
         extra.append(dict(r2_all=rs.r2_all, r2_stable=rs.r2_stable, recon_share=share,
                           probe_auc_all=ps.auc_all, probe_auc_stable=ps.auc_stable, probe_share=ps.share))

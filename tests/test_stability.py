@@ -91,6 +91,10 @@ def test_a_planted_tie_is_flagged_saturated():
     t2 = t.assign(M_top10_mean=[M, M + 1e-12, 0.1, 0.2])   # equal at 10 decimals: a tie at the best
     assert saturation_flags(t2).tolist()[:2] == ['M_top10_mean: 2 configurations tie at the best'] * 2
     assert saturation_flags(t.assign(M_top10_mean=[M, M + 1e-6, 0.1, 0.2])).tolist() == [''] * 4
+    demo = pd.DataFrame(dict(encoder=['astra-ct', 'astra-ct', 'efficientnet-lite0'], variant='paper',   # the demo's:
+                             config=['a', 'b', 'c'], M_top10_mean=[0.72, M, M]))            # one value, two encoders
+    assert saturation_flags(demo).tolist() == ['', 'M_top10_mean: same value as efficientnet-lite0/c',
+                                               'M_top10_mean: same value as astra-ct/b']
 
 def test_stability_columns_and_the_stability_rank():
     ranked = rank_configs(pd.DataFrame(dict(encoder='e', variant='paper', config=['a', 'b'], M_top50_mean=[0.5, 0.4],
