@@ -409,9 +409,16 @@ def screenshot(
     full_page:bool=False,  # capture the whole scrollable page, not just the viewport
 )->Path:                   # `png`
     "A PNG of a local HTML page rendered by headless Chromium."
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
     from playwright.sync_api import sync_playwright
     exe = find_chromium()
     if exe is None: raise FileNotFoundError("no Chromium found (install Debian's `chromium`)")
+    try: asyncio.get_running_loop()
+    except RuntimeError: pass
+    else:     # a kernel's event loop is running here (a notebook under `sail`): Playwright's sync API needs a thread
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(screenshot, page_file, png, width, height, wait_ms, full_page).result()
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         page = b.new_page(viewport=dict(width=width, height=height))
