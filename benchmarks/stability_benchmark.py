@@ -13,7 +13,8 @@ benchmarks/results/stability_benchmark.{json,md} and, with --readme, between the
 import argparse, sys, time
 from pathlib import Path
 import numpy as np
-from sail.stability import match_dictionaries, unit_rows
+from sail.stability import match_dictionaries
+from sail.synthetic import unit_rows
 sys.path.insert(0, str(Path(__file__).parent))
 from common import publish, where
 

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SPATIAL_KINDS', 'MEAN_NOTE', 'DINOV3_DEFAULT', 'DINOV3_ARCHS', 'APPROX_NOTE',
            'RANDOM_INIT_STD', 'ENCODERS', 'letterbox', 'square_resize', 'unletterbox', 'normalize',
-           'EncoderUnavailable', 'SpatialTokens', 'Encoder', 'PixelsEncoder', 'location_parts', 'HFBackboneEncoder',
-           'load_hf_backbone', 'reinit_', 'dinov3_config', 'BiomedParseEncoder', 'EfficientNetEncoder', 'AstraEncoder',
-           'encoder_id', 'hub_commit', 'build_encoder']
+           'EncoderUnavailable', 'SpatialTokens', 'Encoder', 'PixelsEncoder', 'location_parts', 'spatial_embedding',
+           'HFBackboneEncoder', 'load_hf_backbone', 'reinit_', 'dinov3_config', 'BiomedParseEncoder',
+           'EfficientNetEncoder', 'AstraEncoder', 'encoder_id', 'twin_of', 'hub_commit', 'build_encoder']
 
 # %% ../nbs/05_encoders.ipynb #b0bc02d1
 import math, functools, importlib.util
@@ -165,6 +165,14 @@ def location_parts(
                          f"got {tuple(W.shape)}")
     if spatial.kind == 'pixels': return W.reshape(1, -1, h, w) * t[..., 0][:, None]
     return torch.einsum('bhwc,fc->bfhw', t, W) / (h * w)
+
+# %% ../nbs/05_encoders.ipynb #4d8d63a7
+def spatial_embedding(
+    spatial:SpatialTokens, # an encoder's `spatial` output
+)->torch.Tensor|None:      # (B, dim), or None when the tokens do not determine the embedding ('approximate')
+    "The embedding the tokens make: their mean ('mean'), the tokens themselves ('pixels')."
+    if spatial.kind == 'mean': return spatial.tokens.mean((1, 2))
+    return spatial.tokens.flatten(1) if spatial.kind == 'pixels' else None
 
 # %% ../nbs/05_encoders.ipynb #bcbc90dc
 DINOV3_DEFAULT = 'facebook/dinov3-vitl16-pretrain-lvd1689m'  # spec §3.4
@@ -384,6 +392,13 @@ def encoder_id(
 )->str:
     "File-name-safe id of an encoder's outputs."
     return ec.id or ec.name.replace(':', '-').replace('/', '-')
+
+# %% ../nbs/05_encoders.ipynb #b8396c8a
+def twin_of(
+    encoder:str, # encoder id
+)->str:          # 'random-<id>' for a learned encoder, '<id>' for a random twin
+    "The encoder id of the other half of an encoder and its random-weight twin."
+    return encoder[len('random-'):] if encoder.startswith('random-') else f'random-{encoder}'
 
 # %% ../nbs/05_encoders.ipynb #7bf6b6d5
 def hub_commit(

@@ -6,9 +6,10 @@
 __all__ = ['N_CLASSES', 'SAMPLE_VERSION', 'GROUNDING', 'GROUNDING_COLUMNS', 'overlap_matrix', 'to_cells', 'label_cells',
            'CellScores', 'positive_cells', 'concat_cells', 'CellScoring', 'score_cells', 'feature_table', 'purity_at',
            'grounding_summary', 'grounding_sample', 'grounding_dir', 'sample_artifact', 'encoder_config',
-           'spatial_tokens', 'GroundingSample', 'grounding_sample_of', 'direction_cells', 'pca_directions',
-           'random_directions', 'projection_codes', 'score_directions', 'faithfulness', 'Grounding', 'baselines_of',
-           'ground_config', 'FeatureMaps', 'iter_feature_maps', 'slice_feature_maps', 'organ_features', 'grounding_csv']
+           'spatial_tokens', 'GroundingSample', 'grounding_sample_of', 'sae_feature_maps', 'direction_cells',
+           'pca_directions', 'random_directions', 'projection_codes', 'score_directions', 'faithfulness', 'Grounding',
+           'baselines_of', 'ground_config', 'FeatureMaps', 'iter_feature_maps', 'slice_feature_maps', 'organ_features',
+           'grounding_csv']
 
 # %% ../nbs/11a_grounding.ipynb #a9833982
 import json, math, dataclasses
@@ -23,7 +24,8 @@ from .config import EncoderConfig, GroundingConfig, Compute, load_config, datase
 from .totalseg import ORGANS, label_name
 from .slices import slices_artifact, read_label_maps, slice_image
 from .split import split_artifact, split_of
-from .encoders import Encoder, SpatialTokens, build_encoder, location_parts, unletterbox
+from .encoders import (Encoder, SpatialTokens, build_encoder, location_parts, unletterbox, twin_of,
+                           spatial_embedding)
 from .embed import embeddings_artifact, load_embeddings, slice_windows, WINDOW_COLUMNS
 from .train import SAERef, trained_saes, load_sae, sae_artifact
 from .codes import compute_codes
@@ -328,6 +330,17 @@ def grounding_sample_of(
     return GroundingSample(pd.read_parquet(art.path('sample.parquet')), np.load(art.path('cells.npy')),
                            np.load(art.path('tokens.npy'), mmap_mode='r'), rec['kind'], rec['note'])
 
+# %% ../nbs/11a_grounding.ipynb #a105c32b
+def sae_feature_maps(
+    spatial:SpatialTokens,  # one slice's tokens, (1, h, w, C)
+    W:torch.Tensor,         # (F, dim) the features' encoder rows
+    norm:float,             # the slice's embedding norm (the SAE sees x / ‖x‖)
+    active=None,            # (F,) bool: the features whose code is > 0 (None: all); the others' maps are zero
+)->torch.Tensor:            # (F, h, w): each location's part of W·x / ‖x‖
+    "SAE feature maps on one slice: `location_parts` of the normalised embedding, zero for inactive features."
+    m = location_parts(spatial, W)[0] / max(float(norm), 1e-12)
+    return m if active is None else m * torch.as_tensor(np.asarray(active, bool), dtype=m.dtype)[:, None, None]
+
 # %% ../nbs/11a_grounding.ipynb #27007ab6
 def direction_cells(
     sample:GroundingSample, # the encoder's sample
@@ -343,7 +356,7 @@ def direction_cells(
         a = codes.indices[lo:hi][codes.data[lo:hi] > 0]
         if not len(a): continue
         st = SpatialTokens(torch.from_numpy(np.asarray(sample.tokens[s:s + 1], np.float32)), sample.kind, sample.note)
-        m = location_parts(st, W[a])[0] / float(norms[s])
+        m = sae_feature_maps(st, W[a], norms[s])
         parts.append(positive_cells(s, a, to_cells(m, cells).reshape(len(a), -1)))
     return concat_cells(parts)
 
@@ -405,8 +418,6 @@ def _upsample(m:torch.Tensor, size:int)->torch.Tensor:
     return m[..., (torch.arange(size) * h) // size, :][..., (torch.arange(size) * w) // size]
 
 # %% ../nbs/11a_grounding.ipynb #18ea9e77
-def _twin(encoder:str)->str: return encoder[len('random-'):] if encoder.startswith('random-') else f'random-{encoder}'
-
 def faithfulness(
     paths:RunPaths,           # the run's folders
     ref:SAERef,               # which SAE
@@ -421,7 +432,7 @@ def faithfulness(
     sae = load_sae(ref.folder); W = sae.W[0].detach()
     g = np.random.default_rng(settings.seed)
     picks = np.sort(g.permutation(len(sample.rows))[:settings.deletion_slices])
-    twin = _twin(ref.encoder); have_twin = embeddings_artifact(paths.data, twin).record() is not None
+    twin = twin_of(ref.encoder); have_twin = embeddings_artifact(paths.data, twin).record() is not None
     tenc = build_encoder(encoder_config(paths.data, twin), local_files_only=True).to(device) if have_twin else None
     top, rnd, rho = [], [], []
     for s in picks:
@@ -574,16 +585,15 @@ def iter_feature_maps(
         x, shapes, _ = _prepared(enc, paths.data, rows)
         with torch.inference_mode():
             st = enc.spatial(x.to(device))
-            e = (st.tokens.mean((1, 2)) if st.kind == 'mean' else st.tokens.flatten(1) if st.kind == 'pixels'
-                 else enc(x.to(device))).float().cpu()
+            e = spatial_embedding(st)
+            e = (e if e is not None else enc(x.to(device))).float().cpu()
             c = compute_codes(sae, e.numpy()).matrix(sae.sizes[-1]); norms = e.norm(dim=-1)
             for i, (sid, shape) in enumerate(zip(rows.slice_id, shapes)):
                 row = c[i].toarray()[0]
                 f = (np.asarray(features, np.int64) if features is not None else
                      np.flatnonzero(row > 0)[np.argsort(-row[row > 0], kind='stable')])
                 t = SpatialTokens(st.tokens[i:i + 1].float().cpu(), st.kind, st.note)
-                on = torch.from_numpy((row[f] > 0).astype(np.float32))[:, None, None]
-                m = location_parts(t, W[f])[0] / norms[i] * on
+                m = sae_feature_maps(t, W[f], norms[i], row[f] > 0)
                 m = (m.numpy() if grid == 'backbone' else unletterbox(m, *shape).numpy() if grid == 'slice'
                      else to_cells(m, int(grid)))
                 yield FeatureMaps(sid, f, row[f].astype(np.float32), np.asarray(m, np.float32), st.kind)

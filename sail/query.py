@@ -30,15 +30,15 @@ from .totalseg import (DataFormatError, PLANES, DATASET_DIRS, IMAGE_FILES, ScanS
                            read_image, scan_intensities, plane_image,
                        _planes_for, _some, _toy_scan)
 from .slices import scan_settings, slice_image, thumbnail, image_data_uri
-from .encoders import (Encoder, EncoderUnavailable, build_encoder, encoder_id, SpatialTokens, location_parts,
-                           unletterbox)
+from .encoders import (Encoder, EncoderUnavailable, build_encoder, encoder_id, SpatialTokens, unletterbox,
+                           spatial_embedding)
 from .embed import embed_images, embeddings_artifact
 from .sae import MatryoshkaSAE
 from .train import SAERef, sae_ref, sae_artifact, load_sae
 from .codes import compute_codes, load_codes, feature_stats
 from .split import scan_index, load_split, SPLITS
 from .monosemanticity import mono_artifact
-from .grounding import GROUNDING, FeatureMaps
+from .grounding import GROUNDING, FeatureMaps, sae_feature_maps
 from .autointerp import autointerp_artifact
 from .ranking import selected_configs
 from .retrieval import Bank, fingerprints, sweep_retrieve
@@ -592,13 +592,13 @@ def query_maps(
                              for im in ims]).to(run.device)
             try: st = enc.spatial(x)
             except NotImplementedError: return None
+            e = spatial_embedding(st) if norms is None else None
             nrm = (torch.as_tensor(np.asarray(norms[s:s + len(ims)], np.float32)) if norms is not None else
-                   (st.tokens.mean((1, 2)) if st.kind == 'mean' else st.tokens.flatten(1) if st.kind == 'pixels'
-                    else enc(x)).float().cpu().norm(dim=-1))
+                   (e if e is not None else enc(x)).float().cpu().norm(dim=-1))
             for j in range(len(ims)):
                 i, t = s + j, SpatialTokens(st.tokens[j:j + 1].float().cpu(), st.kind, st.note)
                 f = np.asarray(features[i], np.int64); c = codes[i, f].toarray().ravel().astype(np.float32)
-                m = location_parts(t, W[f])[0] / nrm[j].clamp_min(1e-12) * torch.from_numpy(c > 0)[:, None, None]
+                m = sae_feature_maps(t, W[f], nrm[j], c > 0)
                 out.append(FeatureMaps(f'query:{int(qs.indices[i])}', f, c, m.numpy().astype(np.float32), st.kind))
     return out
 

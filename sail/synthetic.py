@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['true_dictionary', 'zipf_frequencies', 'hierarchy_table', 'correlated_firing', 'apply_hierarchy', 'SyntheticData',
-           'make_synthetic', 'Match', 'match_dictionaries', 'FiringScores', 'firing_scores', 'uniqueness',
+           'make_synthetic', 'Match', 'unit_rows', 'match_dictionaries', 'FiringScores', 'firing_scores', 'uniqueness',
            'parent_absorption', 'LevelScores', 'level_scores', 'ground_truth_scores', 'sail_codes', 'TopKBaseline',
            'train_topk', 'topk_codes']
 
@@ -139,14 +139,21 @@ class Match(NamedTuple):
     mcc: float           # mean cosine over the Hungarian pairs
     best: np.ndarray     # (D,) each latent's most similar true feature
 
+def unit_rows(
+    W:np.ndarray, # (D, d) dictionary rows
+)->np.ndarray:    # (D, d) float64 rows of norm 1 (a zero row stays zero)
+    "Dictionary rows scaled to unit length."
+    W = np.asarray(W, dtype=np.float64)
+    n = np.linalg.norm(W, axis=1, keepdims=True)
+    return W / np.where(n > 0, n, 1)
+
 def match_dictionaries(
     W:np.ndarray, # (D, d) learned decoder rows (any norm)
     T:np.ndarray, # (F, d) true dictionary
 )->Match:
     "Hungarian match (scipy) maximising total cosine; MCC is the mean matched cosine."
     if W.shape[1] != T.shape[1]: raise ValueError(f"decoder rows have {W.shape[1]} dimensions, the truth {T.shape[1]}")
-    unit = lambda M: M / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-12)
-    cos = unit(np.asarray(W, np.float64)) @ unit(np.asarray(T, np.float64)).T
+    cos = unit_rows(W) @ unit_rows(T).T
     li, fi = linear_sum_assignment(cos, maximize=True)
     return Match(cos, li, fi, float(cos[li, fi].mean()), cos.argmax(1))
 

@@ -154,3 +154,14 @@ def none_left(token:str, within:float=10.0)->list:
     deadline = time.monotonic() + within
     while (left := processes_with(token)) and time.monotonic() < deadline: time.sleep(0.05)
     return left
+
+@pytest.fixture(scope='module')
+def browser():
+    "A headless Chromium (Playwright), one per test module; fails where CI requires one and none is installed."
+    exe = require_browser()
+    from playwright.sync_api import sync_playwright
+    from sail.docs import CHROMIUM_ARGS
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

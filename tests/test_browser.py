@@ -5,20 +5,12 @@ import os, json, time, socket, secrets, subprocess, sys, contextlib
 from pathlib import Path
 import numpy as np, pytest, nbformat
 from PIL import Image
-from conftest import ROOT, require_browser
-from sail.docs import CHROMIUM_ARGS, preview, site_notebooks
+from conftest import ROOT
+from sail.docs import preview, site_notebooks
 from sail.pipeline import inject_parameters
 
 SHOTS = ROOT/'runs'/'test-screenshots'
 
-@pytest.fixture(scope='module')
-def browser():
-    exe = require_browser()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 def open_local(browser, page_file:Path, allowed:Path, width=1300, height=950):
     "Open a file:// page; record console errors, page errors and every request that leaves `allowed`."

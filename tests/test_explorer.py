@@ -6,7 +6,7 @@ import base64, io, json
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
-from conftest import ROOT, require_browser
+from conftest import ROOT
 import sail.explorer as X
 from sail.explorer import (GroundingView, heat_layer, outline_layer, overlay_images, organ_index, feature_page,
                            feature_page_configs, _plotly_js, _profile_slices)
@@ -150,15 +150,6 @@ def test_page_embeds_grounding_and_layers(grounded_page):
 
 # ---------------------------------------------------------------- the same page in Chromium
 
-@pytest.fixture(scope='module')
-def browser():
-    exe = require_browser()
-    from playwright.sync_api import sync_playwright
-    from sail.docs import CHROMIUM_ARGS
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 DRAWN = """im => { const c = document.createElement('canvas'); c.width = im.naturalWidth; c.height = im.naturalHeight;
   const x = c.getContext('2d'); x.drawImage(im, 0, 0); const a = x.getImageData(0, 0, c.width, c.height).data;

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 from sail.config import SAEConfig, RankingConfig, StabilityConfig, ConfigError
 from sail.core import RunPaths
 from sail.train import sae_ref, train_seed, seed_folder, seed_value, load_sae
-from sail.stability import match_dictionaries, stability_scores, recon_share, unit_rows
+from sail.stability import match_dictionaries, stability_scores, recon_share
 from sail.ranking import saturation_flags, with_stability, check_use_stability, rank_configs
 
 ROOT = Path(__file__).resolve().parents[1]
