@@ -4,7 +4,7 @@ import json, shutil
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, pydicom
 from conftest import ROOT, sail
-from test_browser import browser, open_local, not_blank, notebook_in_jupyterlab, last_changes, SHOTS   # noqa: F401 (browser is a fixture)
+from test_browser import open_local, not_blank, notebook_in_jupyterlab, last_changes, SHOTS
 from sail.config import load_config, EncoderConfig
 from sail.totalseg import DATASET_DIRS, IMAGE_FILES, DataFormatError
 from sail.query import (load_run, query_scan, read_dicom_series, read_nifti, write_dicom_series, read_query_input,
