@@ -4,13 +4,15 @@
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'BF16_PARITY', 'PLOTLY_JS', 'ARTIFACT_SCHEMA', 'project_root', 'resolve', 'digest', 'RunPaths',
-           'run_paths', 'seed_everything', 'rng', 'pick_device', 'Bf16Parity', 'use_bf16', 'autocast', 'atomic_path',
-           'write_json', 'write_parquet', 'write_csv', 'headless', 'progress', 'get_logger', 'PlotlyOutput',
-           'show_plotly', 'Failures', 'stop_point', 'library_versions', 'now', 'file_sha256', 'file_digest',
-           'file_stamp', 'Freshness', 'Artifact', 'show_path', 'current_step', 'record_step', 'last_record']
+           'run_paths', 'seed_everything', 'rng', 'pick_device', 'Bf16Parity', 'use_bf16', 'autocast', 'pid_alive',
+           'remove_strays', 'atomic_path', 'write_json', 'write_parquet', 'write_csv', 'headless', 'progress',
+           'get_logger', 'PlotlyOutput', 'show_plotly', 'Failures', 'stop_point', 'library_versions', 'now',
+           'file_sha256', 'file_digest', 'file_stamp', 'Freshness', 'Artifact', 'show_path', 'current_step',
+           'record_step', 'last_record']
 
 # %% ../nbs/00_core.ipynb #d46d9226
-import os, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses, importlib.util
+import os, sys, glob, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses
+import platform, importlib.util
 from importlib import metadata
 from pathlib import Path
 import numpy as np
@@ -144,17 +146,43 @@ def autocast(
     import torch
     return torch.autocast(str(device).split(':')[0], dtype=torch.bfloat16, enabled=use_bf16(device, dtype))
 
+# %% ../nbs/00_core.ipynb #edeb8b62
+def pid_alive(
+    pid:int, # a process id on this host
+)->bool:
+    "Whether process `pid` is running here (a zombie, killed but not yet reaped, counts as dead)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    stat = Path(f'/proc/{pid}/stat')
+    try: return stat.read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError): return True
+
 # %% ../nbs/00_core.ipynb #d16b6add
+def _tmp_prefix(path:Path)->str: return f".{path.name}.tmp-{platform.node()}-"
+
+def remove_strays(
+    path:Path, # the final file name whose temporary siblings are checked
+)->list[Path]:
+    "Delete the temporary files of `path` that processes on this host left when they were killed mid-write."
+    prefix, gone = _tmp_prefix(path), []
+    for stray in path.parent.glob(glob.escape(prefix) + '*'):
+        pid = stray.name[len(prefix):]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stray.unlink(missing_ok=True); gone.append(stray)
+    return gone
+
 @contextlib.contextmanager
 def atomic_path(
     path:str|Path, # the final file name
 ):
-    "Yield a temporary path next to `path`; rename it to `path` if the block succeeds, delete it otherwise."
+    "A temporary path next to `path`, renamed to `path` if the block succeeds (then strays cleared), else deleted."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
+        remove_strays(path)
     finally:
         if tmp.exists(): tmp.unlink()
 

@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 from nbclient.util import ensure_async, run_sync
 from fastcore.basics import patch
 from queue import Empty
-from .core import RunPaths, run_paths, project_root, digest, write_json, library_versions, now, get_logger
+from .core import RunPaths, atomic_path, run_paths, project_root, digest, write_json, library_versions, now, get_logger
 from .config import Config, load_config, to_dict, dataset_label
 
 # %% ../nbs/90_pipeline.ipynb #7c68d2fc
@@ -387,9 +387,7 @@ def _cell_locator(nb:nbformat.NotebookNode, nb_path:Path):
 
 # %% ../nbs/90_pipeline.ipynb #f254cd34
 def _save(nb:nbformat.NotebookNode, path:Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    nbformat.write(nb, tmp); os.replace(tmp, path)
+    with atomic_path(path) as tmp: nbformat.write(nb, tmp)
 
 # %% ../nbs/90_pipeline.ipynb #53ff5a1f
 def _prepared(nb_path:Path, cells:str, parameters:dict|None)->nbformat.NotebookNode:

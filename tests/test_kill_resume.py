@@ -49,6 +49,21 @@ def test_killed_step_resumes_identically(smoke_run, tmp_path, step):
     finally:
         shutil.rmtree(run, ignore_errors=True)
 
+def test_a_writer_killed_mid_write_leaves_no_stray_after_the_next_write(tmp_path):
+    """A process SIGKILLed between writing its temporary file and renaming it leaves a half-written stray that nothing
+    reads; the next complete write of the same file removes it, so a resumed run's folder equals an uninterrupted one's."""
+    from sail.core import write_json
+    target = tmp_path/'artifact.json'
+    code = ("import os, signal; from sail.core import atomic_path\n"
+            f"with atomic_path({str(target)!r}) as tmp:\n"
+            "    tmp.write_text('half'); os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr[-2000:]
+    strays = [p.name for p in tmp_path.iterdir()]
+    assert len(strays) == 1 and strays[0].startswith('.artifact.json.tmp-') and not target.exists(), strays
+    write_json(target, {'done': True})
+    assert [p.name for p in tmp_path.iterdir()] == ['artifact.json'] and json.loads(target.read_text()) == {'done': True}
+
 # ---------------------------------------------------------------- `sail run` dies as one, and has one writer
 
 DRIVER = ("import os, sys; os.environ['SAIL_STOP_PID'] = str(os.getpid())\n"   # the stop point kills the driver
