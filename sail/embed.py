@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'SLAB_COLUMNS', 'SliceImages', 'slice_windows', 'slab_positions', 'slab_rows', 'slice_columns',
-           'shard_ranges', 'Shard', 'parse_shard', 'EmbedResult', 'slice_ids_digest', 'embeddings_artifact',
-           'embed_inputs', 'embed_encoder', 'merge_embeddings', 'Embeddings', 'load_embeddings', 'embed_images']
+           'PreparedSlices', 'SlabTable', 'slab_table', 'prepare_slices', 'shard_ranges', 'Shard', 'parse_shard',
+           'EmbedResult', 'slice_ids_digest', 'embeddings_artifact', 'embed_inputs', 'embed_encoder',
+           'merge_embeddings', 'Embeddings', 'load_embeddings', 'stack_inputs', 'embed_images']
 
 # %% ../nbs/06_embed.ipynb #32938a53
 import json, time, shutil, hashlib, dataclasses
@@ -116,6 +117,63 @@ def slice_columns(
 )->list:          # the slice-table columns its embedding reads
     "What the embedding step loads of the slice table for `enc`: ids, paths, CT window (`uses_window`), slab (`slab`)."
     return ['slice_id', 'image_path'] + (WINDOW_COLUMNS if enc.uses_window else []) + (SLAB_COLUMNS if enc.slab else [])
+
+# %% ../nbs/06_embed.ipynb #cd048882
+class PreparedSlices(NamedTuple):
+    "Some slices as an encoder's inputs, prepared as the embed step prepares them."
+    inputs: torch.Tensor        # (N, S, S), or (N, 2·slab + 1, S, S) for a slab encoder (neighbours lowest first)
+    shapes: list                # [(rows, cols)] of each stored slice
+    blank: torch.Tensor|None    # what a black stored pixel becomes: (N,), or (N, 2·slab + 1); None unless asked
+
+class SlabTable(NamedTuple):
+    "Where a slab encoder's neighbours come from."
+    slices: pd.DataFrame  # the slice table's `slice_columns(enc)`
+    slabs: np.ndarray     # (N, 2·slab + 1) its rows making each row's slab (`slab_rows`)
+
+def slab_table(
+    enc:Encoder,        # a built encoder
+    data_dir:str|Path,  # processed-data folder
+    slices:pd.DataFrame|None=None, # the slice table (with `slice_columns(enc)`); None: read from `data_dir`
+)->SlabTable|None:      # None for a 2-D encoder
+    "The slices and slabs a slab encoder's neighbours come from: made once per job and given to `prepare_slices`."
+    if not enc.slab: return None
+    slices = load_slices(data_dir, slice_columns(enc)) if slices is None else slices
+    return SlabTable(slices, slab_rows(slices, enc.slab))
+
+def prepare_slices(
+    enc:Encoder,                   # a built encoder
+    data_dir:str|Path,             # processed-data folder
+    rows:pd.DataFrame,             # slice rows: slice_id, image_path (and `WINDOW_COLUMNS` when `enc.uses_window`)
+    table:SlabTable|None=None,     # `slab_table(enc, data_dir)` (made here when None)
+    blank:bool=False,              # also compute what a black pixel becomes (for deletion tests)
+)->PreparedSlices:
+    "The encoder's inputs of some slices exactly as the embed step makes them, a slab encoder's with their neighbours."
+    data_dir = Path(data_dir)
+    if enc.slab:
+        table = slab_table(enc, data_dir) if table is None else table
+        at = pd.Index(table.slices.slice_id).get_indexer(rows.slice_id)
+        if (at < 0).any():
+            raise KeyError(f"slice {rows.slice_id.iloc[int(np.flatnonzero(at < 0)[0])]!r} is not in the slice table "
+                           f"of {data_dir}: a slab needs its neighbours")
+        slab = table.slabs[at]                                                # (N, D) rows of the table
+        need = np.unique(np.r_[at, slab.ravel()]); sub = table.slices.iloc[need]
+        centre = np.searchsorted(need, at)
+        slabs = np.repeat(np.arange(len(need))[:, None], slab.shape[1], 1); slabs[centre] = np.searchsorted(need, slab)
+    else: sub, centre, slabs = rows, np.arange(len(rows)), None
+    ds = SliceImages(data_dir, sub.image_path.tolist(), enc.preparer, enc.image_size,
+                     slice_windows(sub) if enc.uses_window else None, enc.prepared_dtype, slabs)
+    items = [ds[int(i)] for i in centre]
+    bad = next(((int(i), m) for i, (_, _, m) in zip(centre, items) if m), None)
+    if bad: raise OSError(f"{data_dir/ds.paths[bad[0]]}: {bad[1]}")
+    x = torch.stack([t for _, t, _ in items]) if items else torch.zeros(0)
+    shapes = []
+    for p in rows.image_path:
+        with Image.open(data_dir/p) as im: shapes.append((im.height, im.width))
+    if not blank: return PreparedSlices(x, shapes, None)
+    black = lambda j, shape: ds.prepare(np.zeros(shape, np.uint8), ds.windows[j])[..., 0, 0]
+    fill = [torch.stack([black(int(j), s) for j in slabs[i]]) if slabs is not None else black(int(i), s)
+            for i, s in zip(centre, shapes)]
+    return PreparedSlices(x, shapes, torch.stack(fill))
 
 # %% ../nbs/06_embed.ipynb #98142185
 def shard_ranges(
@@ -400,6 +458,28 @@ def load_embeddings(
                          f"(count, ids or order differ from row {pos}); re-run the embed step")
     return Embeddings(arr, slices)
 
+# %% ../nbs/06_embed.ipynb #c9b31526
+def stack_inputs(
+    enc:Encoder,             # a built encoder (`build_encoder`)
+    images:list,             # (H, W) uint8 slices as stored by the slices step (a slab encoder's: one stack, in order)
+    windows:list|None=None,  # per image: the CT (low, high) HU window it was stored with, None for MR (`uses_window`)
+    batch_size:int=32,       # images per batch
+):                           # yields (start, (B, S, S) inputs, or (B, 2·slab + 1, S, S) for a slab encoder)
+    """In-memory slices as the encoder's inputs, batch by batch, prepared as the embed step prepares stored ones: each
+    slice alone, or (`Encoder.slab`) with its slab from the stack as `slab_rows` takes it from a scan's plane."""
+    windows = list(windows) if windows is not None else [None] * len(images)
+    if len(windows) != len(images): raise ValueError(f"{len(windows)} windows for {len(images)} images")
+    prep = lambda i: enc.preparer(np.ascontiguousarray(images[i], np.uint8), windows[i] if enc.uses_window else None)
+    if not enc.slab:
+        for s in range(0, len(images), batch_size):
+            yield s, torch.stack([prep(i) for i in range(s, min(s + batch_size, len(images)))])
+        return
+    slabs = slab_positions(np.zeros(len(images), int), np.arange(len(images)), enc.slab)
+    prepared = [prep(i) for i in range(len(images))]
+    for s in range(0, len(images), batch_size):
+        yield s, torch.stack([torch.stack([prepared[j] for j in slabs[i]])
+                              for i in range(s, min(s + batch_size, len(images)))])
+
 # %% ../nbs/06_embed.ipynb #6d15f368
 def embed_images(
     enc:Encoder,             # a built encoder (`build_encoder`)
@@ -411,20 +491,9 @@ def embed_images(
 )->np.ndarray:               # (N, enc.dim) float32
     """Embeddings of in-memory slices through the embedding step's preparation and forward pass. For a slab encoder
     (`Encoder.slab`) `images` are one stack in slice order, each slice's slab taken from it as `slab_rows` does."""
-    windows = list(windows) if windows is not None else [None] * len(images)
-    if len(windows) != len(images): raise ValueError(f"{len(windows)} windows for {len(images)} images")
-    slabs = slab_positions(np.zeros(len(images), int), np.arange(len(images)), enc.slab) if enc.slab else None
-    prepared = ([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
-                 for im, w in zip(images, windows)] if enc.slab else None)
     enc, out = enc.to(device), []
     with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            if slabs is None:
-                x = torch.stack([enc.preparer(np.ascontiguousarray(im, np.uint8), w if enc.uses_window else None)
-                                 for im, w in zip(images[s:s + batch_size], windows[s:s + batch_size])])
-            else:
-                x = torch.stack([torch.stack([prepared[j] for j in slabs[i]])
-                                 for i in range(s, min(s + batch_size, len(images)))])
+        for s, x in stack_inputs(enc, images, windows, batch_size):
             e = _forward(enc, x, device, dtype)
             bad = torch.nonzero(~torch.isfinite(e).all(1)).flatten().tolist()
             if bad:

@@ -22,13 +22,14 @@ import torch
 from .core import Artifact, RunPaths, write_parquet, atomic_path, write_csv, record_step, get_logger
 from .config import EncoderConfig, GroundingConfig, Compute, load_config, dataset_label
 from .totalseg import ORGANS, label_name
-from .slices import slices_artifact, read_label_maps, slice_image
+from .slices import slices_artifact, read_label_maps
 from .split import split_artifact, split_of
 from .encoders import (Encoder, SpatialTokens, build_encoder, location_parts, unletterbox, twin_of,
                            spatial_embedding)
-from .embed import embeddings_artifact, load_embeddings, slice_windows, WINDOW_COLUMNS
+from .embed import embeddings_artifact, load_embeddings, prepare_slices, slab_table, WINDOW_COLUMNS
 from .train import SAERef, trained_saes, load_sae, sae_artifact
 from .codes import compute_codes
+from .synthetic import unit_rows
 from .steps import ConfigStep
 from .monosemanticity import MONOSEMANTICITY
 
@@ -259,19 +260,16 @@ def encoder_config(
 def spatial_tokens(
     enc:Encoder,          # a built encoder
     data:Path,            # processed-data folder
-    rows:pd.DataFrame,    # slice rows with image_path (and the window columns for encoders that use them)
+    rows:pd.DataFrame,    # slice rows: slice_id, image_path (and the window columns for encoders that use them)
     batch_size:int=16,    # slices per forward pass
     device:str='cpu',     # where to run the encoder
 )->tuple:                 # ((S, h, w, C) float32 tokens, kind, note)
-    "The encoder's spatial tokens of the rows' stored slices."
-    if enc.slab:
-        raise ValueError(f"{enc.description.get('encoder')}: grounding of slab (2.5-D) encoders is not supported yet")
-    windows = slice_windows(rows) if enc.uses_window else [None] * len(rows)
+    "The encoder's spatial tokens of the rows' stored slices (a slab encoder's with their neighbours)."
+    table = slab_table(enc, data)
     enc, out, kind, note = enc.to(device), [], 'mean', ''
     with torch.inference_mode():
         for s in range(0, len(rows), batch_size):
-            x = torch.stack([enc.preparer(np.asarray(slice_image(data, p)), w)
-                             for p, w in zip(rows.image_path[s:s + batch_size], windows[s:s + batch_size])])
+            x = prepare_slices(enc, data, rows.iloc[s:s + batch_size], table).inputs
             st = enc.spatial(x.to(device)); kind, note = st.kind, st.note
             out.append(st.tokens.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.float32), kind, note
@@ -404,14 +402,6 @@ def score_directions(
     return sc, grounding_summary(sc, mono, settings.ap_threshold, tuple(settings.yield_at))
 
 # %% ../nbs/11a_grounding.ipynb #6f5d9ec1
-def _prepared(enc:Encoder, data:Path, rows:pd.DataFrame, fill:bool=False)->tuple:
-    "The encoder's prepared inputs of the rows' slices, their shapes, and (`fill`) what a black pixel becomes."
-    windows = slice_windows(rows) if enc.uses_window else [None] * len(rows)
-    ims = [np.asarray(slice_image(data, p)) for p in rows.image_path]
-    x = torch.stack([enc.preparer(im, w) for im, w in zip(ims, windows)])
-    f = torch.stack([enc.preparer(np.zeros_like(im), w)[..., 0, 0] for im, w in zip(ims, windows)]) if fill else None
-    return x, [im.shape for im in ims], f
-
 def _upsample(m:torch.Tensor, size:int)->torch.Tensor:
     "A map over the backbone's grid (h, w) onto the encoder's input pixels (size, size): each pixel its location's."
     h, w = m.shape[-2:]
@@ -434,12 +424,13 @@ def faithfulness(
     picks = np.sort(g.permutation(len(sample.rows))[:settings.deletion_slices])
     twin = twin_of(ref.encoder); have_twin = embeddings_artifact(paths.data, twin).record() is not None
     tenc = build_encoder(encoder_config(paths.data, twin), local_files_only=True).to(device) if have_twin else None
+    table = slab_table(enc, paths.data)
     top, rnd, rho = [], [], []
     for s in picks:
         lo, hi = codes.indptr[s], codes.indptr[s + 1]
         feats = codes.indices[lo:hi][np.argsort(-codes.data[lo:hi], kind='stable')][:settings.deletion_features]
         if not len(feats): continue
-        x, _, fill = _prepared(enc, paths.data, sample.rows.iloc[[s]], fill=True)
+        x, _, fill = prepare_slices(enc, paths.data, sample.rows.iloc[[s]], table, blank=True)
         with torch.inference_mode():
             st = enc.spatial(x.to(device)); maps = location_parts(st, W[feats])[0].cpu()     # (A, h, w)
             side = x.shape[-1]; n_del = int(round(settings.deletion_fraction * side * side))
@@ -448,7 +439,7 @@ def faithfulness(
                 up = _upsample(m, side).flatten()
                 noise = _upsample(torch.from_numpy(g.random(tuple(m.shape))).float(), side).flatten()  # random cells
                 for idx in (torch.argsort(-up, stable=True)[:n_del], torch.argsort(-noise, stable=True)[:n_del]):
-                    xd = x[0].clone().reshape(*x.shape[1:-2], -1); xd[..., idx] = fill[0]
+                    xd = x[0].clone().reshape(*x.shape[1:-2], -1); xd[..., idx] = fill[0][..., None]
                     batch.append(xd.reshape(x.shape[1:]))
             e = enc(torch.stack(batch).to(device)).float().cpu()
             z = sae.preacts(torch.nn.functional.normalize(e, dim=-1))[0][:, feats]       # (1 + 2A, A)
@@ -483,7 +474,7 @@ def _score_baselines(paths:RunPaths, encoder:str, sample:GroundingSample, Xn:np.
     emb = load_embeddings(paths.data, encoder, ['modality', 'image_id'])
     train = np.flatnonzero(split_of(emb.slices, paths.data) == 'train')
     train = np.sort(np.random.default_rng(settings.seed).permutation(train)[:settings.pca_fit_rows])
-    T = np.asarray(emb.X[train], np.float32); T /= np.linalg.norm(T, axis=1, keepdims=True)
+    T = unit_rows(emb.X[train]).astype(np.float32)             # a blank slice's zero embedding stays zero
     sets = {'pca_level': pca_directions(T, n_level, settings.seed),
             'pca_extra': pca_directions(T, settings.pca_extra, settings.seed),
             'random': random_directions(Xn.shape[1], n_random, settings.seed)}
@@ -529,7 +520,7 @@ def ground_config(
     device = 'cpu' if device == 'auto' else device
     smp = grounding_sample_of(paths, ref.encoder, settings, device)
     emb = load_embeddings(paths.data, ref.encoder, ['modality', 'image_id'])
-    X = np.asarray(emb.X[smp.rows.row.to_numpy()], np.float32); Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    X = np.asarray(emb.X[smp.rows.row.to_numpy()], np.float32); Xn = unit_rows(X).astype(np.float32)
     sae = load_sae(ref.folder); D = sae.sizes[-1]
     codes = compute_codes(sae, X).matrix(D)
     mono = _mono(paths, ref)
@@ -580,9 +571,10 @@ def iter_feature_maps(
     enc = (encoder if encoder is not None else
            build_encoder(encoder_config(paths.data, ref.encoder), local_files_only=True)).to(device)
     sae = load_sae(ref.folder); W = sae.W[0].detach()
+    table = slab_table(enc, paths.data)
     for b in range(0, len(slices), batch_size):
         rows = slices.iloc[b:b + batch_size]
-        x, shapes, _ = _prepared(enc, paths.data, rows)
+        x, shapes, _ = prepare_slices(enc, paths.data, rows, table)
         with torch.inference_mode():
             st = enc.spatial(x.to(device))
             e = spatial_embedding(st)

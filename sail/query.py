@@ -32,7 +32,7 @@ from .totalseg import (DataFormatError, PLANES, DATASET_DIRS, IMAGE_FILES, ScanS
 from .slices import scan_settings, slice_image, thumbnail, image_data_uri
 from .encoders import (Encoder, EncoderUnavailable, build_encoder, encoder_id, SpatialTokens, unletterbox,
                            spatial_embedding)
-from .embed import embed_images, embeddings_artifact
+from .embed import embed_images, embeddings_artifact, stack_inputs
 from .sae import MatryoshkaSAE
 from .train import SAERef, sae_ref, sae_artifact, load_sae
 from .codes import compute_codes, load_codes, feature_stats
@@ -584,18 +584,15 @@ def query_maps(
 )->list|None:              # [FeatureMaps] per slice, maps (F, h, w) over the encoder's grid; None: the encoder has none
     "Each query slice's feature maps over the encoder's letterboxed input, made as `sail.grounding` makes them."
     enc, W, out = run.encoder.to(run.device), run.sae.W[0].detach().float().cpu(), []
-    if enc.slab: return None                                   # 2.5-D encoders: no maps
     with torch.inference_mode():
-        for s in range(0, len(qs.images), batch_size):
-            ims = qs.images[s:s + batch_size]
-            x = torch.stack([enc.preparer(np.ascontiguousarray(im, np.uint8), qs.window if enc.uses_window else None)
-                             for im in ims]).to(run.device)
+        for s, x in stack_inputs(enc, qs.images, [qs.window] * len(qs.images), batch_size):
+            x, n = x.to(run.device), len(x)
             try: st = enc.spatial(x)
             except NotImplementedError: return None
             e = spatial_embedding(st) if norms is None else None
-            nrm = (torch.as_tensor(np.asarray(norms[s:s + len(ims)], np.float32)) if norms is not None else
+            nrm = (torch.as_tensor(np.asarray(norms[s:s + n], np.float32)) if norms is not None else
                    (e if e is not None else enc(x)).float().cpu().norm(dim=-1))
-            for j in range(len(ims)):
+            for j in range(n):
                 i, t = s + j, SpatialTokens(st.tokens[j:j + 1].float().cpu(), st.kind, st.note)
                 f = np.asarray(features[i], np.int64); c = codes[i, f].toarray().ravel().astype(np.float32)
                 m = sae_feature_maps(t, W[f], nrm[j], c > 0)

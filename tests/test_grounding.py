@@ -184,3 +184,95 @@ def test_step_runs_every_configuration_and_is_fresh_after(tmp_path):
     rows = grounding_sample_of(lesson.paths, ref.encoder, settings).rows    # what an encoder reading HU needs again
     windows = slice_windows(rows)                                          # for the deletion check and the maps
     assert len(windows) == len(rows) and any(w is not None for w in windows) == (rows.modality == 'ct').any()
+
+
+def test_slab_encoder_maps_sum_to_the_preactivation_of_its_slab(tmp_path):
+    """A 2.5-D encoder's maps: each slice goes through with its neighbours as the embed step sends them. The slab is
+    rebuilt here by hand (same scan and plane, slice_index ± 1, the stack's end slice repeated; each neighbour in its
+    own CT window), and the maps must add up to the pre-activation of that input."""
+    from PIL import Image
+    from sail.steps import lesson_run
+    from sail.config import EncoderConfig
+    from sail.encoders import build_encoder
+    from sail.sae import MatryoshkaSAE
+    from sail.train import save_sae, SAERef
+    from sail.slices import load_slices
+    torch.manual_seed(0)
+    lesson = lesson_run()
+    enc = build_encoder(EncoderConfig('random:astra-ct', image_size=64, slab=1), local_files_only=True)
+    assert enc.slab == 1 and enc.uses_window
+    sae = MatryoshkaSAE(enc.dim, [8, 32], [2, 4], seeds=3)
+    with torch.no_grad(): sae.b_enc[0] = torch.randn(32) * 0.01; sae.b_dec[0] = torch.randn(enc.dim) * 0.01; sae.theta[:] = 0.0
+    ref = SAERef('random-astra-ct', 'paper', 'test', save_sae(sae, 0, tmp_path/'sae', {}))
+    table = load_slices(lesson.paths.data)
+    ct = table[table.modality == 'ct']
+    stack = ct[(ct.image_id == ct.image_id.iloc[0]) & (ct.plane == 'axial')]
+    lo, hi = stack.slice_index.min(), stack.slice_index.max()
+    rows = stack[stack.slice_index.isin([lo, (lo + hi) // 2])].sort_values('slice_index')   # an edge and a middle slice
+
+    def by_hand(r):
+        out = []
+        for k in np.clip(r.slice_index + np.arange(-1, 2), lo, hi):
+            n = stack[stack.slice_index == k].iloc[0]
+            with Image.open(lesson.paths.data/n.image_path) as im: img = np.asarray(im.convert('L'))
+            out.append(enc.preparer(img, (n.window_centre - n.window_width / 2, n.window_centre + n.window_width / 2)))
+        return torch.stack(out)
+    x = torch.stack([by_hand(r) for r in rows.itertuples()])
+    assert not torch.equal(x[1, 0], x[1, 1])                       # the neighbours are other slices
+    with torch.inference_mode(): z = sae.preacts(torch.nn.functional.normalize(enc(x).float(), dim=-1))[0].numpy()
+    const = (sae.b_enc[0] - sae.W[0] @ sae.b_dec[0]).detach().numpy()
+    maps = slice_feature_maps(lesson.paths, ref, enc, rows, features=list(range(32)), grid='backbone')
+    for i, m in enumerate(maps):
+        active = m.codes > 0
+        assert active.any() and m.kind == 'mean' and m.maps.shape == (32, 2, 2)
+        assert np.allclose(m.maps[active].sum((1, 2)), z[i, active] - const[active], atol=1e-5)
+        assert np.abs(m.maps[~active]).max() == 0.0
+    # a query's stack: each slice's slab from the stack itself (as `embed_images` embeds it), the same exact split
+    from types import SimpleNamespace
+    from sail.embed import embed_images
+    from sail.query import query_maps
+    from sail.codes import compute_codes
+    four = stack.sort_values('slice_index').iloc[:4]
+    window = (four.window_centre.iloc[0] - four.window_width.iloc[0] / 2, four.window_centre.iloc[0] + four.window_width.iloc[0] / 2)
+    images = []
+    for q in four.image_path:
+        with Image.open(lesson.paths.data/q) as im: images.append(np.asarray(im.convert('L')))
+    X = embed_images(enc, images, [window] * 4)
+    with torch.inference_mode(): zq = sae.preacts(torch.nn.functional.normalize(torch.from_numpy(X), dim=-1))[0].numpy()
+    codes = compute_codes(sae, X).matrix(32)
+    qmaps = query_maps(SimpleNamespace(encoder=enc, device='cpu', sae=sae),
+                       SimpleNamespace(images=images, window=window, indices=np.arange(4)), codes,
+                       [codes[i].indices for i in range(4)], batch_size=3)
+    assert qmaps is not None and len(qmaps) == 4
+    for i, m in enumerate(qmaps):
+        assert len(m.features) and np.allclose(m.maps.sum((1, 2)), zq[i, m.features] - const[m.features], atol=1e-5)
+
+
+def test_step_grounds_a_slab_encoder_whose_blank_slices_embed_to_zero(tmp_path):
+    """The grounding step end to end on a 2.5-D encoder (random Astra, slab 1, 32 px): its sample's tokens come from
+    each slice's slab. The random network embeds blank slices to exactly zero, which the baselines' PCA and the
+    sample's normalisation must take as zero (a 0/0 there made the whole configuration fail)."""
+    from sail.steps import lesson_run
+    from sail.config import EncoderConfig, GroundingConfig
+    from sail.embed import embed_encoder, load_embeddings
+    from sail.encoders import build_encoder, spatial_embedding, SpatialTokens
+    from sail.sae import MatryoshkaSAE
+    from sail.train import save_sae, SAERef
+    from sail.grounding import ground_config, grounding_sample_of
+    lesson = lesson_run()
+    ec = EncoderConfig('random:astra-ct', image_size=32, slab=1)
+    enc = build_encoder(ec, local_files_only=True)
+    embed_encoder(lesson.paths.data, lesson.cfg.embed, lesson.cfg.compute, ec, encoder=enc)
+    emb = load_embeddings(lesson.paths.data, 'random-astra-ct')
+    assert (np.linalg.norm(np.asarray(emb.X), axis=1) == 0).any()                 # the case this test is about
+    sae = MatryoshkaSAE(enc.dim, [8, 32], [2, 4], seeds=3)
+    with torch.no_grad(): sae.theta[:] = 0.0
+    ref = SAERef('random-astra-ct', 'paper', 'test', save_sae(sae, 0, tmp_path/'sae', {}))
+    settings = dataclasses.replace(GroundingConfig(), slices=30, deletion_slices=3, deletion_features=2)
+    g = ground_config(lesson.paths, ref, settings)
+    assert g.summary['map_kind'] == 'exact' and np.isfinite(g.summary['mAP']) and g.summary['deletion_pairs'] > 0
+    assert np.isfinite(g.baselines[['mAP', 'cov_at_0.3']].to_numpy()).all()
+    smp = grounding_sample_of(lesson.paths, 'random-astra-ct', settings)
+    pooled = spatial_embedding(SpatialTokens(torch.from_numpy(np.asarray(smp.tokens, np.float32)), 'mean', '')).numpy()
+    stored = np.asarray(emb.X[smp.rows.row.to_numpy()])
+    assert np.abs(pooled - stored).max() <= 2e-3 * np.abs(stored).max()           # the slab tokens make the stored embedding
