@@ -216,6 +216,7 @@ class GroundingConfig:
     seed: int = 0              # seed of the slice sample, the random directions and the deletion draws
     cells: int = 16            # side of the grid maps and label maps are scored on (16 x 16 map cells)
     ap_threshold: float = 0.3  # a feature detects an organ when its AP reaches this (Cov@0.3, Yield@B)
+    min_class_cells: int = 16  # an organ class is scored (and can be a best organ) with this many cells in the sample
     purity_top: int = 16       # top map cells per feature for Purity@16
     yield_at: list[int] = default_copy([10, 25, 50]) # Yield@B: the B most monosemantic features
     pca_extra: int = 64        # PCA baseline: as many directions as the smallest level, and this many

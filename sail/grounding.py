@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['N_CLASSES', 'SAMPLE_VERSION', 'GROUNDING', 'GROUNDING_COLUMNS', 'overlap_matrix', 'to_cells', 'label_cells',
-           'CellScores', 'positive_cells', 'concat_cells', 'CellScoring', 'score_cells', 'feature_table', 'purity_at',
-           'grounding_summary', 'grounding_sample', 'grounding_dir', 'sample_artifact', 'encoder_config',
-           'spatial_tokens', 'GroundingSample', 'grounding_sample_of', 'sae_feature_maps', 'direction_cells',
-           'pca_directions', 'random_directions', 'projection_codes', 'score_directions', 'faithfulness', 'Grounding',
-           'baselines_of', 'ground_config', 'FeatureMaps', 'iter_feature_maps', 'slice_feature_maps', 'organ_features',
-           'grounding_csv']
+           'CellScores', 'positive_cells', 'concat_cells', 'CellScoring', 'score_cells', 'scored_classes',
+           'feature_table', 'purity_at', 'grounding_summary', 'grounding_sample', 'grounding_dir', 'sample_artifact',
+           'encoder_config', 'spatial_tokens', 'GroundingSample', 'grounding_sample_of', 'sae_feature_maps',
+           'direction_cells', 'pca_directions', 'random_directions', 'projection_codes', 'score_directions',
+           'faithfulness', 'Grounding', 'baselines_of', 'ground_config', 'FeatureMaps', 'iter_feature_maps',
+           'slice_feature_maps', 'organ_features', 'grounding_csv']
 
 # %% ../nbs/11a_grounding.ipynb #a9833982
 import json, math, dataclasses
@@ -158,15 +158,27 @@ def score_cells(
         ap = (sums + (pos - cnt) * (pos / max(N, 1))) / pos
     return CellScoring(np.where(pos > 0, ap, np.nan), mass, np.diff(bounds), tl, pos)
 
+# %% ../nbs/11a_grounding.ipynb #32f32f67
+def scored_classes(
+    scoring:CellScoring, # `score_cells` output
+    min_cells:int=1,     # cells a class needs in the sample to be scored (`grounding.min_class_cells`)
+)->np.ndarray:           # (K,) bool: the organ classes scored (background never)
+    "The organ classes with at least `min_cells` cells in the sample: the ones a feature's best organ is chosen from."
+    ok = scoring.positives >= max(int(min_cells), 1)
+    ok[0] = False
+    return ok
+
 # %% ../nbs/11a_grounding.ipynb #60337f61
 def feature_table(
     scoring:CellScoring, # `score_cells` output
     n_top:int=3,         # classes listed in each feature's composition
     names=label_name,    # label value -> name
+    min_cells:int=1,     # cells a class needs in the sample to be a best organ (`scored_classes`)
 )->pd.DataFrame:         # feature, best_organ, ap, mass_inside, n_cells, top_class_1.., top_share_1..
     "Each feature's best organ, its AP, the share of its positive mass inside it and its top classes by mass."
     ap, mass = scoring.ap, scoring.mass
-    organ_ap = np.where(np.isnan(ap[:, 1:]), -np.inf, ap[:, 1:])
+    scored = scored_classes(scoring, min_cells)[1:]
+    organ_ap = np.where(np.isnan(ap[:, 1:]) | ~scored, -np.inf, ap[:, 1:])
     fired = scoring.n_cells > 0
     best = organ_ap.argmax(1) + 1; best_ap = organ_ap.max(1)
     tot = mass.sum(1); share = mass / np.where(tot > 0, tot, 1)[:, None]
@@ -200,16 +212,18 @@ def grounding_summary(
     mono:pd.Series|None=None,   # monosemanticity score per feature (index: feature; NaN: not scored), for Yield@B
     threshold:float=0.3,        # AP a class must reach to count as detected (Cov, Yield)
     yield_at:tuple=(10, 25, 50),# B of Yield@B
-)->dict:                        # mAP, cov_at_0.3, purity_at_16, yield_at_B ..., n_classes
-    "The configuration's grounding scores over the organ classes present in the sample."
-    present = np.flatnonzero(scoring.positives[1:] > 0) + 1
+    min_cells:int=1,            # cells a class needs in the sample to be scored (`scored_classes`)
+)->dict:                        # mAP, cov_at_0.3, purity_at_16, yield_at_B ..., n_classes, n_classes_rare
+    "The configuration's grounding scores over the organ classes scored in the sample."
+    keep = scored_classes(scoring, min_cells)
+    present = np.flatnonzero(keep)
     ap = np.nan_to_num(scoring.ap[:, present], nan=0.0)
     best_ap = ap.max(0) if ap.size else np.zeros(0)
     out = {'mAP': float(best_ap.mean()) if len(present) else float('nan'),
            f'cov_at_{threshold:g}': float((best_ap >= threshold).mean()) if len(present) else float('nan'),
            f'purity_at_{scoring.top_labels.shape[1]}': purity_at(scoring.top_labels, ap.argmax(0) if ap.size else
                                                                   np.zeros(0, np.int64)),
-           'n_classes': int(len(present))}
+           'n_classes': int(len(present)), 'n_classes_rare': int(((scoring.positives > 0) & ~keep)[1:].sum())}
     organ_ap = np.where(scoring.n_cells > 0, np.nan_to_num(ap, nan=0.0).max(1, initial=0), 0.0)
     ranked = mono.dropna().sort_values(ascending=False, kind='stable') if mono is not None else None
     for B in yield_at:
@@ -392,14 +406,14 @@ def score_directions(
     sample:GroundingSample,   # the encoder's sample
     W,                        # (F, dim) directions
     codes:sp.csr_matrix,      # (S, F) their activations on the sampled slices
-    settings,                 # the `grounding` section (cells, purity_top, ap_threshold, yield_at)
+    settings,                 # the `grounding` section (cells, purity_top, ap_threshold, yield_at, min_class_cells)
     mono:pd.Series|None=None, # per direction: its rank score for Yield@B (higher first); None: directions in order
 )->tuple:                     # (CellScoring, summary dict)
     "Score one set of directions on the sample: the per-feature scoring and the configuration's summary."
     sc = score_cells(direction_cells(sample, W, codes, settings.cells), sample.cells.ravel(), codes.shape[1],
                      top=settings.purity_top)
     mono = mono if mono is not None else pd.Series(-np.arange(codes.shape[1], dtype=float))
-    return sc, grounding_summary(sc, mono, settings.ap_threshold, tuple(settings.yield_at))
+    return sc, grounding_summary(sc, mono, settings.ap_threshold, tuple(settings.yield_at), settings.min_class_cells)
 
 # %% ../nbs/11a_grounding.ipynb #6f5d9ec1
 def _upsample(m:torch.Tensor, size:int)->torch.Tensor:
@@ -525,9 +539,9 @@ def ground_config(
     codes = compute_codes(sae, X).matrix(D)
     mono = _mono(paths, ref)
     sc, summ = score_directions(smp, sae.W[0], codes, settings, mono)
-    feats = feature_table(sc).assign(n_active=np.bincount(codes.indices[codes.data > 0], minlength=D),
-                                     monosemanticity=(mono.reindex(np.arange(D)).to_numpy() if mono is not None
-                                                      else np.full(D, np.nan)))
+    feats = feature_table(sc, min_cells=settings.min_class_cells).assign(
+        n_active=np.bincount(codes.indices[codes.data > 0], minlength=D),
+        monosemanticity=mono.reindex(np.arange(D)).to_numpy() if mono is not None else np.full(D, np.nan))
     base = baselines_of(paths, ref.encoder, smp, Xn, sae.sizes[0], min(D, settings.random_directions), settings)
     flat = {f'{b}_{k}': r[k] for b, r in base.set_index('baseline').iterrows()
             for k in r.index if k.startswith(('mAP', 'cov_at', 'yield_at'))}
@@ -626,4 +640,4 @@ def grounding_csv(
 GROUNDING_COLUMNS = ['encoder', 'variant', 'config', 'map_kind', 'mAP', 'cov_at_0.3', 'yield_at_25',
                      'pca_level_mAP', 'pca_level_cov_at_0.3', 'pca_extra_mAP', 'pca_extra_cov_at_0.3',
                      'random_mAP', 'random_cov_at_0.3', 'purity_at_16', 'deletion_top_drop', 'deletion_random_drop',
-                     'randomisation_spearman']
+                     'randomisation_spearman', 'n_classes', 'n_classes_rare']

@@ -276,3 +276,23 @@ def test_step_grounds_a_slab_encoder_whose_blank_slices_embed_to_zero(tmp_path):
     pooled = spatial_embedding(SpatialTokens(torch.from_numpy(np.asarray(smp.tokens, np.float32)), 'mean', '')).numpy()
     stored = np.asarray(emb.X[smp.rows.row.to_numpy()])
     assert np.abs(pooled - stored).max() <= 2e-3 * np.abs(stored).max()           # the slab tokens make the stored embedding
+
+
+def test_a_class_of_a_handful_of_cells_is_counted_not_scored():
+    """One cell at the top of a feature's map 'detects' a class of 3 cells (AP 0.35, by scikit-learn); with the
+    minimum of `grounding.min_class_cells` such a class is counted as rare, scores nothing and is nobody's best organ."""
+    labels = np.zeros(128, np.int64); labels[[5, 40, 90]] = 1; labels[100:120] = 2   # class 1: 3 cells, class 2: 20
+    dense = np.zeros((2, 128), np.float32); dense[0, 5] = 1.0; dense[1, 100:120] = 2.0
+    sc = positive_cells(0, [0, 1], dense)
+    res = score_cells(sc, labels, 2, 3, top=4)
+    assert res.ap[0, 1] == pytest.approx(average_precision_score(labels == 1, dense[0]), abs=1e-12)
+    assert res.ap[0, 1] == pytest.approx((1 + 2 * 3 / 128) / 3) and res.ap[0, 1] >= 0.3
+    mono = pd.Series([1.0, 0.5])
+    loose, strict = grounding_summary(res, mono, yield_at=(2,)), grounding_summary(res, mono, yield_at=(2,), min_cells=16)
+    assert (loose['n_classes'], loose['n_classes_rare'], loose['cov_at_0.3'], loose['yield_at_2']) == (2, 0, 1.0, 1.0)
+    assert (strict['n_classes'], strict['n_classes_rare'], strict['cov_at_0.3']) == (1, 1, 1.0)
+    assert strict['yield_at_2'] == 0.5 and strict['mAP'] == pytest.approx(1.0)       # feature 0 detects nothing scored
+    names = lambda v: ['bg', 'small', 'large'][v]
+    assert feature_table(res, names=names).best_organ.tolist() == ['small', 'large']
+    ft = feature_table(res, names=names, min_cells=16)
+    assert ft.best_organ.tolist() == ['large', 'large'] and ft.ap[0] == pytest.approx(20 / 128)   # its AP there: prevalence
