@@ -11,7 +11,7 @@ __all__ = ['PRECISIONS', 'BF16_PARITY', 'PLOTLY_JS', 'ARTIFACT_SCHEMA', 'project
            'record_step', 'last_record']
 
 # %% ../nbs/00_core.ipynb #d46d9226
-import os, sys, glob, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses
+import os, re, sys, json, time, types, typing, random, hashlib, logging, datetime, contextlib, dataclasses
 import platform, importlib.util
 from importlib import metadata
 from pathlib import Path
@@ -159,30 +159,32 @@ def pid_alive(
     except (OSError, IndexError): return True
 
 # %% ../nbs/00_core.ipynb #d16b6add
-def _tmp_prefix(path:Path)->str: return f".{path.name}.tmp-{platform.node()}-"
+_STRAY = re.compile(r'\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)')   # what `atomic_path` names a file while writing it
+_SWEPT = set()   # folders this process has cleared of strays
 
 def remove_strays(
-    path:Path, # the final file name whose temporary siblings are checked
-)->list[Path]:
-    "Delete the temporary files of `path` that processes on this host left when they were killed mid-write."
-    prefix, gone = _tmp_prefix(path), []
-    for stray in path.parent.glob(glob.escape(prefix) + '*'):
-        pid = stray.name[len(prefix):]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            stray.unlink(missing_ok=True); gone.append(stray)
+    folder:Path, # a folder `atomic_path` writes into
+)->list[Path]:   # the strays removed
+    "Delete the temporary files that processes of this host left in `folder` when they were killed mid-write."
+    host, gone = platform.node(), []
+    for entry in os.scandir(folder):
+        m = _STRAY.fullmatch(entry.name)
+        if m and m['host'] == host and not pid_alive(int(m['pid'])):
+            Path(entry.path).unlink(missing_ok=True); gone.append(Path(entry.path))
     return gone
 
 @contextlib.contextmanager
 def atomic_path(
     path:str|Path, # the final file name
 ):
-    "A temporary path next to `path`, renamed to `path` if the block succeeds (then strays cleared), else deleted."
+    "A temporary path next to `path`, renamed to `path` if the block succeeds, else deleted."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
+    if str(path.parent) not in _SWEPT:                 # once per folder and process: one listing, not one per file
+        remove_strays(path.parent); _SWEPT.add(str(path.parent))
+    tmp = path.with_name(f".{path.name}.tmp-{platform.node()}-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
-        remove_strays(path)
     finally:
         if tmp.exists(): tmp.unlink()
 
