@@ -6,13 +6,13 @@
 __all__ = ['N_CLASSES', 'SAMPLE_VERSION', 'GROUNDING', 'GROUNDING_COLUMNS', 'overlap_matrix', 'to_cells', 'label_cells',
            'CellScores', 'positive_cells', 'concat_cells', 'CellScoring', 'score_cells', 'scored_classes',
            'feature_table', 'purity_at', 'grounding_summary', 'grounding_sample', 'grounding_dir', 'sample_artifact',
-           'encoder_config', 'spatial_tokens', 'GroundingSample', 'grounding_sample_of', 'sae_feature_maps',
-           'direction_cells', 'pca_directions', 'random_directions', 'projection_codes', 'score_directions',
-           'faithfulness', 'Grounding', 'baselines_of', 'ground_config', 'FeatureMaps', 'iter_feature_maps',
-           'slice_feature_maps', 'organ_features', 'grounding_csv']
+           'encoder_config', 'recorded_encoder', 'spatial_tokens', 'GroundingSample', 'grounding_sample_of',
+           'sae_feature_maps', 'direction_cells', 'pca_directions', 'random_directions', 'projection_codes',
+           'score_directions', 'faithfulness', 'Grounding', 'baselines_of', 'ground_config', 'FeatureMaps',
+           'iter_feature_maps', 'slice_feature_maps', 'organ_features', 'grounding_csv']
 
 # %% ../nbs/11a_grounding.ipynb #a9833982
-import json, math, dataclasses
+import json, math, functools, dataclasses
 from typing import NamedTuple
 from pathlib import Path
 import numpy as np
@@ -271,6 +271,17 @@ def encoder_config(
     "The configuration the embed step recorded for an encoder's embeddings."
     return EncoderConfig(**embeddings_artifact(data, encoder).require()['inputs']['encoder'])
 
+@functools.lru_cache(maxsize=2)
+def _built(data:str, encoder:str, config:str)->Encoder:
+    return build_encoder(EncoderConfig(**json.loads(config)), local_files_only=True)
+
+def recorded_encoder(
+    data:Path,    # processed-data folder
+    encoder:str,  # encoder id
+)->Encoder:
+    "The encoder the embed step recorded, built once per process and recorded configuration (the last two are kept)."
+    return _built(str(data), encoder, json.dumps(dataclasses.asdict(encoder_config(data, encoder)), sort_keys=True))
+
 def spatial_tokens(
     enc:Encoder,          # a built encoder
     data:Path,            # processed-data folder
@@ -312,8 +323,7 @@ def _build_sample(paths:RunPaths, encoder:str, settings, device:str, art:Artifac
     smp = grounding_sample(rows, settings.slices, settings.seed)
     labels = read_label_maps(paths.data, smp)
     cells = np.stack([label_cells(labels[s], settings.cells) for s in smp.slice_id]).astype(np.int16)
-    tok, kind, note = spatial_tokens(build_encoder(encoder_config(paths.data, encoder), local_files_only=True),
-                                     paths.data, smp, device=device)
+    tok, kind, note = spatial_tokens(recorded_encoder(paths.data, encoder), paths.data, smp, device=device)
     smp = smp[['slice_id', 'modality', 'image_id', 'plane', 'split', 'rows', 'cols', 'image_path', *WINDOW_COLUMNS,
                'row']].assign(
         norm=np.linalg.norm(np.asarray(emb.X[smp.row.to_numpy()], np.float64), axis=1))
@@ -422,6 +432,10 @@ def _upsample(m:torch.Tensor, size:int)->torch.Tensor:
     return m[..., (torch.arange(size) * h) // size, :][..., (torch.arange(size) * w) // size]
 
 # %% ../nbs/11a_grounding.ipynb #18ea9e77
+def _sample_tokens(sample:GroundingSample, s:int)->SpatialTokens:
+    "The stored tokens of the sample's slice `s`, as `spatial` returned them (float32)."
+    return SpatialTokens(torch.from_numpy(np.asarray(sample.tokens[s:s + 1], np.float32)), sample.kind, sample.note)
+
 def faithfulness(
     paths:RunPaths,           # the run's folders
     ref:SAERef,               # which SAE
@@ -432,12 +446,14 @@ def faithfulness(
 )->dict:  # deletion_top_drop, deletion_random_drop, deletion_gap, deletion_pairs, randomisation_spearman
     "Deletion (top vs random 20 %) and model-randomisation checks of one configuration's maps."
     from scipy.stats import spearmanr
-    enc = build_encoder(encoder_config(paths.data, ref.encoder), local_files_only=True).to(device)
-    sae = load_sae(ref.folder); W = sae.W[0].detach()
+    enc = recorded_encoder(paths.data, ref.encoder).to(device)
+    sae = load_sae(ref.folder); W = sae.W[0].detach().float().cpu()
     g = np.random.default_rng(settings.seed)
     picks = np.sort(g.permutation(len(sample.rows))[:settings.deletion_slices])
-    twin = twin_of(ref.encoder); have_twin = embeddings_artifact(paths.data, twin).record() is not None
-    tenc = build_encoder(encoder_config(paths.data, twin), local_files_only=True).to(device) if have_twin else None
+    twin = twin_of(ref.encoder)
+    tsmp = (grounding_sample_of(paths, twin, settings, device)          # the twin's tokens of the same slices
+            if embeddings_artifact(paths.data, twin).record() is not None else None)
+    trow = dict(zip(tsmp.rows.slice_id, range(len(tsmp.rows)))) if tsmp is not None else {}
     table = slab_table(enc, paths.data)
     top, rnd, rho = [], [], []
     for s in picks:
@@ -446,7 +462,7 @@ def faithfulness(
         if not len(feats): continue
         x, _, fill = prepare_slices(enc, paths.data, sample.rows.iloc[[s]], table, blank=True)
         with torch.inference_mode():
-            st = enc.spatial(x.to(device)); maps = location_parts(st, W[feats])[0].cpu()     # (A, h, w)
+            maps = location_parts(_sample_tokens(sample, s), W[feats])[0]                  # (A, h, w)
             side = x.shape[-1]; n_del = int(round(settings.deletion_fraction * side * side))
             batch = [x[0]]
             for m in maps:
@@ -461,8 +477,9 @@ def faithfulness(
                 z0 = float(z[0, i])
                 if z0 > 0:
                     top.append((z0 - float(z[1 + 2 * i, i])) / z0); rnd.append((z0 - float(z[2 + 2 * i, i])) / z0)
-            if tenc is not None:
-                tmaps = location_parts(tenc.spatial(x.to(device)), W[feats])[0].cpu()
+            t = trow.get(sample.rows.slice_id.iat[s])
+            if t is not None:
+                tmaps = location_parts(_sample_tokens(tsmp, t), W[feats])[0]
                 if tmaps.shape == maps.shape:
                     rho += [spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic for a, b in zip(maps, tmaps)]
     mean = lambda v: float(np.nanmean(v)) if len(v) else float('nan')
@@ -582,8 +599,7 @@ def iter_feature_maps(
     batch_size:int=16,         # slices per forward pass
 ):                             # yields one FeatureMaps per row of `slices`
     "The maps of an SAE's features on some slices, one slice at a time (nothing kept)."
-    enc = (encoder if encoder is not None else
-           build_encoder(encoder_config(paths.data, ref.encoder), local_files_only=True)).to(device)
+    enc = (encoder if encoder is not None else recorded_encoder(paths.data, ref.encoder)).to(device)
     sae = load_sae(ref.folder); W = sae.W[0].detach()
     table = slab_table(enc, paths.data)
     for b in range(0, len(slices), batch_size):
