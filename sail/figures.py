@@ -195,7 +195,8 @@ _F3 = '{:.3f}'
 TRUST_COLUMNS = {  # table -> column -> (header, format) of the rendered evidence tables
     'grounding': {'encoder': ('encoder', '{}'), 'weights': ('weights', '{}'),
                   'config': ('selected configuration', '{}'),
-                  'map_kind': ('map', '{}'), 'mAP': ('mAP', _F3), 'cov_at_0.3': ('Cov@0.3', _F3),
+                  'map_kind': ('map', '{}'), 'n_classes': ('organ classes scored', '{}'),
+                  'n_classes_rare': ('too rare', '{}'), 'mAP': ('mAP', _F3), 'cov_at_0.3': ('Cov@0.3', _F3),
                   'yield_at_25': ('Yield@25', '{:.2f}'), 'purity_at_16': ('Purity@16', _F3),
                   'pca_level_mAP': ('PCA (smallest level) mAP', _F3), 'pca_level_cov_at_0.3': ('Cov@0.3', _F3),
                   'pca_extra_mAP': ('PCA (64) mAP', _F3), 'pca_extra_cov_at_0.3': ('Cov@0.3', _F3),
