@@ -44,6 +44,13 @@ def synthetic_codes(S:int, F:int, k:int, seed:int=0)->sp.csr_matrix:
     vals = (g.random((S, k), dtype=np.float32) + 0.01)
     return sp.csr_matrix((vals.ravel(), cols.ravel(), np.arange(0, S * k + 1, k)), shape=(S, F))
 
+def peak_rss_gb()->float:
+    """This process's peak resident memory in GB: the kernel's high-water mark of its own address space (`VmHWM`).
+    Not `ru_maxrss`, which Linux carries across `execve`: a process started by a large parent would report the parent's."""
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith('VmHWM:'): return int(line.split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
 def score_part(S:int, F:int, k:int, cells:int, C:int=1280, h:int=7)->dict:
     "(b): score one configuration from synthetic tokens; wall time and the process's peak RSS."
     from sail.grounding import GroundingSample, score_directions
@@ -65,7 +72,7 @@ def score_part(S:int, F:int, k:int, cells:int, C:int=1280, h:int=7)->dict:
     dt, dc = time.perf_counter() - t, time.process_time() - c
     return dict(score_slices=S, features=F, k=k, cells=cells, score_s=dt, score_cpu_s=dc,
                 positive_cells=int(sc.n_cells.sum()),
-                peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, score_mAP=summ['mAP'])
+                peak_gb=peak_rss_gb(), score_mAP=summ['mAP'])
 
 def maps_part(n:int, F:int, k:int, side:int=256, batch:int=16)->dict:
     "(a): `slice_feature_maps` of n stored slices against reading, preparing and embedding them alone."
