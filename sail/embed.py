@@ -470,15 +470,13 @@ def stack_inputs(
     windows = list(windows) if windows is not None else [None] * len(images)
     if len(windows) != len(images): raise ValueError(f"{len(windows)} windows for {len(images)} images")
     prep = lambda i: enc.preparer(np.ascontiguousarray(images[i], np.uint8), windows[i] if enc.uses_window else None)
-    if not enc.slab:
-        for s in range(0, len(images), batch_size):
-            yield s, torch.stack([prep(i) for i in range(s, min(s + batch_size, len(images)))])
-        return
-    slabs = slab_positions(np.zeros(len(images), int), np.arange(len(images)), enc.slab)
-    prepared = [prep(i) for i in range(len(images))]
+    item = prep
+    if enc.slab:     # every slice prepared once: each is in up to 2·slab + 1 slabs
+        slabs = slab_positions(np.zeros(len(images), int), np.arange(len(images)), enc.slab)
+        prepared = [prep(i) for i in range(len(images))]
+        item = lambda i: torch.stack([prepared[j] for j in slabs[i]])
     for s in range(0, len(images), batch_size):
-        yield s, torch.stack([torch.stack([prepared[j] for j in slabs[i]])
-                              for i in range(s, min(s + batch_size, len(images)))])
+        yield s, torch.stack([item(i) for i in range(s, min(s + batch_size, len(images)))])
 
 # %% ../nbs/06_embed.ipynb #6d15f368
 def embed_images(

@@ -272,7 +272,7 @@ def encoder_config(
     return EncoderConfig(**embeddings_artifact(data, encoder).require()['inputs']['encoder'])
 
 @functools.lru_cache(maxsize=2)
-def _built(data:str, encoder:str, config:str)->Encoder:
+def _built(config:str)->Encoder:
     return build_encoder(EncoderConfig(**json.loads(config)), local_files_only=True)
 
 def recorded_encoder(
@@ -280,7 +280,7 @@ def recorded_encoder(
     encoder:str,  # encoder id
 )->Encoder:
     "The encoder the embed step recorded, built once per process and recorded configuration (the last two are kept)."
-    return _built(str(data), encoder, json.dumps(dataclasses.asdict(encoder_config(data, encoder)), sort_keys=True))
+    return _built(json.dumps(dataclasses.asdict(encoder_config(data, encoder)), sort_keys=True))
 
 def spatial_tokens(
     enc:Encoder,          # a built encoder
@@ -364,6 +364,10 @@ def sae_feature_maps(
     return m if active is None else m * torch.as_tensor(np.asarray(active, bool), dtype=m.dtype)[:, None, None]
 
 # %% ../nbs/11a_grounding.ipynb #27007ab6
+def _sample_tokens(sample:GroundingSample, s:int)->SpatialTokens:
+    "The stored tokens of the sample's slice `s`, as `spatial` returned them (float32)."
+    return SpatialTokens(torch.from_numpy(np.asarray(sample.tokens[s:s + 1], np.float32)), sample.kind, sample.note)
+
 def direction_cells(
     sample:GroundingSample, # the encoder's sample
     W,                      # (F, dim) directions (torch or NumPy)
@@ -377,8 +381,7 @@ def direction_cells(
         lo, hi = codes.indptr[s], codes.indptr[s + 1]
         a = codes.indices[lo:hi][codes.data[lo:hi] > 0]
         if not len(a): continue
-        st = SpatialTokens(torch.from_numpy(np.asarray(sample.tokens[s:s + 1], np.float32)), sample.kind, sample.note)
-        m = sae_feature_maps(st, W[a], norms[s])
+        m = sae_feature_maps(_sample_tokens(sample, s), W[a], norms[s])
         parts.append(positive_cells(s, a, to_cells(m, cells).reshape(len(a), -1)))
     return concat_cells(parts)
 
@@ -432,10 +435,6 @@ def _upsample(m:torch.Tensor, size:int)->torch.Tensor:
     return m[..., (torch.arange(size) * h) // size, :][..., (torch.arange(size) * w) // size]
 
 # %% ../nbs/11a_grounding.ipynb #18ea9e77
-def _sample_tokens(sample:GroundingSample, s:int)->SpatialTokens:
-    "The stored tokens of the sample's slice `s`, as `spatial` returned them (float32)."
-    return SpatialTokens(torch.from_numpy(np.asarray(sample.tokens[s:s + 1], np.float32)), sample.kind, sample.note)
-
 def faithfulness(
     paths:RunPaths,           # the run's folders
     ref:SAERef,               # which SAE
